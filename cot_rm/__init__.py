@@ -1,0 +1,3 @@
+"""cot-rm: trainer, judge and server for reasoning (think-then-score) video reward models."""
+
+__version__ = "0.1.0"

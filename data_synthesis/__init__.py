@@ -1,0 +1,1 @@
+"""Data synthesis: toy world, teachers, rationales, tool traces, negatives."""
