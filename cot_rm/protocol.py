@@ -376,6 +376,8 @@ def _blocks(text: str) -> list[tuple[str, str]] | ParseError:
     """Split a turn into (tag, body) blocks; only whitespace may sit between and around them."""
     if not text or not text.strip():
         return ParseError("empty", "the output is empty")
+    if not _TAG.search(text):
+        return ParseError("missing_think", "no <think>, <tool_call> or <answer> tag at all")
     blocks, pos, open_tag, open_end = [], 0, None, 0
     for m in _TAG.finditer(text):
         closing, tag = m.group(1) == "/", m.group(2)

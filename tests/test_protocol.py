@@ -50,6 +50,7 @@ BAD = [
     ("", "empty"),
     ("   \n ", "empty"),
     (f"<answer>{ANS}</answer>", "missing_think"),
+    ("The video looks great, 4/5.", "missing_think"),
     (f"Looks fine. <think>x</think><answer>{ANS}</answer>", "text_outside_tags"),
     (f"<think>x</think> so the scores are <answer>{ANS}</answer>", "text_outside_tags"),
     (f"<think>x</think><answer>{ANS}</answer> Hope this helps!", "text_after_answer"),

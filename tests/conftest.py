@@ -1,0 +1,70 @@
+"""Shared fixtures: tiny random Qwen-VL checkpoints (built once per session) and real mp4 files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# No hub access anywhere in the test suite: everything is built locally.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def write_mp4(
+    path: str | Path,
+    num_frames: int = 32,
+    height: int = 96,
+    width: int = 128,
+    fps: int = 8,
+) -> Path:
+    """Write a real H.264 (yuv420p) mp4 of a red square sliding right over a gradient.
+
+    The content moves every frame so that frame sampling and decoding bugs show up as wrong pixels.
+    Height and width must be even (yuv420p subsampling).
+    """
+    from cot_rm.video_writer import write_video
+
+    ys, xs = np.mgrid[0:height, 0:width]
+    background = np.stack([xs * 200 // width, ys * 200 // height, np.full_like(xs, 60)], -1).astype(np.uint8)
+    frames = []
+    for i in range(num_frames):
+        img = background.copy()
+        x = i * (width - height // 4) // max(num_frames - 1, 1)
+        img[height // 3 : height // 3 + height // 4, x : x + height // 4] = (230, 20, 20)
+        frames.append(img)
+    return write_video(path, frames, fps)
+
+
+@pytest.fixture(scope="session")
+def make_mp4(tmp_path_factory):
+    """Factory: `make_mp4(name, num_frames=..., height=..., width=..., fps=...)` -> Path."""
+    root = tmp_path_factory.mktemp("videos")
+
+    def _make(name: str = "clip.mp4", **kwargs) -> Path:
+        return write_mp4(root / name, **kwargs)
+
+    return _make
+
+
+@pytest.fixture(scope="session")
+def sample_mp4(make_mp4) -> Path:
+    """32 frames, 96x128, 8 fps (4 s), H.264."""
+    return make_mp4("sample.mp4", num_frames=32, height=96, width=128, fps=8)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen25vl_dir(tmp_path_factory) -> Path:
+    from cot_rm.tiny import build_tiny_checkpoint
+
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "qwen2_5_vl", "qwen2_5_vl")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3vl_dir(tmp_path_factory) -> Path:
+    from cot_rm.tiny import build_tiny_checkpoint
+
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "qwen3_vl", "qwen3_vl")
