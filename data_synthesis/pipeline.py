@@ -1,0 +1,300 @@
+"""`cot-rm synthesize`: labelled videos -> teacher critiques -> consistency filter -> SFT tool traces.
+
+    cot-rm synthesize --input data/pointwise.jsonl --teacher oracle --out data/sft.jsonl
+    cot-rm synthesize --input ... --teacher openai:http://localhost:8000/v1 --out ...   # a vLLM-served VLM
+
+Resumable: every input record, kept or rejected, is logged in `OUT.progress.jsonl` after its lines are
+flushed to OUT, with OUT's size at that point. A killed run truncates OUT back to the last logged
+record and carries on, so it ends with exactly the records of an uninterrupted run. Each record's
+randomness is seeded by (seed, id), never by its position or by earlier records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import zlib
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from cot_rm.protocol import PROTOCOL_VERSION, JudgeSpec
+from cot_rm.schema import PointwiseRecord, read_jsonl
+from cot_rm.video import Sampling, VideoError, read_frames_at, read_video_numpy, sample_indices
+
+from .filters import ConsistencyRule
+from .rationalize import PROMPT_VERSION, Item, Outcome, RationaleConfig, label_spec, rationalize
+from .traces import build_trace, tool_frames
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    seed: int = 0
+    batch_size: int = 16
+    first_turn: Sampling = Sampling(fps=None, num_frames=8, max_pixels=112 * 112)  # K uniform low-res frames
+    tool_max_pixels: int = 224 * 224  # tool results: the cited frames at higher resolution
+    teacher_frames: int = 16
+    teacher_max_pixels: int = 448 * 448
+    rationale_free_p: float = 0.2
+    splits: tuple[str, ...] | None = None  # only records of these splits (None: all)
+    rationale: RationaleConfig = RationaleConfig()
+
+
+class ResumeError(RuntimeError):
+    pass
+
+
+def record_seed(seed: int, rid: str) -> int:
+    return (seed * 1_000_003 + zlib.crc32(rid.encode())) % 2**31
+
+
+def synthesize(
+    records, teacher, out: Path, cfg: SynthConfig, restart: bool = False, progress: bool = True
+) -> dict:
+    """Run (or resume) the pipeline over pointwise `records`; returns the summary written beside OUT."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log = out.with_name(out.name + ".progress.jsonl")
+    header = {"fingerprint": _fingerprint(teacher, cfg, records)}
+    done = _resume(out, log, header, restart)
+    todo = [r for r in records if r.id not in done]
+    bar = _bar(len(records), len(done), progress)
+    counts = Counter(e["status"] for e in done.values())
+    with open(out, "ab") as out_fh, open(log, "ab") as log_fh:
+        for start in range(0, len(todo), cfg.batch_size):
+            batch = todo[start : start + cfg.batch_size]
+            for entry, lines in _process(batch, teacher, out, cfg):
+                _append(out_fh, b"".join(lines))
+                entry["end"] = out_fh.tell()
+                _append(log_fh, (json.dumps(entry) + "\n").encode())
+                counts[entry["status"]] += 1
+                bar.update(1)
+                bar.set_postfix(kept=counts["accepted"], rejected=counts["rejected"])
+    bar.close()
+    summary = _summary(log, teacher, cfg, out)
+    Path(str(out).removesuffix(".jsonl") + ".summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _process(batch: list[PointwiseRecord], teacher, out: Path, cfg: SynthConfig):
+    """Yield (progress entry, output lines) per record of the batch, in input order."""
+    items, videos, errors = [], {}, {}
+    for rec in batch:
+        try:
+            videos[rec.id], item = _prepare(rec, teacher, cfg)
+            items.append(item)
+        except VideoError as err:
+            errors[rec.id] = str(err)
+    outcomes = {o.id: o for o in rationalize(teacher, items, cfg.rationale)} if items else {}
+    for rec in batch:
+        if rec.id in errors:
+            yield {"id": rec.id, "status": "rejected", "reason": "bad_video", "detail": errors[rec.id]}, []
+            continue
+        o = outcomes[rec.id]
+        entry = {"id": rec.id, "parse_errors": o.parse_errors, "rewrites": o.rewrites}
+        if o.judgment is None:
+            yield {**entry, "status": "rejected", "reason": o.reason, "detail": o.detail}, []
+            continue
+        lines = _trace_lines(rec, videos[rec.id], o, teacher, out, cfg)
+        calls = len(tool_frames(json.loads(lines[0])["messages"]))
+        yield {**entry, "status": "accepted", "lines": len(lines), "tool_calls": calls}, lines
+
+
+def _prepare(rec: PointwiseRecord, teacher, cfg: SynthConfig):
+    """Decode the first-turn frames (the trace's video input) and the teacher's frames."""
+    video = read_video_numpy(rec.video, cfg.first_turn)
+    idx = sample_indices(video.total_frames, video.fps, Sampling(fps=None, num_frames=cfg.teacher_frames))
+    images = (
+        read_frames_at(rec.video, idx, cfg.teacher_max_pixels)
+        if getattr(teacher, "needs_images", True)
+        else []
+    )
+    captions = [f"frame {i} ({i / video.fps:.2f} s):" for i in idx] if images else []
+    seed = record_seed(cfg.seed, rec.id)
+    return video, Item(rec, images, captions, video.total_frames, video.fps, seed)
+
+
+def _trace_lines(rec, video, o: Outcome, teacher, out: Path, cfg: SynthConfig) -> list[bytes]:
+    seed = record_seed(cfg.seed, rec.id)
+    rng = random.Random(f"{seed}:trace")
+    spec = label_spec(rec, cfg.rationale.spec)
+    ref = os.path.relpath(rec.video, out.resolve().parent) if "://" not in rec.video else rec.video
+    base = {
+        "prompt": rec.prompt, "video": ref, "sampling": cfg.first_turn.to_dict(),
+        "frame_indices": list(video.indices), "tool_max_pixels": cfg.tool_max_pixels, "scores": rec.scores, "teacher_scores": o.teacher_scores,
+        "source_id": rec.id, **({"split": rec.split} if rec.split else {}),
+        "provenance": {"teacher": teacher.name, "model": teacher.model, "prompt_version": PROMPT_VERSION,
+                       "protocol_version": PROTOCOL_VERSION, "seed": seed, "rewrites": o.rewrites},
+    }  # fmt: skip
+    messages = build_trace(rec, video, o.judgment, ref, spec, rng)
+    rows = [{"id": rec.id, **base, "messages": messages, "tool_frames": tool_frames(messages),
+             "frames_cited": list(o.judgment.frames_cited), "rationale_free": False}]  # fmt: skip
+    if rng.random() < cfg.rationale_free_p:
+        plain = build_trace(rec, video, None, ref, spec, rng)
+        rows.append({"id": f"{rec.id}#nr", **base, "messages": plain, "tool_frames": [], "frames_cited": [],
+                     "rationale_free": True})  # fmt: skip
+    return [(json.dumps(r, ensure_ascii=False) + "\n").encode() for r in rows]
+
+
+def _append(fh, data: bytes) -> None:
+    fh.write(data)
+    fh.flush()
+    os.fsync(fh.fileno())
+
+
+def _resume(out: Path, log: Path, header: dict, restart: bool) -> dict[str, dict]:
+    """Entries of records already done; OUT and the log are cut back to their last complete record."""
+    if restart or not log.exists():
+        out.write_bytes(b"")
+        log.write_bytes((json.dumps(header) + "\n").encode())
+        return {}
+    raw = log.read_bytes()
+    lines, good = raw.split(b"\n"), 0
+    entries = []
+    for line in lines[:-1]:  # the part after the last newline is a torn write
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+        good += len(line) + 1
+    if not entries or entries[0] != header:
+        raise ResumeError(
+            f"{log} was written with other settings or input; use another --out, or --restart to start over"
+        )
+    end = entries[-1].get("end", 0) if len(entries) > 1 else 0
+    if not out.exists() or out.stat().st_size < end:
+        raise ResumeError(f"{out} is shorter than its progress log says; use --restart to start over")
+    with open(out, "r+b") as fh:
+        fh.truncate(end)
+    with open(log, "r+b") as fh:
+        fh.truncate(good)
+    return {e["id"]: e for e in entries[1:]}
+
+
+def _fingerprint(teacher, cfg: SynthConfig, records) -> str:
+    desc = json.dumps([teacher.name, teacher.model, _jsonable(cfg), [r.id for r in records]], sort_keys=True)
+    return f"{zlib.crc32(desc.encode()):08x}"
+
+
+def _jsonable(cfg: SynthConfig) -> dict:
+    return json.loads(json.dumps(asdict(cfg), default=str))
+
+
+def _summary(log: Path, teacher, cfg: SynthConfig, out: Path) -> dict:
+    entries = [json.loads(line) for line in log.read_text().splitlines()[1:]]
+    accepted = [e for e in entries if e["status"] == "accepted"]
+    rejected = Counter(e["reason"] for e in entries if e["status"] == "rejected")
+    parse = Counter(r for e in entries for r in e.get("parse_errors", []))
+    return {
+        "accepted": len(accepted),
+        "rejected": dict(sorted(rejected.items())),
+        "keep_rate": round(len(accepted) / len(entries), 4) if entries else None,
+        "parse_errors": dict(sorted(parse.items())),
+        "records_written": sum(e["lines"] for e in accepted),
+        "with_tool_calls": sum(1 for e in accepted if e["tool_calls"] > 0),
+        "rewrites": sum(e.get("rewrites", 0) for e in entries),
+        "output": str(out),
+        "teacher": teacher.name,
+        "model": teacher.model,
+        "prompt_version": PROMPT_VERSION,
+        "protocol_version": PROTOCOL_VERSION,
+        "seed": cfg.seed,
+    }
+
+
+def _bar(total: int, initial: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total, initial=initial, desc="synthesize", unit="video", disable=not enabled, file=sys.stderr
+    )
+
+
+# --------------------------------------------------------------------------------------------- CLI
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Turn labelled videos (pointwise JSONL) into SFT traces: a teacher writes a critique anchored on "
+        "each label, the consistency filter keeps those that agree, cited frames become select_frames "
+        "calls. Resumable: rerun the same command after an interruption."
+    )
+    p.add_argument(
+        "--input", required=True, help="pointwise JSONL (DESIGN.md format), e.g. toyworld's pointwise.jsonl"
+    )
+    p.add_argument("--teacher", required=True, help="oracle | openai:URL[#MODEL] | hf:PATH")
+    p.add_argument(
+        "--out", required=True, help="output SFT JSONL; OUT.summary.json and OUT.progress.jsonl go beside it"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--splits", default=None, help="comma-separated splits to use, e.g. train,val (default: all)"
+    )
+    p.add_argument("--limit", type=int, default=None, help="use only the first N input records")
+    p.add_argument("--batch-size", type=int, default=16, help="records per teacher call batch")
+    p.add_argument("--frames", type=int, default=8, help="K uniform frames in the first turn")
+    p.add_argument("--max-pixels", type=int, default=112 * 112, help="first-turn pixels per frame")
+    p.add_argument(
+        "--tool-max-pixels", type=int, default=224 * 224, help="pixels of frames returned by the tool"
+    )
+    p.add_argument("--family", default="qwen2_5_vl", choices=["qwen2_5_vl", "qwen3_vl"])
+    p.add_argument("--drop-at", type=float, default=2.0, help="drop when any dimension is off by this much")
+    p.add_argument("--rewrite-below", type=float, default=3.0, help="near misses (off < this) get rewrites")
+    p.add_argument("--max-rewrites", type=int, default=1)
+    p.add_argument(
+        "--blind", action="store_true", help="also re-judge without the label; keep only agreement"
+    )
+    p.add_argument(
+        "--rationale-free-p", type=float, default=0.2, help="chance of an extra answer-only sample"
+    )
+    p.add_argument("--max-tool-calls", type=int, default=3)
+    p.add_argument("--max-frames-per-call", type=int, default=8)
+    p.add_argument("--memory-window", type=int, default=1)
+    p.add_argument("--concurrency", type=int, default=8, help="openai teacher: requests in flight")
+    p.add_argument("--timeout", type=float, default=120.0, help="openai teacher: seconds per request")
+    p.add_argument("--restart", action="store_true", help="discard earlier progress for --out and start over")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def config_from_args(args: argparse.Namespace) -> SynthConfig:
+    spec = JudgeSpec(max_tool_calls=args.max_tool_calls, max_frames_per_call=args.max_frames_per_call,
+                     memory_window=args.memory_window)  # fmt: skip
+    rule = ConsistencyRule(drop_at=args.drop_at, rewrite_below=args.rewrite_below)
+    return SynthConfig(
+        seed=args.seed,
+        batch_size=args.batch_size,
+        first_turn=Sampling(fps=None, num_frames=args.frames, max_pixels=args.max_pixels, family=args.family),
+        tool_max_pixels=args.tool_max_pixels,
+        rationale_free_p=args.rationale_free_p,
+        splits=tuple(args.splits.split(",")) if args.splits else None,
+        rationale=RationaleConfig(spec=spec, rule=rule, max_rewrites=args.max_rewrites, blind=args.blind),
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    from cot_rm.schema import SchemaError
+
+    from .teachers import make_teacher
+
+    try:
+        cfg = config_from_args(args)
+        records = [
+            r for r in read_jsonl(args.input, kind="pointwise") if not cfg.splits or r.split in cfg.splits
+        ]
+        kw = (
+            {"concurrency": args.concurrency, "timeout_s": args.timeout}
+            if args.teacher.startswith("openai:")
+            else {}
+        )
+        teacher = make_teacher(args.teacher, **kw)
+        summary = synthesize(
+            records[: args.limit], teacher, Path(args.out), cfg, args.restart, not args.no_progress
+        )
+    except (SchemaError, ResumeError, ValueError) as err:
+        print(f"cot-rm synthesize: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=2))
+    return 0
