@@ -277,7 +277,7 @@ def config_from_args(args: argparse.Namespace) -> SynthConfig:
 def main(args: argparse.Namespace) -> int:
     from cot_rm.schema import SchemaError
 
-    from .teachers import make_teacher
+    from .teachers import TeacherUnavailableError, make_teacher
 
     try:
         cfg = config_from_args(args)
@@ -293,7 +293,7 @@ def main(args: argparse.Namespace) -> int:
         summary = synthesize(
             records[: args.limit], teacher, Path(args.out), cfg, args.restart, not args.no_progress
         )
-    except (SchemaError, ResumeError, ValueError) as err:
+    except (SchemaError, ResumeError, TeacherUnavailableError, ValueError) as err:
         print(f"cot-rm synthesize: {err}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=2))

