@@ -253,10 +253,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tool-calls", type=int, default=3)
     p.add_argument("--max-frames-per-call", type=int, default=8)
     p.add_argument("--memory-window", type=int, default=1)
+    p.add_argument("--max-tokens", type=int, default=1024, help="longest critique the teacher may write")
     p.add_argument("--concurrency", type=int, default=8, help="openai teacher: requests in flight")
     p.add_argument("--timeout", type=float, default=120.0, help="openai teacher: seconds per request")
+    p.add_argument(
+        "--negatives",
+        default="",
+        help="add deliberate negatives of these kinds before "
+        "rationalising: comma-separated from prompt_swap,shuffle,reverse,drop (written to OUT.negatives/)",
+    )
+    p.add_argument(
+        "--negatives-rate", type=float, default=0.25, help="chance of each negative kind per record"
+    )
     p.add_argument("--restart", action="store_true", help="discard earlier progress for --out and start over")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def negatives_for(records, out: Path, kinds: list[str], rate: float, seed: int) -> list[PointwiseRecord]:
+    """Deliberate negatives of `records` in OUT.negatives/ (made once; a resumed run reuses them)."""
+    from .negatives import write_negatives
+
+    folder = out.with_name(out.name.removesuffix(".jsonl") + ".negatives")
+    if not (folder / "pointwise.jsonl").exists():  # written last and atomically: present means complete
+        write_negatives(records, folder, kinds=kinds, seed=seed, rate=rate)
+    return read_jsonl(folder / "pointwise.jsonl", kind="pointwise")
 
 
 def config_from_args(args: argparse.Namespace) -> SynthConfig:
@@ -270,7 +290,9 @@ def config_from_args(args: argparse.Namespace) -> SynthConfig:
         tool_max_pixels=args.tool_max_pixels,
         rationale_free_p=args.rationale_free_p,
         splits=tuple(args.splits.split(",")) if args.splits else None,
-        rationale=RationaleConfig(spec=spec, rule=rule, max_rewrites=args.max_rewrites, blind=args.blind),
+        rationale=RationaleConfig(
+            spec=spec, rule=rule, max_rewrites=args.max_rewrites, blind=args.blind, max_tokens=args.max_tokens
+        ),
     )
 
 
@@ -284,16 +306,16 @@ def main(args: argparse.Namespace) -> int:
         records = [
             r for r in read_jsonl(args.input, kind="pointwise") if not cfg.splits or r.split in cfg.splits
         ]
-        kw = (
-            {"concurrency": args.concurrency, "timeout_s": args.timeout}
-            if args.teacher.startswith("openai:")
-            else {}
+        records = records[: args.limit]
+        if args.negatives:
+            kinds = args.negatives.split(",")
+            records += negatives_for(records, Path(args.out), kinds, args.negatives_rate, args.seed)
+        openai = args.teacher.startswith("openai:")
+        teacher = make_teacher(
+            args.teacher, **({"concurrency": args.concurrency, "timeout_s": args.timeout} if openai else {})
         )
-        teacher = make_teacher(args.teacher, **kw)
-        summary = synthesize(
-            records[: args.limit], teacher, Path(args.out), cfg, args.restart, not args.no_progress
-        )
-    except (SchemaError, ResumeError, TeacherUnavailableError, ValueError) as err:
+        summary = synthesize(records, teacher, Path(args.out), cfg, args.restart, not args.no_progress)
+    except (SchemaError, ResumeError, TeacherUnavailableError, VideoError, ValueError) as err:
         print(f"cot-rm synthesize: {err}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=2))
