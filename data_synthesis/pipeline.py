@@ -72,7 +72,7 @@ def synthesize(
                 _append(log_fh, (json.dumps(entry) + "\n").encode())
                 counts[entry["status"]] += 1
                 bar.update(1)
-                bar.set_postfix(kept=counts["accepted"], rejected=counts["rejected"])
+                bar.set_postfix(kept=counts["accepted"], rejected=counts["rejected"], refresh=False)
     bar.close()
     summary = _summary(log, teacher, cfg, out)
     Path(str(out).removesuffix(".jsonl") + ".summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -1,5 +1,6 @@
 """The `cot-rm` entry point, the demo and the video-cache benchmark, run as a user runs them."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -32,9 +33,13 @@ def test_unbuilt_command_says_so_instead_of_pretending():
 
 
 def test_demo_runs_the_foundation_end_to_end(tmp_path):
-    out = _run("-m", "cot_rm.cli", "demo", "--out", str(tmp_path / "demo"), "--max-new-tokens", "8")
+    out = _run(
+        "-m", "cot_rm.cli", "demo", "--out", str(tmp_path / "demo"), "--n", "40", "--max-new-tokens", "8"
+    )
     assert out.returncode == 0, out.stderr
-    assert (tmp_path / "demo" / "videos" / "slide.mp4").stat().st_size > 0
+    assert (tmp_path / "demo" / "toy" / "pointwise.jsonl").exists()
+    summary = json.loads((tmp_path / "demo" / "sft_data.summary.json").read_text())
+    assert summary["accepted"] > 30 and summary["with_tool_calls"] > summary["accepted"] / 2
     assert (tmp_path / "demo" / "tiny-qwen2_5_vl" / "model.safetensors").exists()
     assert '"video_tokens"' in out.stdout and "parsed as: " in out.stdout
     assert "Not in this version yet" in out.stdout
