@@ -170,6 +170,15 @@ class CotRmConfig:
         if unknown := set(self.calibration) - set(self.dimensions):
             raise ValueError(f"calibration for unknown dimensions {sorted(unknown)}")
 
+    # TRL's trainers read `model.config.model_type` and `get_text_config()` (its fused LM head patch
+    # reads logit scaling there; none applies: the LM loss goes through the VLM's own head).
+    @property
+    def model_type(self) -> str:
+        return "cot_rm"
+
+    def get_text_config(self, *args, **kwargs) -> CotRmConfig:
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -417,9 +426,18 @@ class ThinkThenScore(nn.Module):
         """The HF `...ForConditionalGeneration` (under PEFT, with the LoRA layers injected)."""
         return _unwrap(self.vlm)
 
-    def gradient_checkpointing_enable(self) -> None:
-        # Non-reentrant: works with a frozen embedding (LoRA) without forcing input grads.
-        self.base_vlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    def add_model_tags(self, tags) -> None:  # TRL tags the model card of the VLM it trains
+        self.base_vlm.add_model_tags(tags)
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        """Checkpoint the language model only. Non-reentrant by default: works with a frozen embedding
+        (LoRA) without forcing input grads. The vision tower is never checkpointed: frozen, it builds no
+        graph (and its features are reused); trainable, recomputing it costs about 3x its forward."""
+        kwargs = {"use_reentrant": False, **(gradient_checkpointing_kwargs or {})}
+        self.base_vlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        for module in self.base_vlm.model.visual.modules():
+            if hasattr(module, "gradient_checkpointing"):
+                module.gradient_checkpointing = False
 
     def forward(
         self,

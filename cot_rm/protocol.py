@@ -57,6 +57,14 @@ class JudgeSpec:
         if self.max_tool_calls < 0 or self.max_frames_per_call < 1 or self.memory_window < 0:
             raise ValueError("tool budgets must be non-negative (frames per call at least 1)")
 
+    def to_unit(self, score: float) -> float:
+        """A score on the scale -> [-1, 1] (the regression head's target space)."""
+        return (score - (self.score_min + self.score_max) / 2) / ((self.score_max - self.score_min) / 2)
+
+    def from_unit(self, x: float) -> float:
+        """The inverse of `to_unit`: a head output back on the score scale."""
+        return x * (self.score_max - self.score_min) / 2 + (self.score_min + self.score_max) / 2
+
     def to_dict(self) -> dict:
         return {**self.__dict__, "dimensions": list(self.dimensions)}
 

@@ -164,9 +164,9 @@ def test_same_output_structure_as_original(model, video, tool_images):
                     if want is not None:  # Qwen3-VL: per-item tuples (5.19) or tensors (5.17)
                         assert [type(f) for f in got.deepstack_features] == [type(f) for f in want]
                         assert_same(map(flat, got.deepstack_features), map(flat, want))
-                tuple_out = inner.get_video_features(*args["video"], return_dict=False)
-                assert isinstance(tuple_out, tuple)
-                assert_same(tuple_out[0], plain["video"].pooler_output)
+            tuples = inner.get_video_features(*args["video"], return_dict=False)  # bypassed: as original
+            assert [type(t) for t in tuples] == [type(t) for t in plain["video"].to_tuple()]
+            assert_same(tuples[1], plain["video"].pooler_output)
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -228,6 +228,29 @@ def test_features_from_inference_mode_serve_a_training_forward(ckpt, model, vide
     assert trained.base_vlm.lm_head.weight.grad is not None
 
 
+def test_tower_never_runs_checkpointed(ckpt, model, video):
+    """Under model-wide gradient checkpointing, the cache's tower call is a plain no_grad forward."""
+    torch.manual_seed(0)
+    trained = ThinkThenScore.from_base(ckpt, freeze_vision=True)
+    trained.gradient_checkpointing_enable()
+    vision_blocks = [
+        m for m in inner_vision_model(trained).visual.modules() if hasattr(m, "_gradient_checkpointing_func")
+    ]
+    text_blocks = [m for m in trained.base_vlm.model.language_model.layers]
+    used: list[str] = []
+    for kind, blocks in (("vision", vision_blocks), ("text", text_blocks)):
+        for block in blocks:
+            func = block._gradient_checkpointing_func
+            block._gradient_checkpointing_func = lambda *a, _f=func, _k=kind, **k: (
+                used.append(_k) or _f(*a, **k)
+            )
+    batch = make_batch(model.processor, [video])
+    with VisionFeatureCache(trained):
+        trained(**batch).loss.backward()
+    assert vision_blocks and "vision" not in used and "text" in used  # the language model still is
+    assert all(block.gradient_checkpointing for block in vision_blocks)  # restored afterwards
+
+
 # ------------------------------------------------------------------------------- install / remove
 
 
@@ -262,6 +285,9 @@ def test_remove_restores_original_behaviour(model, video):
     with pytest.raises(ValueError), VisionFeatureCache(model):  # the context manager restores on errors
         raise ValueError
     assert "get_video_features" not in inner.__dict__
+    with pytest.warns(UserWarning, match="re-patched"), VisionFeatureCache(model):
+        inner.get_image_features = lambda *a, **k: None  # someone patches over the cache's wrapper
+    assert "get_image_features" not in inner.__dict__
 
 
 # --------------------------------------------------------------------------------- keys and bounds

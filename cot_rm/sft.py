@@ -1,0 +1,174 @@
+"""Stage 1, `cot-rm sft --config YAML [key=value ...]`: the SFT cold start.
+
+A subclass of TRL's SFTTrainer trains the VLM and the regression head together:
+
+    loss = lm_weight * LM loss (assistant tokens only)
+         + head_weight * (regression on every trace's label + Bradley-Terry with ties on pairs)
+
+Pairs put both videos in one step; rationale dropout (DeScore's random mask) adds the answer-only
+version of a sample for the head. With a frozen vision tower each video's features are computed once
+and reused (`cot_rm.vision_cache`). At the end the model is saved with score calibration fitted on
+validation traces, and a report (LM loss trend, parse rate of greedy judgments, the head's pairwise
+accuracy on held-out pairs) is printed and written to OUTPUT_DIR/report.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from trl import SFTConfig, SFTTrainer
+
+from cot_rm import losses
+
+HEAD_KEYS = ("head_target", "head_mask", "pair_index", "pair_label", "pair_mask")
+
+
+class CotRmSFTTrainer(SFTTrainer):
+    """SFTTrainer for `ThinkThenScore`: video batches from `SFTCollator`, LM + head losses, cot-rm saving."""
+
+    def __init__(self, model, args: SFTConfig, loss_args, **kwargs):
+        args.remove_unused_columns = False  # the collator needs the raw example column
+        args.dataset_kwargs = {**(args.dataset_kwargs or {}), "skip_prepare_dataset": True}
+        super().__init__(model=model, args=args, **kwargs)
+        self.loss_args = loss_args
+        self.log_theta = math.log(loss_args.tie_theta)
+        # Every term is a per-micro-batch mean, so the Trainer divides by the accumulation steps.
+        self.loss_is_scaled_for_ga = False
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = "train" if model.training else "eval"
+        head = {k: inputs.pop(k) for k in HEAD_KEYS}
+        labels = inputs.pop("labels")
+        out = model(**inputs, return_logits=True)
+        lm = lm_loss(out.logits, labels)
+        point, pair, acc = self.head_losses(out.rewards, head)
+        la = self.loss_args
+        loss = la.lm_weight * lm + la.head_weight * (point + pair)
+        for name, value in (("lm_loss", lm), ("head_point_loss", point), ("head_pair_loss", pair)):
+            self._metrics[mode][name].append(float(value.detach()))
+        if acc is not None:
+            self._metrics[mode]["head_pair_accuracy"].append(acc)
+        return (loss, out) if return_outputs else loss
+
+    def head_losses(
+        self, rewards: torch.Tensor, head: dict
+    ) -> tuple[torch.Tensor, torch.Tensor, float | None]:
+        la = self.loss_args
+        if la.point_loss == "mse":
+            point = losses.mse_loss(rewards, head["head_target"], head["head_mask"])
+        else:
+            raise ValueError(f"point_loss {la.point_loss!r} needs a head with uncertainty; use mse")
+        index = head["pair_index"]
+        if index.numel() == 0:
+            return point, rewards.sum() * 0.0, None
+        r_a, r_b = rewards[index[:, 0]], rewards[index[:, 1]]  # [P, D]
+        if la.pair_loss == "bt_ties":
+            pair = losses.bt_ties_loss(r_a, r_b, head["pair_label"], self.log_theta, head["pair_mask"])
+        else:
+            pair = losses.bt_margin_loss(r_a, r_b, head["pair_label"], la.margin, head["pair_mask"])
+        decided = head["pair_mask"] & (head["pair_label"] != 0)
+        acc = losses.pairwise_accuracy(r_a.detach(), r_b.detach(), head["pair_label"], decided)
+        return point, pair, float(acc) if decided.any() else None
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        # Checkpoints are cot-rm checkpoints (VLM or adapter + head + processor + cot_rm.json).
+        if self.args.should_save:
+            self.accelerator.unwrap_model(self.model).save_pretrained(output_dir or self.args.output_dir)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        from cot_rm.modeling import ThinkThenScore
+
+        model = model or self.model
+        saved = ThinkThenScore.from_pretrained(resume_from_checkpoint, is_trainable=True)
+        model.load_state_dict(saved.state_dict(), strict=True)
+
+    def create_model_card(self, *args, **kwargs) -> None:
+        return None  # the checkpoint's cot_rm.json and report.json describe the run
+
+
+def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy over the labelled (assistant) tokens of the micro-batch."""
+    shift_logits, shift_labels = logits[:, :-1].float(), labels[:, 1:]
+    if (shift_labels != -100).sum() == 0:  # only head-only sequences in this micro-batch
+        return logits.sum() * 0.0
+    return F.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=-100
+    )
+
+
+# --------------------------------------------------------------------------------------------- run
+
+
+def build(cfg):
+    """Model, processor, datasets and trainer for a resolved `SFTRunConfig`."""
+    from datasets import Dataset
+
+    from cot_rm.modeling import ThinkThenScore
+    from cot_rm.protocol import JudgeSpec
+    from cot_rm.sft_data import SFTCollator, build_examples, load_traces
+
+    m, d = cfg.model, cfg.data
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[m.dtype]
+    lora = m.lora.to_settings() if m.lora is not None else None
+    model = ThinkThenScore.from_base(
+        m.base, dims=tuple(m.dimensions), head=m.head, lora=lora, freeze_vision=m.freeze_vision,
+        torch_dtype=dtype, attn_implementation=m.attn_implementation,
+    )  # fmt: skip
+    traces = load_traces(d.train, d.splits)
+    examples = build_examples(traces, d.pairs, d.splits)
+    if not examples:
+        raise ValueError(f"{d.train}: no traces in splits {d.splits}")
+    spec = JudgeSpec(dimensions=tuple(m.dimensions))
+    collator = SFTCollator(model.processor, model.config.family, spec, model.config.reward_token,
+                           cfg.loss.rationale_dropout, d.frame_cache, seed=cfg.train.get("seed", 42))  # fmt: skip
+    dataset = Dataset.from_dict({"example": [json.dumps(e) for e in examples]})
+    args = SFTConfig(**cfg.train)
+    trainer = CotRmSFTTrainer(
+        model, args, cfg.loss, data_collator=collator, train_dataset=dataset, processing_class=model.processor
+    )
+    return model, trainer, traces, examples
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from cot_rm.config import SFTRunConfig, describe
+
+    p.description = "Stage 1: SFT cold start of a think-then-score model (LM + regression head)."
+    p.epilog = "Config keys (set in YAML or as key=value):\n" + describe(SFTRunConfig)
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.add_argument("--config", required=True, help="YAML file, e.g. configs/tiny/sft.yaml")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.learning_rate=1e-4")
+    p.add_argument("--no-report", action="store_true", help="skip the end-of-run judged report")
+
+
+def main(args: argparse.Namespace) -> int:
+    from cot_rm.config import SFTRunConfig, dump_config, load_config
+    from cot_rm.sft_report import finish
+
+    try:
+        cfg = load_config(SFTRunConfig, args.config, args.overrides)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"cot-rm sft: {err}", file=sys.stderr)
+        return 2
+    model, trainer, traces, examples = build(cfg)
+    out = Path(trainer.args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "run_config.json").write_text(json.dumps(dump_config(cfg), indent=2) + "\n")
+    print(f"cot-rm sft: {len(examples)} examples ({len(traces)} traces) -> {out}", file=sys.stderr)
+    trainer.train(resume_from_checkpoint=_last_checkpoint(out))
+    if trainer.is_world_process_zero():
+        report = finish(model, trainer, cfg, skip_judging=args.no_report)
+        print(json.dumps(report, indent=2))
+    return 0
+
+
+def _last_checkpoint(out: Path) -> str | None:
+    """Resume from the newest checkpoint-N folder of a killed run (None on a fresh run)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(out)) if out.is_dir() else None

@@ -1,0 +1,190 @@
+"""SFT examples and the video collator: traces -> model inputs with masked labels and head targets.
+
+An example is one trace (a single video) or a pair of traces (both videos of a pairwise record, in one
+step, for the Bradley-Terry head loss). Each trace is rendered with the protocol's tool-capable chat
+template and followed by the `<|reward|>` query token; its video is decoded with the trace's own
+sampling (through the frame cache) and the frames its tool turns returned are decoded at
+`tool_max_pixels`. Labels: assistant tokens only (the header's role is read from the tokens, so the
+mask works for any tokenizer); system, user and tool turns, every vision token and the reward token
+are masked. A rationale-free sequence (answer only) trains the head alone: its LM labels are masked.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cot_rm import protocol
+from cot_rm.frame_cache import FrameCache
+from cot_rm.processing import encode
+from cot_rm.protocol import JudgeSpec
+from cot_rm.schema import read_jsonl, resolve_media
+from cot_rm.video import Sampling, read_frames_at, read_video
+
+IGNORE = -100
+PREF = {"A": 1, "B": -1, "tie": 0}  # pair labels for cot_rm.losses (1: A wins, -1: B wins, 0: tie)
+
+
+def load_traces(path: str | Path, splits: Sequence[str] | None = None) -> list[dict]:
+    """SFT traces (`cot-rm synthesize` output) with video paths made absolute; bad lines name file:line."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file; run `cot-rm synthesize` first")
+    rows = []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            missing = [k for k in ("id", "messages", "video", "sampling", "scores", "prompt") if k not in row]
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{lineno}: invalid JSON ({err.msg})") from None
+        if missing:
+            raise ValueError(f"{path}:{lineno}: not an SFT trace (missing {missing[0]!r})")
+        if splits and row.get("split", "train") not in splits:
+            continue
+        rows.append({**row, "video": resolve_media(row["video"], path.resolve().parent)})
+    return rows
+
+
+def build_examples(traces: list[dict], pairs_path: str | None = None, splits=None) -> list[dict]:
+    """Pairs whose two videos both have a trace, then every trace not in such a pair, as singles."""
+    by_video = {(t["video"], t["prompt"]): t for t in traces if not t.get("rationale_free")}
+    examples, used = [], set()
+    if pairs_path:
+        for p in read_jsonl(pairs_path, kind="pairwise"):
+            if splits and p.split not in splits:
+                continue
+            a, b = by_video.get((p.video_a, p.prompt)), by_video.get((p.video_b, p.prompt_b or p.prompt))
+            if a is not None and b is not None:
+                dims = p.dims or {"overall": p.preference}
+                examples.append({"rows": [a, b], "dims": dims})
+                used.update((a["id"], b["id"]))
+    examples += [{"rows": [t]} for t in traces if t["id"] not in used]
+    return examples
+
+
+@dataclass
+class _Seq:
+    text: str
+    video: Any
+    images: list
+    scores: dict
+    head_only: bool
+
+
+class SFTCollator:
+    """Turns a list of examples ({"example": json}) into one padded batch (picklable for workers)."""
+
+    def __init__(
+        self,
+        processor,
+        family: str,
+        spec: JudgeSpec,
+        reward_token: str = "<|reward|>",
+        rationale_dropout: float = 0.0,
+        cache_dir: str | None = None,
+        seed: int = 0,
+    ):
+        self.processor, self.family, self.spec = processor, family, spec
+        self.reward_token, self.rationale_dropout, self.seed = reward_token, rationale_dropout, seed
+        self.cache = None if cache_dir == "off" else FrameCache(cache_dir)
+        self.calls = 0
+        tok = processor.tokenizer
+        self.im_start, self.im_end = (
+            tok.convert_tokens_to_ids("<|im_start|>"),
+            tok.convert_tokens_to_ids("<|im_end|>"),
+        )
+
+    def __call__(self, batch: list[dict]) -> dict[str, torch.Tensor]:
+        rng = random.Random(f"{self.seed}:{self.calls}")  # fresh masks each step, reproducible per run
+        self.calls += 1
+        seqs, pairs = [], []
+        for item in batch:
+            ex = json.loads(item["example"]) if "example" in item else item
+            variants = [False] + ([True] if rng.random() < self.rationale_dropout else [])
+            for rationale_free in variants:  # DeScore's random mask: the head ALSO sees it without critique
+                start = len(seqs)
+                seqs += [self.sequence(row, rationale_free) for row in ex["rows"]]
+                if len(ex["rows"]) == 2:
+                    pairs.append((start, start + 1, ex["dims"]))
+        return self.encode(seqs, pairs)
+
+    def sequence(self, row: dict, rationale_free: bool = False) -> _Seq:
+        sampling = replace(Sampling.from_dict(row["sampling"]), family=self.family)
+        video = read_video(row["video"], sampling, self.cache)
+        messages = row["messages"]
+        if rationale_free:
+            messages = messages[:2] + [protocol.assistant_final_turn(None, row["scores"], self._spec(row))]
+        frames = [c["image"]["frame"] for m in messages if m["role"] == "tool" for c in m["content"]
+                  if c.get("type") == "image"]  # fmt: skip
+        images = read_frames_at(row["video"], frames, row.get("tool_max_pixels", 224 * 224), self.family)
+        text = protocol.render(self.processor, messages, self.family, self._spec(row)) + self.reward_token
+        head_only = rationale_free or bool(row.get("rationale_free"))
+        return _Seq(text, video, images, row["scores"], head_only)
+
+    def _spec(self, row: dict) -> JudgeSpec:
+        return replace(self.spec, dimensions=tuple(row["scores"]))
+
+    def encode(self, seqs: list[_Seq], pairs: list[tuple]) -> dict[str, torch.Tensor]:
+        images = [img for s in seqs for img in s.images]
+        batch = encode(
+            self.processor, [s.text for s in seqs], videos=[s.video for s in seqs], images=images or None
+        )
+        batch = dict(batch)
+        labels = torch.full_like(batch["input_ids"], IGNORE)
+        for i, s in enumerate(seqs):
+            if not s.head_only:
+                mask = assistant_mask(
+                    batch["input_ids"][i].tolist(), self.im_start, self.im_end, self.processor.tokenizer
+                )
+                labels[i, mask] = batch["input_ids"][i, mask]
+        batch["labels"] = labels
+        batch.update(self.head_targets(seqs, pairs))
+        return batch
+
+    def head_targets(self, seqs: list[_Seq], pairs: list[tuple]) -> dict[str, torch.Tensor]:
+        dims = self.spec.dimensions
+        target = torch.zeros(len(seqs), len(dims))
+        mask = torch.zeros(len(seqs), len(dims), dtype=torch.bool)
+        for i, s in enumerate(seqs):
+            for j, d in enumerate(dims):
+                if d in s.scores:
+                    target[i, j], mask[i, j] = self.spec.to_unit(s.scores[d]), True
+        index = torch.tensor([[a, b] for a, b, _ in pairs], dtype=torch.long).reshape(-1, 2)
+        pref = torch.tensor([[PREF.get(dd.get(d), 0) for d in dims] for _, _, dd in pairs], dtype=torch.long)
+        pmask = torch.tensor([[d in dd for d in dims] for _, _, dd in pairs], dtype=torch.bool)
+        return {
+            "head_target": target,
+            "head_mask": mask,
+            "pair_index": index,
+            "pair_label": pref.reshape(-1, len(dims)),
+            "pair_mask": pmask.reshape(-1, len(dims)),
+        }
+
+
+def assistant_mask(ids: list[int], im_start: int, im_end: int, tokenizer) -> torch.Tensor:
+    """True on the tokens of every assistant turn: its content and its closing <|im_end|>."""
+    mask = torch.zeros(len(ids), dtype=torch.bool)
+    i = 0
+    while i < len(ids):
+        if ids[i] != im_start:
+            i += 1
+            continue
+        j, header = i + 1, ""
+        while j < len(ids) and "\n" not in header:  # the role header: "assistant\n", "user\n", ...
+            header += tokenizer.decode([ids[j]])
+            j += 1
+        k = j
+        while k < len(ids) and ids[k] != im_end:
+            k += 1
+        if header.strip() == "assistant":
+            mask[j : k + 1] = True  # content + <|im_end|> (so the model learns to stop)
+        i = k + 1
+    return mask

@@ -1,0 +1,110 @@
+"""The end of an SFT run: calibration on validation data, the final checkpoint, and the report.
+
+The report answers "did it learn?": the LM loss at the start and end of training, the share of greedy
+judgments (with the tool loop) that parse on held-out videos, and the head's pairwise accuracy
+(without ties) on held-out pairs. Printed and written to OUTPUT_DIR/report.json.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from cot_rm import losses
+from cot_rm.processing import encode
+from cot_rm.protocol import JudgeSpec
+from cot_rm.schema import read_jsonl
+from cot_rm.sft_data import PREF, load_traces
+from cot_rm.video import Sampling
+
+
+def finish(model, trainer, cfg, skip_judging: bool = False) -> dict:
+    out = Path(trainer.args.output_dir)
+    model.eval()
+    collator = trainer.data_collator
+    traces = load_traces(cfg.data.train, None)
+    sampling = Sampling.from_dict({**traces[0]["sampling"], "family": model.config.family})
+    model.config.sampling = sampling.to_dict()
+    calibrate(model, collator, [t for t in traces if t.get("split") == "val" and not t.get("rationale_free")])
+    model.save_pretrained(out)
+    report = {"checkpoint": str(out), **lm_trend(trainer.state.log_history)}
+    if not skip_judging and cfg.data.eval_pairs:
+        report.update(judged_report(model, cfg, sampling))
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+@torch.inference_mode()
+def head_scores(model, collator, rows: list[dict], batch_size: int = 8) -> list[list[float]]:
+    """Raw head outputs [N, D] for traces rendered as in training (critique + reward token)."""
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(rows), batch_size):
+        seqs = [collator.sequence(r) for r in rows[start : start + batch_size]]
+        images = [img for s in seqs for img in s.images]
+        batch = encode(
+            model.processor, [s.text for s in seqs], videos=[s.video for s in seqs], images=images or None
+        )
+        out += model.score(**{k: v.to(device) for k, v in batch.items()}).tolist()
+    return out
+
+
+def calibrate(model, collator, val_rows: list[dict]) -> None:
+    """Per-dimension mean/std of the head on validation traces (VideoAlign's normalisation)."""
+    if len(val_rows) < 2:
+        return
+    raw = head_scores(model, collator, val_rows)
+    dims = model.config.dimensions
+    model.config.calibration = losses.fit_calibration({d: [r[j] for r in raw] for j, d in enumerate(dims)})
+
+
+def lm_trend(history: list[dict]) -> dict:
+    values = [h["lm_loss"] for h in history if "lm_loss" in h]
+    if not values:
+        return {"lm_loss_first": None, "lm_loss_last": None, "lm_loss_fell": None}
+    k = max(1, len(values) // 5)  # mean of the first and last fifth: robust to one noisy step
+    first, last = sum(values[:k]) / k, sum(values[-k:]) / k
+    return {"lm_loss_first": round(first, 4), "lm_loss_last": round(last, 4), "lm_loss_fell": last < first}
+
+
+def judged_report(model, cfg, sampling: Sampling) -> dict:
+    """Greedy judgments with the tool loop on held-out pairs: parse rate and head/answer accuracy."""
+    from cot_rm.judge import Judge
+
+    pairs = [
+        p for p in read_jsonl(cfg.data.eval_pairs, kind="pairwise") if p.split in (None, cfg.data.eval_split)
+    ]
+    pairs = pairs[: cfg.data.eval_limit]
+    videos = {}
+    for p in pairs:
+        videos.setdefault(p.video_a, p.prompt)
+        videos.setdefault(p.video_b, p.prompt_b or p.prompt)
+    spec = JudgeSpec(dimensions=tuple(model.config.dimensions))
+    judge = Judge(model, sampling, spec, name=str(Path(cfg.train["output_dir"])))
+    judged = dict(zip(videos, judge.judge([(v, v, prompt) for v, prompt in videos.items()]), strict=True))
+    parsed = sum(j["parse_error"] is None for j in judged.values())
+    return {
+        "judged_videos": len(judged),
+        "parse_rate": round(parsed / max(1, len(judged)), 4),
+        "pairs": len(pairs),
+        "head_pairwise_accuracy": accuracy(pairs, judged, "scores", model.config.dimensions),
+        "answer_pairwise_accuracy": accuracy(pairs, judged, "answer_scores", model.config.dimensions),
+    }
+
+
+def accuracy(pairs, judged: dict, key: str, dims: list[str]) -> dict:
+    """Accuracy without ties per dimension: human-tied pairs dropped, a model tie (or no score) is wrong."""
+    result = {}
+    for d in dims:
+        hits = total = 0
+        for p in pairs:
+            label = PREF.get((p.dims or {"overall": p.preference}).get(d))
+            if not label:
+                continue
+            a, b = (judged[p.video_a].get(key) or {}).get(d), (judged[p.video_b].get(key) or {}).get(d)
+            total += 1
+            hits += a is not None and b is not None and (a - b) * label > 0
+        result[d] = round(hits / total, 4) if total else None
+    return result
