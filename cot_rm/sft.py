@@ -15,6 +15,7 @@ accuracy on held-out pairs) is printed and written to OUTPUT_DIR/report.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -32,11 +33,12 @@ HEAD_KEYS = ("head_target", "head_mask", "pair_index", "pair_label", "pair_mask"
 class CotRmSFTTrainer(SFTTrainer):
     """SFTTrainer for `ThinkThenScore`: video batches from `SFTCollator`, LM + head losses, cot-rm saving."""
 
-    def __init__(self, model, args: SFTConfig, loss_args, **kwargs):
+    def __init__(self, model, args: SFTConfig, loss_args, vision_cache=None, **kwargs):
         args.remove_unused_columns = False  # the collator needs the raw example column
         args.dataset_kwargs = {**(args.dataset_kwargs or {}), "skip_prepare_dataset": True}
         super().__init__(model=model, args=args, **kwargs)
         self.loss_args = loss_args
+        self.vision_cache = vision_cache  # installed on the model: a frozen tower's features, reused
         self.log_theta = math.log(loss_args.tie_theta)
         # Every term is a per-micro-batch mean, so the Trainer divides by the accumulation steps.
         self.loss_is_scaled_for_ga = False
@@ -45,7 +47,9 @@ class CotRmSFTTrainer(SFTTrainer):
         mode = "train" if model.training else "eval"
         head = {k: inputs.pop(k) for k in HEAD_KEYS}
         labels = inputs.pop("labels")
-        out = model(**inputs, return_logits=True)
+        keys = inputs.pop("vision_keys", None)
+        with self.vision_cache.key_hints(**keys) if self.vision_cache and keys else contextlib.nullcontext():
+            out = model(**inputs, return_logits=True)
         lm = lm_loss(out.logits, labels)
         point, pair, acc = self.head_losses(out.rewards, head)
         la = self.loss_args
@@ -54,6 +58,8 @@ class CotRmSFTTrainer(SFTTrainer):
             self._metrics[mode][name].append(float(value.detach()))
         if acc is not None:
             self._metrics[mode]["head_pair_accuracy"].append(acc)
+        if self.vision_cache is not None:
+            self._metrics[mode]["vision_cache_hit_rate"].append(self.vision_cache.stats()["hit_rate"])
         return (loss, out) if return_outputs else loss
 
     def head_losses(
@@ -128,9 +134,21 @@ def build(cfg):
     collator = SFTCollator(model.processor, model.config.family, spec, model.config.reward_token,
                            cfg.loss.rationale_dropout, d.frame_cache, seed=cfg.train.get("seed", 42))  # fmt: skip
     dataset = Dataset.from_dict({"example": [json.dumps(e) for e in examples]})
+    cache = None
+    if m.freeze_vision and m.reuse_vision_features:
+        from cot_rm.vision_cache import VisionFeatureCache
+
+        # Host memory: a 16-frame 448x448 video is ~15 MB of 7B features; 8 GiB holds ~550 of them.
+        cache = VisionFeatureCache(model, max_items=None, max_bytes=8 << 30, device="cpu").install()
     args = SFTConfig(**cfg.train)
     trainer = CotRmSFTTrainer(
-        model, args, cfg.loss, data_collator=collator, train_dataset=dataset, processing_class=model.processor
+        model,
+        args,
+        cfg.loss,
+        cache,
+        data_collator=collator,
+        train_dataset=dataset,
+        processing_class=model.processor,
     )
     return model, trainer, traces, examples
 

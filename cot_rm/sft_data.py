@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,8 @@ class _Seq:
     images: list
     scores: dict
     head_only: bool
+    video_key: str = ""  # what identifies the pixels (path + sampling), for the vision-feature cache
+    image_keys: list = field(default_factory=list)
 
 
 class SFTCollator:
@@ -127,7 +129,17 @@ class SFTCollator:
         images = read_frames_at(row["video"], frames, row.get("tool_max_pixels", 224 * 224), self.family)
         text = protocol.render(self.processor, messages, self.family, self._spec(row)) + self.reward_token
         head_only = rationale_free or bool(row.get("rationale_free"))
-        return _Seq(text, video, images, row["scores"], head_only)
+        key = f"{row['video']}|{json.dumps(sampling.to_dict(), sort_keys=True)}"
+        tool_px = row.get("tool_max_pixels", 224 * 224)
+        return _Seq(
+            text,
+            video,
+            images,
+            row["scores"],
+            head_only,
+            key,
+            [f"{row['video']}|{f}|{tool_px}" for f in frames],
+        )
 
     def _spec(self, row: dict) -> JudgeSpec:
         return replace(self.spec, dimensions=tuple(row["scores"]))
@@ -147,6 +159,10 @@ class SFTCollator:
                 labels[i, mask] = batch["input_ids"][i, mask]
         batch["labels"] = labels
         batch.update(self.head_targets(seqs, pairs))
+        batch["vision_keys"] = {
+            "videos": [s.video_key for s in seqs],
+            "images": [k for s in seqs for k in s.image_keys],
+        }
         return batch
 
     def head_targets(self, seqs: list[_Seq], pairs: list[tuple]) -> dict[str, torch.Tensor]:

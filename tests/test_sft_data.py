@@ -1,0 +1,117 @@
+"""SFT collator: the label mask keeps exactly the assistant spans; head targets and pairs are right."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoProcessor
+
+from cot_rm import protocol as P
+from cot_rm.protocol import JudgeSpec
+from cot_rm.sft_data import IGNORE, SFTCollator, assistant_mask, build_examples, load_traces
+
+
+@pytest.fixture(scope="module")
+def traces(tmp_path_factory):
+    from cot_rm.schema import read_jsonl
+    from data_synthesis.oracle import OracleTeacher
+    from data_synthesis.pipeline import SynthConfig, synthesize
+    from data_synthesis.toyworld import ToyConfig, build
+
+    root = tmp_path_factory.mktemp("sftdata")
+    build(root / "toy", ToyConfig(n=24, seed=5), progress=False)
+    recs = read_jsonl(root / "toy" / "pointwise.jsonl")
+    synthesize(recs, OracleTeacher(), root / "sft.jsonl", SynthConfig(rationale_free_p=0.5), progress=False)
+    return root
+
+
+def _spans(labels: torch.Tensor) -> list[tuple[int, int]]:
+    keep = (labels != IGNORE).tolist() + [False]
+    spans, start = [], None
+    for i, k in enumerate(keep):
+        if k and start is None:
+            start = i
+        if not k and start is not None:
+            spans.append((start, i))
+            start = None
+    return spans
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_label_mask_is_exactly_the_assistant_turns(traces, family, request):
+    ckpt = request.getfixturevalue(
+        {"qwen2_5_vl": "tiny_qwen25vl_dir", "qwen3_vl": "tiny_qwen3vl_dir"}[family]
+    )
+    processor = AutoProcessor.from_pretrained(ckpt)
+    rows = load_traces(traces / "sft.jsonl")
+    row = next(r for r in rows if len(r["tool_frames"]) >= 2)  # a real multi-turn sample with two tool rounds
+    collator = SFTCollator(processor, family, JudgeSpec(), cache_dir="off")
+    batch = collator.encode([collator.sequence(row)], [])
+    ids, labels = batch["input_ids"][0], batch["labels"][0]
+    got = [processor.tokenizer.decode(ids[a:b]) for a, b in _spans(labels)]
+    # What the model must learn: each assistant turn as the chat template renders it, with its <|im_end|>.
+    want = []
+    for m in row["messages"]:
+        if m["role"] != "assistant":
+            continue
+        calls = [P.format_tool_call(c["function"]["arguments"]["frames"]) for c in m.get("tool_calls") or []]
+        want.append("\n".join([m["content"], *calls]) + "<|im_end|>")
+    assert got == want
+    assert len(got) == len(row["tool_frames"]) + 1
+    kept = labels != IGNORE
+    vision = (ids == processor.video_token_id) | (ids == processor.image_token_id)
+    assert vision.any() and not (kept & vision).any()  # no vision token is ever a label
+    reward_id = processor.tokenizer.convert_tokens_to_ids("<|reward|>")
+    assert ids[batch["attention_mask"][0].bool()][-1] == reward_id and not kept[ids == reward_id].any()
+    assert batch["pixel_values"].shape[0] > 0  # the tool's frames travel with the sample
+
+
+def test_rationale_free_rows_train_the_head_only(traces, tiny_qwen25vl_dir):
+    processor = AutoProcessor.from_pretrained(tiny_qwen25vl_dir)
+    rows = load_traces(traces / "sft.jsonl")
+    row = next(r for r in rows if r["rationale_free"])
+    collator = SFTCollator(processor, "qwen2_5_vl", JudgeSpec(), cache_dir="off")
+    batch = collator.encode([collator.sequence(row)], [])
+    assert (batch["labels"] == IGNORE).all()
+    assert batch["head_mask"].all() and "pixel_values" not in batch
+    expected = torch.tensor([[JudgeSpec().to_unit(row["scores"][d]) for d in JudgeSpec().dimensions]])
+    assert torch.allclose(batch["head_target"], expected)
+
+
+def test_pairs_become_two_sequences_with_bt_labels(traces, tiny_qwen25vl_dir):
+    processor = AutoProcessor.from_pretrained(tiny_qwen25vl_dir)
+    rows = load_traces(traces / "sft.jsonl")
+    examples = build_examples(rows, str(traces / "toy" / "pairs.jsonl"))
+    pair = next(e for e in examples if len(e["rows"]) == 2)
+    single = next(e for e in examples if len(e["rows"]) == 1)
+    collator = SFTCollator(processor, "qwen2_5_vl", JudgeSpec(), rationale_dropout=0.0, cache_dir="off")
+    batch = collator([{"example": json.dumps(pair)}, {"example": json.dumps(single)}])
+    assert batch["input_ids"].shape[0] == 3 and batch["pair_index"].tolist() == [[0, 1]]
+    want = [{"A": 1, "B": -1, "tie": 0}[pair["dims"][d]] for d in JudgeSpec().dimensions]
+    assert batch["pair_label"][0].tolist() == want
+    # rationale dropout 1.0: every example ALSO appears answer-only (head only), pairs included
+    always = SFTCollator(processor, "qwen2_5_vl", JudgeSpec(), rationale_dropout=1.0, cache_dir="off")
+    batch = always([{"example": json.dumps(pair)}])
+    assert batch["input_ids"].shape[0] == 4 and batch["pair_index"].tolist() == [[0, 1], [2, 3]]
+    assert (batch["labels"][2:] == IGNORE).all() and (batch["labels"][:2] != IGNORE).any()
+
+
+def test_assistant_mask_on_hand_written_ids():
+    class Tok:  # ids -> text, one character per id
+        def decode(self, ids):
+            return "".join(VOCAB[i] for i in ids)
+
+    VOCAB = {0: "S", 1: "E", 2: "u", 3: "a", 4: "\n", 5: "x", 6: "y"}
+    # S u \n x E \n S a \n y y E  -> only "y y E" (the assistant content and its end) is kept
+    ids = [0, 2, 4, 5, 1, 4, 0, 3, 4, 6, 6, 1]
+    VOCAB[2], VOCAB[3] = "user", "assistant"
+    assert assistant_mask(ids, 0, 1, Tok()).tolist() == [False] * 9 + [True, True, True]
+
+
+def test_load_traces_names_file_and_line(tmp_path):
+    bad = tmp_path / "t.jsonl"
+    bad.write_text('{"id": "a"}\n')
+    with pytest.raises(ValueError, match=r"t.jsonl:1: not an SFT trace"):
+        load_traces(bad)
+    with pytest.raises(FileNotFoundError, match="cot-rm synthesize"):
+        load_traces(tmp_path / "none.jsonl")
