@@ -51,13 +51,14 @@ class CotRmSFTTrainer(SFTTrainer):
         with self.vision_cache.key_hints(**keys) if self.vision_cache and keys else contextlib.nullcontext():
             out = model(**inputs, return_logits=True)
         lm = lm_loss(out.logits, labels)
-        point, pair, acc = self.head_losses(out.rewards, head)
+        point, pair, acc = self.head_losses(out.rewards, out.log_var, head)
         la = self.loss_args
         loss = la.lm_weight * lm + la.head_weight * (point + pair)
         for name, value in (("lm_loss", lm), ("head_point_loss", point), ("head_pair_loss", pair)):
             self._metrics[mode][name].append(float(value.detach()))
         if acc is not None:
             self._metrics[mode]["head_pair_accuracy"].append(acc)
+        self._metrics[mode]["skipped_too_long"].append(float(self.data_collator.skipped))
         if self.vision_cache is not None:
             self._metrics[mode]["vision_cache_hit_rate"].append(self.vision_cache.stats()["hit_rate"])
         return (loss, out) if return_outputs else loss
@@ -122,9 +123,12 @@ def build(cfg):
     m, d = cfg.model, cfg.data
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[m.dtype]
     lora = m.lora.to_settings() if m.lora is not None else None
+    # TrainingArguments first: under DeepSpeed ZeRO-3 it must exist before the model loads (sharded init).
+    args = SFTConfig(**cfg.train, max_length=d.max_length)
     model = ThinkThenScore.from_base(
         m.base, dims=tuple(m.dimensions), head=m.head, lora=lora, freeze_vision=m.freeze_vision,
-        torch_dtype=dtype, attn_implementation=m.attn_implementation,
+        uncertainty=cfg.loss.point_loss == "gaussian_nll", torch_dtype=dtype,
+        attn_implementation=m.attn_implementation,
     )  # fmt: skip
     traces = load_traces(d.train, d.splits)
     examples = build_examples(traces, d.pairs, d.splits)
@@ -132,7 +136,7 @@ def build(cfg):
         raise ValueError(f"{d.train}: no traces in splits {d.splits}")
     spec = JudgeSpec(dimensions=tuple(m.dimensions))
     collator = SFTCollator(model.processor, model.config.family, spec, model.config.reward_token,
-                           cfg.loss.rationale_dropout, d.frame_cache, seed=cfg.train.get("seed", 42))  # fmt: skip
+                           cfg.loss.rationale_dropout, d.frame_cache, args.seed, d.max_length)  # fmt: skip
     dataset = Dataset.from_dict({"example": [json.dumps(e) for e in examples]})
     cache = None
     if m.freeze_vision and m.reuse_vision_features:
@@ -140,7 +144,6 @@ def build(cfg):
 
         # Host memory: a 16-frame 448x448 video is ~15 MB of 7B features; 8 GiB holds ~550 of them.
         cache = VisionFeatureCache(model, max_items=None, max_bytes=8 << 30, device="cpu").install()
-    args = SFTConfig(**cfg.train)
     trainer = CotRmSFTTrainer(
         model,
         args,
@@ -154,29 +157,33 @@ def build(cfg):
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from cot_rm.config import SFTRunConfig, describe
+    from cot_rm.config import add_config_arguments
+    from cot_rm.sft_config import SFTRunConfig
 
-    p.description = "Stage 1: SFT cold start of a think-then-score model (LM + regression head)."
-    p.epilog = "Config keys (set in YAML or as key=value):\n" + describe(SFTRunConfig)
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.add_argument("--config", required=True, help="YAML file, e.g. configs/tiny/sft.yaml")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.learning_rate=1e-4")
+    p.description = (
+        "Stage 1: SFT cold start of a think-then-score model (masked LM loss + regression/Bradley-Terry "
+        "head loss). Resumes from the newest checkpoint in train.output_dir. Example: "
+        "cot-rm sft --config configs/tiny/sft.yaml train.num_train_epochs=1"
+    )
+    add_config_arguments(p, SFTRunConfig)
     p.add_argument("--no-report", action="store_true", help="skip the end-of-run judged report")
 
 
 def main(args: argparse.Namespace) -> int:
-    from cot_rm.config import SFTRunConfig, dump_config, load_config
+    from cot_rm.config import ConfigError, check_trl_args, config_from_args, save_config
+    from cot_rm.sft_config import SFTRunConfig
     from cot_rm.sft_report import finish
 
     try:
-        cfg = load_config(SFTRunConfig, args.config, args.overrides)
-    except (ValueError, FileNotFoundError) as err:
+        cfg = config_from_args(SFTRunConfig, args)
+        check_trl_args(SFTConfig, cfg.train)
+        model, trainer, traces, examples = build(cfg)
+    except (ConfigError, FileNotFoundError, ValueError) as err:
         print(f"cot-rm sft: {err}", file=sys.stderr)
         return 2
-    model, trainer, traces, examples = build(cfg)
     out = Path(trainer.args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "run_config.json").write_text(json.dumps(dump_config(cfg), indent=2) + "\n")
+    save_config(cfg, out / "run_config.yaml")
     print(f"cot-rm sft: {len(examples)} examples ({len(traces)} traces) -> {out}", file=sys.stderr)
     trainer.train(resume_from_checkpoint=_last_checkpoint(out))
     if trainer.is_world_process_zero():

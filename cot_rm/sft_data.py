@@ -93,11 +93,13 @@ class SFTCollator:
         rationale_dropout: float = 0.0,
         cache_dir: str | None = None,
         seed: int = 0,
+        max_length: int | None = None,
     ):
         self.processor, self.family, self.spec = processor, family, spec
         self.reward_token, self.rationale_dropout, self.seed = reward_token, rationale_dropout, seed
         self.cache = None if cache_dir == "off" else FrameCache(cache_dir)
         self.calls = 0
+        self.max_length, self.skipped = max_length, 0  # examples dropped for being longer than max_length
         tok = processor.tokenizer
         self.im_start, self.im_end = (
             tok.convert_tokens_to_ids("<|im_start|>"),
@@ -112,11 +114,26 @@ class SFTCollator:
             ex = json.loads(item["example"]) if "example" in item else item
             variants = [False] + ([True] if rng.random() < self.rationale_dropout else [])
             for rationale_free in variants:  # DeScore's random mask: the head ALSO sees it without critique
-                start = len(seqs)
-                seqs += [self.sequence(row, rationale_free) for row in ex["rows"]]
-                if len(ex["rows"]) == 2:
-                    pairs.append((start, start + 1, ex["dims"]))
+                group = [self.sequence(row, rationale_free) for row in ex["rows"]]
+                if self.max_length and max(self.length(s) for s in group) > self.max_length:
+                    self.skipped += 1  # truncating would cut the answer and the reward token
+                    continue
+                if len(group) == 2:
+                    pairs.append((len(seqs), len(seqs) + 1, ex["dims"]))
+                seqs += group
+        if not seqs:
+            raise ValueError(
+                f"every sample of a batch is longer than data.max_length={self.max_length}; raise it"
+            )
         return self.encode(seqs, pairs)
+
+    def length(self, seq: _Seq) -> int:
+        """Tokens of one sequence, vision tokens included (what max_length limits)."""
+        return int(
+            encode(self.processor, [seq.text], videos=[seq.video], images=seq.images or None)[
+                "input_ids"
+            ].shape[1]
+        )
 
     def sequence(self, row: dict, rationale_free: bool = False) -> _Seq:
         sampling = replace(Sampling.from_dict(row["sampling"]), family=self.family)

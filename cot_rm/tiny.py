@@ -21,13 +21,14 @@ import tempfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
 FAMILIES = ("qwen2_5_vl", "qwen3_vl")
 REWARD_TOKEN = "<|reward|>"
 # Bump when the built checkpoint changes, so stale cached folders are not silently reused.
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2
 MARKER = "cot_rm_tiny.json"
 _REQUIRED_FILES = (
     "config.json",
@@ -162,6 +163,32 @@ def chat_template(family: str) -> str:
 # ----------------------------------------------------------------------------------------- tokenizer
 
 
+def _corpus() -> list[str]:
+    """The fixed lines plus the protocol's own texts: a judgment conversation then tokenises into far
+    fewer tokens (the system prompt and tool schema repeat in every sample), which makes the tiny
+    model's CPU training several times cheaper per sample. Still deterministic."""
+    from cot_rm import protocol
+
+    words = ("red yellow green cyan blue purple circle circles square squares triangle triangles diamond "
+             "diamonds one two three moving left right up down slowly fast quickly on a white black grey "
+             "background flicker noise blur blockiness banding teleport freeze reversal morphing wall speed "
+             "inspected closely agree confirms excellent good mediocre poor very bad flawless")  # fmt: skip
+    frames = SimpleNamespace(indices=[0, 5, 10, 15], timestamps=[0, 0.625, 1.25, 1.875], total_frames=16, fps=8.0,
+                             duration_s=2.0, path="v.mp4")  # fmt: skip
+    user = protocol.user_turn("two red circles moving left slowly on a white background", frames)["content"][
+        1
+    ]["text"]
+    template = protocol.chat_template("qwen3_vl")  # its tool header is in every sample's system turn
+    return [
+        *_CORPUS_LINES,
+        protocol.system_prompt(),
+        json.dumps(protocol.tool_schema()),
+        words,
+        user,
+        template,
+    ]
+
+
 def _train_bpe(vocab_size: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
     from tokenizers import Regex, Tokenizer, pre_tokenizers, trainers
     from tokenizers.models import BPE
@@ -181,13 +208,13 @@ def _train_bpe(vocab_size: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
         show_progress=False,
     )
     # The BPE trainer is deterministic for a fixed corpus order (ties break on pair order).
-    tok.train_from_iterator(list(_CORPUS_LINES) * 4, trainer=trainer)
+    tok.train_from_iterator(list(_corpus()) * 4, trainer=trainer)
     model = json.loads(tok.to_str())["model"]
     # tokenizer.json stores merges as lists; Qwen2Tokenizer's BPE wants tuples.
     return model["vocab"], [tuple(m) for m in model["merges"]]
 
 
-def build_tokenizer(family: str = "qwen2_5_vl", vocab_size: int = 1024):
+def build_tokenizer(family: str = "qwen2_5_vl", vocab_size: int = 2048):
     """A `Qwen2Tokenizer` (fast, tokenizers-backed) with the family's special tokens + `<|reward|>`.
 
     eos is `<|im_end|>` and pad is `<|endoftext|>`, as in the released Instruct checkpoints.
@@ -378,6 +405,18 @@ def is_complete(path: str | Path, family: str | None = None, seed: int | None = 
     )
 
 
+def _older_build(path: Path, family: str, seed: int) -> bool:
+    marker = path / MARKER
+    if not marker.is_file():
+        return False
+    info = json.loads(marker.read_text())
+    return (
+        info.get("family") == family
+        and info.get("seed") == seed
+        and info.get("builder_version") != BUILDER_VERSION
+    )
+
+
 def _write_checkpoint(path: Path, family: str, seed: int) -> None:
     tokenizer = build_tokenizer(family)
     processor = build_processor(family, tokenizer)
@@ -404,14 +443,15 @@ def build_tiny_checkpoint(out_dir: str | Path, family: str = "qwen2_5_vl", seed:
     out = Path(out_dir)
     if is_complete(out, family, seed):
         return out
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    stale = _older_build(out, family, seed)  # the same tiny model from an older builder: ours to replace
+    if out.exists() and not stale and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out} exists and is not a tiny {family} checkpoint with seed {seed}")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         _write_checkpoint(tmp, family, seed)
         if out.exists():
-            out.rmdir()  # empty (checked above)
+            shutil.rmtree(out)  # empty, or an older tiny build (checked above)
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
