@@ -1,10 +1,10 @@
 """`cot-rm demo`: run what this version has, end to end, on a CPU, and say plainly what it lacks.
 
 Today: the toy world (real videos with exact defect labels), data synthesis with the oracle teacher
-(anchored critiques, consistency filter, select_frames traces, deliberate negatives), and a tiny
-random Qwen2.5-VL built locally that renders a judgment conversation, generates a turn and has it
-read by the one parser (an untrained model usually fails to parse: that is counted and shown, never
-scored).
+(anchored critiques, consistency filter, select_frames traces, deliberate negatives), and the SFT
+cold start of a tiny random Qwen2.5-VL built locally (configs/tiny/sft.yaml), which ends with a
+report: the LM loss trend, the parse rate of greedy judgments on held-out videos and the head's
+pairwise accuracy on held-out pairs.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 NOT_YET = [
-    ("sft", "SFT cold start with masked loss and the regression head"),
     ("grpo", "GRPO with tool rollouts and the co-trained head"),
     ("eval", "benchmarks and metrics"),
     ("judge / serve", "local judging, HTML critiques, the vLLM-served judge API"),
@@ -25,7 +24,12 @@ NOT_YET = [
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     p.add_argument("--n", type=int, default=400, help="toy-world videos (default 400)")
-    p.add_argument("--max-new-tokens", type=int, default=48, help="tokens the tiny model generates")
+    p.add_argument(
+        "--config", default="configs/tiny/sft.yaml", help="SFT config (paths are redirected to --out)"
+    )
+    p.add_argument(
+        "--sft-steps", type=int, default=None, help="stop SFT after this many steps (default: the config's)"
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -41,8 +45,9 @@ def main(args: argparse.Namespace) -> int:
     print(f"  kept {summary['accepted']}, rejected {summary['rejected']}, with tool calls "
           f"{summary['with_tool_calls']}; SFT data: {summary['output']}")  # fmt: skip
 
-    _step("3/3 a tiny random Qwen2.5-VL judges one toy video (untrained: expect a parse error)")
-    _judge_once(out, args.max_new_tokens)
+    _step("3/3 SFT cold start of a tiny random Qwen2.5-VL (LM + head), then judged held-out videos")
+    report = _sft(out, args.config, args.sft_steps)
+    print("  " + json.dumps(report))
 
     print(f"\nDone in {time.time() - t0:.0f} s. Outputs under {out}/.")
     print("Not in this version yet (nothing below was run):")
@@ -62,31 +67,22 @@ def _synthesize(out: Path) -> dict:
     return synthesize(records, OracleTeacher(), sft, SynthConfig(), restart=True)
 
 
-def _judge_once(out: Path, max_new_tokens: int) -> None:
-    import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    from cot_rm import protocol
-    from cot_rm.processing import encode
-    from cot_rm.schema import read_jsonl
+def _sft(out: Path, config: str, steps: int | None) -> dict:
+    from cot_rm.config import load_config
+    from cot_rm.sft import build
+    from cot_rm.sft_config import SFTRunConfig
+    from cot_rm.sft_report import finish
     from cot_rm.tiny import build_tiny_checkpoint
-    from cot_rm.video import Sampling, read_video
 
-    ckpt = build_tiny_checkpoint(out / "tiny-qwen2_5_vl", family="qwen2_5_vl")
-    processor = AutoProcessor.from_pretrained(ckpt)
-    model = AutoModelForImageTextToText.from_pretrained(ckpt).eval()
-    rec = next(r for r in read_jsonl(out / "toy" / "pointwise.jsonl") if r.split == "test")
-    video = read_video(rec.video, Sampling(fps=None, num_frames=8, max_pixels=112 * 112))
-    print("  video-info: " + json.dumps(video.info()))
-    messages = protocol.judgment_conversation(rec.prompt, video)
-    text = protocol.render(processor, messages, "qwen2_5_vl", add_generation_prompt=True)
-    inputs = encode(processor, [text], videos=[video])
-    with torch.no_grad():
-        ids = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-    turn = processor.batch_decode(ids[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)[0]
-    print(f"  prompt tokens: {inputs['input_ids'].shape[1]} (video tokens: {video.video_tokens})")
-    print(f"  generated: {turn[:100]!r}")
-    print(f"  parsed as: {protocol.parse_turn(turn)}")
+    base = build_tiny_checkpoint(out / "tiny-qwen2_5_vl", family="qwen2_5_vl")
+    overrides = [f"model.base={base}", f"data.train={out / 'sft_data.jsonl'}", f"train.output_dir={out / 'sft'}",
+                 f"data.pairs={out / 'toy' / 'pairs.jsonl'}", f"data.eval_pairs={out / 'toy' / 'pairs.jsonl'}"]  # fmt: skip
+    if steps is not None:
+        overrides.append(f"train.max_steps={steps}")
+    cfg = load_config(SFTRunConfig, config, overrides)
+    model, trainer, _, _ = build(cfg)
+    trainer.train()
+    return finish(model, trainer, cfg)
 
 
 def _step(msg: str) -> None:

@@ -63,14 +63,12 @@ class CotRmSFTTrainer(SFTTrainer):
             self._metrics[mode]["vision_cache_hit_rate"].append(self.vision_cache.stats()["hit_rate"])
         return (loss, out) if return_outputs else loss
 
-    def head_losses(
-        self, rewards: torch.Tensor, head: dict
-    ) -> tuple[torch.Tensor, torch.Tensor, float | None]:
+    def head_losses(self, rewards, log_var, head: dict) -> tuple[torch.Tensor, torch.Tensor, float | None]:
         la = self.loss_args
         if la.point_loss == "mse":
             point = losses.mse_loss(rewards, head["head_target"], head["head_mask"])
-        else:
-            raise ValueError(f"point_loss {la.point_loss!r} needs a head with uncertainty; use mse")
+        else:  # the head predicts a mean and a log-variance per dimension
+            point = losses.gaussian_nll_loss(rewards, log_var, head["head_target"], head["head_mask"])
         index = head["pair_index"]
         if index.numel() == 0:
             return point, rewards.sum() * 0.0, None

@@ -32,17 +32,17 @@ def test_unbuilt_command_says_so_instead_of_pretending():
         assert "not available yet" in out.stderr and out.stdout == ""
 
 
-def test_demo_runs_the_foundation_end_to_end(tmp_path):
-    out = _run(
-        "-m", "cot_rm.cli", "demo", "--out", str(tmp_path / "demo"), "--n", "40", "--max-new-tokens", "8"
-    )
+def test_demo_runs_toy_world_synthesis_and_sft(tmp_path):
+    demo = tmp_path / "demo"
+    out = _run("-m", "cot_rm.cli", "demo", "--out", str(demo), "--n", "40", "--sft-steps", "2")
     assert out.returncode == 0, out.stderr
-    assert (tmp_path / "demo" / "toy" / "pointwise.jsonl").exists()
-    summary = json.loads((tmp_path / "demo" / "sft_data.summary.json").read_text())
+    assert (demo / "toy" / "pointwise.jsonl").exists()
+    summary = json.loads((demo / "sft_data.summary.json").read_text())
     assert summary["accepted"] > 30 and summary["with_tool_calls"] > summary["accepted"] / 2
-    assert (tmp_path / "demo" / "tiny-qwen2_5_vl" / "model.safetensors").exists()
-    assert '"video_tokens"' in out.stdout and "parsed as: " in out.stdout
-    assert "Not in this version yet" in out.stdout
+    assert (demo / "sft" / "cot_rm.json").exists() and (demo / "sft" / "head.safetensors").exists()
+    report = json.loads((demo / "sft" / "report.json").read_text())
+    assert {"lm_loss_first", "parse_rate", "head_pairwise_accuracy"} <= set(report)
+    assert "Not in this version yet" in out.stdout and "grpo" in out.stdout
 
 
 def test_video_cache_bench_appends_a_measured_section(tmp_path):
