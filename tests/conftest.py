@@ -102,3 +102,18 @@ def vllm_server(tiny_qwen25vl_dir, tmp_path_factory):
         yield server
     finally:
         server.stop()
+
+
+DIR_FIXTURE = {"qwen2_5_vl": "tiny_qwen25vl_dir", "qwen3_vl": "tiny_qwen3vl_dir"}
+
+
+@pytest.fixture(scope="module", params=list(DIR_FIXTURE))
+def family(request) -> str:
+    """Each model family in turn (tests that ask for it run once per family)."""
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def ckpt(family, request):
+    """The tiny checkpoint folder of `family`."""
+    return request.getfixturevalue(DIR_FIXTURE[family])

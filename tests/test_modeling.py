@@ -27,22 +27,11 @@ from cot_rm.protocol import JudgeSpec
 from cot_rm.tiny import REWARD_TOKEN
 from cot_rm.video import Sampling, read_video
 
-DIR_FIXTURE = {"qwen2_5_vl": "tiny_qwen25vl_dir", "qwen3_vl": "tiny_qwen3vl_dir"}
 ANSWERS = [
     '<think>Sharp frames.</think><answer>{"overall": 4}</answer>',
     "<think>The square jumps at frame 12 and the colour is wrong for the whole clip.</think>"
     '<answer>{"overall": 2}</answer>',
 ]
-
-
-@pytest.fixture(scope="module", params=list(DIR_FIXTURE))
-def family(request) -> str:
-    return request.param
-
-
-@pytest.fixture(scope="module")
-def ckpt(family, request):
-    return request.getfixturevalue(DIR_FIXTURE[family])
 
 
 @pytest.fixture(scope="module")

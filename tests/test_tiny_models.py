@@ -16,7 +16,6 @@ from cot_rm.processing import encode, expected_video_grid
 from cot_rm.tiny import REWARD_TOKEN, build_processor, build_tiny_checkpoint, build_tokenizer, chat_template
 from cot_rm.video import Sampling, read_frames_at, read_video
 
-DIR_FIXTURE = {"qwen2_5_vl": "tiny_qwen25vl_dir", "qwen3_vl": "tiny_qwen3vl_dir"}
 ARCHITECTURE = {
     "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
     "qwen3_vl": "Qwen3VLForConditionalGeneration",
@@ -24,16 +23,6 @@ ARCHITECTURE = {
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>"]
 SPECIAL += ["<|image_pad|>", "<|video_pad|>", REWARD_TOKEN]
 PLAIN_ADDED = ["<tool_call>", "</tool_call>"]  # single tokens, but kept by skip_special_tokens
-
-
-@pytest.fixture(scope="module", params=list(DIR_FIXTURE))
-def family(request) -> str:
-    return request.param
-
-
-@pytest.fixture(scope="module")
-def ckpt(family, request):
-    return request.getfixturevalue(DIR_FIXTURE[family])
 
 
 @pytest.fixture(scope="module")

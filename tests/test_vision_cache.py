@@ -13,18 +13,7 @@ from cot_rm.tiny import REWARD_TOKEN
 from cot_rm.video import Sampling, read_frames_at, read_video
 from cot_rm.vision_cache import VisionFeatureCache, inner_vision_model
 
-DIR_FIXTURE = {"qwen2_5_vl": "tiny_qwen25vl_dir", "qwen3_vl": "tiny_qwen3vl_dir"}
 SMALL = 64 * 96  # max pixels: the vision path runs for real, in milliseconds
-
-
-@pytest.fixture(scope="module", params=list(DIR_FIXTURE))
-def family(request) -> str:
-    return request.param
-
-
-@pytest.fixture(scope="module")
-def ckpt(family, request):
-    return request.getfixturevalue(DIR_FIXTURE[family])
 
 
 @pytest.fixture(scope="module")
@@ -232,7 +221,7 @@ def test_tower_never_runs_checkpointed(ckpt, model, video):
     """Under model-wide gradient checkpointing, the cache's tower call is a plain no_grad forward."""
     torch.manual_seed(0)
     trained = ThinkThenScore.from_base(ckpt, freeze_vision=True)
-    trained.gradient_checkpointing_enable()
+    trained.base_vlm.gradient_checkpointing_enable()  # model-wide, vision blocks included
     vision_blocks = [
         m for m in inner_vision_model(trained).visual.modules() if hasattr(m, "_gradient_checkpointing_func")
     ]
@@ -249,6 +238,16 @@ def test_tower_never_runs_checkpointed(ckpt, model, video):
         trained(**batch).loss.backward()
     assert vision_blocks and "vision" not in used and "text" in used  # the language model still is
     assert all(block.gradient_checkpointing for block in vision_blocks)  # restored afterwards
+
+
+def test_model_checkpointing_leaves_the_tower_alone(ckpt):
+    """ThinkThenScore checkpoints the language model only (a trainable tower would cost ~3x)."""
+    trained = ThinkThenScore.from_base(ckpt)
+    trained.gradient_checkpointing_enable()
+    visual = [m for m in trained.base_vlm.model.visual.modules() if hasattr(m, "gradient_checkpointing")]
+    text = trained.base_vlm.model.language_model.layers
+    assert visual and not any(m.gradient_checkpointing for m in visual)
+    assert all(layer.gradient_checkpointing for layer in text)
 
 
 # ------------------------------------------------------------------------------- install / remove

@@ -1,0 +1,285 @@
+"""Evaluation metrics (numpy only): pairwise accuracy with and without ties, rank correlations,
+parse-failure rate and score spread.
+
+Pairwise labels are 1 (A preferred), -1 (B preferred), 0 (tie); `diffs` are score_a - score_b, NaN
+where a score is missing (a failed judgment): such a pair is counted and always wrong, never dropped.
+
+- accuracy without ties: pairs the humans tied are dropped; a model tie (equal scores) is wrong.
+- accuracy with ties: three-way (A / tie / B) over all pairs; the model says "tie" when
+  |score_a - score_b| <= eps. `search_tie_eps` picks the eps that maximises it on the evaluated set
+  itself (VideoAlign's protocol, the tie calibration of Deutsch et al. 2023: optimistic, since it is
+  fitted on the test data); `acc_with_ties` applies a given eps (e.g. one fitted on validation).
+- pointwise: Spearman (SRCC, Pearson of average ranks), Pearson (PLCC), Kendall tau-b (KRCC), all
+  tie-aware; None where undefined (fewer than 2 items, or a constant side).
+
+`evaluate` turns normalised prediction dicts (see eval/run.py for the file format) into the
+`{"pairwise": {dim: ...}, "pointwise": {dim: ...}}` sections of metrics.json.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+
+LABELS = {"A": 1, "B": -1, "tie": 0}
+TIE_RULE = "model says tie when |score_a - score_b| <= eps"
+OVERALL = "overall"
+
+# --------------------------------------------------------------------------------------- pairwise
+
+
+def _arrays(diffs, labels) -> tuple[np.ndarray, np.ndarray]:
+    d = np.asarray(diffs, dtype=np.float64).ravel()
+    y = np.asarray(labels, dtype=np.int64).ravel()
+    if d.shape != y.shape:
+        raise ValueError(f"need one label per diff, got {d.size} diffs and {y.size} labels")
+    if not np.isin(y, (-1, 0, 1)).all():
+        raise ValueError("labels must be 1 (A), -1 (B) or 0 (tie)")
+    return d, y
+
+
+def acc_without_ties(diffs, labels) -> float | None:
+    """Accuracy over the pairs the humans did not tie; a model tie or a missing score is wrong."""
+    d, y = _arrays(diffs, labels)
+    decided = y != 0
+    if not decided.any():
+        return None
+    return float((np.sign(d[decided]) == y[decided]).mean())  # sign(NaN) is NaN: never equal
+
+
+def predict_with_ties(diffs, eps: float) -> np.ndarray:
+    """Three-way prediction: 0 (tie) when |d| <= eps, else sign(d); NaN (no prediction) when d is NaN."""
+    d = np.asarray(diffs, dtype=np.float64)
+    return np.where(np.abs(d) <= eps, 0.0, np.sign(d))
+
+
+def acc_with_ties(diffs, labels, eps: float) -> float | None:
+    """Three-way accuracy over all pairs (ties included) at a given eps."""
+    d, y = _arrays(diffs, labels)
+    if d.size == 0:
+        return None
+    return float((predict_with_ties(d, eps) == y).mean())
+
+
+def search_tie_eps(diffs, labels) -> tuple[float | None, float | None]:
+    """(eps, accuracy) maximising `acc_with_ties` over eps in {0} and every observed |d|.
+
+    Those candidates give every distinct partition of the pairs into tie / not tie. Equal accuracies
+    keep the smallest eps. O(n log n): one sort, then cumulative hit counts on both sides of each eps.
+    """
+    d, y = _arrays(diffs, labels)
+    if d.size == 0:
+        return None, None
+    ok = np.isfinite(d)
+    order = np.argsort(np.abs(d[ok]), kind="stable")
+    mags, dk, yk = np.abs(d[ok])[order], d[ok][order], y[ok][order]
+    tie_cum = np.concatenate([[0], np.cumsum(yk == 0)])  # hits if predicted tie
+    sign_cum = np.concatenate([[0], np.cumsum(np.sign(dk) == yk)])  # hits if predicted by sign
+    candidates = np.unique(np.concatenate([[0.0], mags]))
+    k = np.searchsorted(mags, candidates, side="right")  # pairs with |d| <= eps
+    hits = tie_cum[k] + sign_cum[-1] - sign_cum[k]
+    best = int(np.argmax(hits))  # the first maximum: the smallest eps
+    return float(candidates[best]), float(hits[best]) / d.size
+
+
+def pairwise_metrics(diffs, labels, fixed_eps: float | None = None) -> dict:
+    """One dimension's pairwise section: accuracies, the searched eps, counts (+ fixed-eps accuracy)."""
+    d, y = _arrays(diffs, labels)
+    eps, acc = search_tie_eps(d, y)
+    out = {
+        "acc_without_ties": acc_without_ties(d, y),
+        "acc_with_ties": acc,
+        "tie_eps": eps,
+        "tie_eps_source": "searched on this set",
+        "n": int(d.size),
+        "n_ties": int((y == 0).sum()),
+        "n_missing": int((~np.isfinite(d)).sum()),
+    }
+    if fixed_eps is not None:
+        out["acc_with_ties_fixed_eps"] = acc_with_ties(d, y, fixed_eps)
+        out["fixed_eps"] = float(fixed_eps)
+    return out
+
+
+# -------------------------------------------------------------------------------------- pointwise
+
+
+def rankdata(x) -> np.ndarray:
+    """1-based ranks; tied values share the average of the ranks they span (scipy's 'average')."""
+    x = np.asarray(x, dtype=np.float64).ravel()
+    order = np.argsort(x, kind="stable")
+    xs = x[order]
+    starts = np.concatenate([[True], xs[1:] != xs[:-1]])
+    group = np.cumsum(starts) - 1  # group index of each sorted position
+    first = np.flatnonzero(starts)
+    last = np.concatenate([first[1:], [x.size]]) - 1
+    ranks = np.empty(x.size)
+    ranks[order] = ((first + last) / 2 + 1)[group]
+    return ranks
+
+
+def _paired(x, y) -> tuple[np.ndarray, np.ndarray]:
+    x = np.asarray(x, dtype=np.float64).ravel()
+    y = np.asarray(y, dtype=np.float64).ravel()
+    if x.shape != y.shape:
+        raise ValueError(f"need paired values, got {x.size} and {y.size}")
+    return x, y
+
+
+def pearson(x, y) -> float | None:
+    x, y = _paired(x, y)
+    if x.size < 2:
+        return None
+    dx, dy = x - x.mean(), y - y.mean()
+    denom = math.sqrt(float((dx * dx).sum()) * float((dy * dy).sum()))
+    return float((dx * dy).sum()) / denom if denom > 0 else None
+
+
+def spearman(x, y) -> float | None:
+    x, y = _paired(x, y)
+    return pearson(rankdata(x), rankdata(y))
+
+
+def kendall_tau_b(x, y) -> float | None:
+    """(concordant - discordant) / sqrt((n0 - ties_x) (n0 - ties_y)), n0 = n (n - 1) / 2."""
+    x, y = _paired(x, y)
+    s = num_x = num_y = 0
+    for i in range(x.size - 1):  # O(n^2) but vectorised per row: fine for benchmark sizes
+        sx, sy = np.sign(x[i + 1 :] - x[i]), np.sign(y[i + 1 :] - y[i])
+        s += int((sx * sy).sum())
+        num_x += int(np.count_nonzero(sx))
+        num_y += int(np.count_nonzero(sy))
+    denom = math.sqrt(num_x * num_y)
+    return s / denom if denom > 0 else None
+
+
+def pointwise_metrics(pred, true) -> dict:
+    """One dimension's pointwise section; items without a prediction (NaN) are left out and counted."""
+    pred, true = _paired(pred, true)
+    ok = np.isfinite(pred)
+    p, t = pred[ok], true[ok]
+    return {
+        "srcc": spearman(p, t),
+        "plcc": pearson(p, t),
+        "krcc": kendall_tau_b(p, t),
+        "n": int(ok.sum()),
+        "n_missing": int((~ok).sum()),
+    }
+
+
+# ------------------------------------------------------------------------------- failures, spread
+
+
+def parse_failure_rate(errors: Iterable[str | None]) -> float | None:
+    """Share of judgments whose parse_error is set (None when there are none)."""
+    errors = list(errors)
+    return sum(e is not None for e in errors) / len(errors) if errors else None
+
+
+def score_spread(samples: Iterable[Sequence[Mapping[str, float | None]]]) -> dict:
+    """Per dimension, the population std of each item's scores across its samples, summarised over
+    the items with at least two sampled scores: {"mean_std", "max_std", "n"}."""
+    per_dim: dict[str, list[float]] = {}
+    for item in samples:
+        values: dict[str, list[float]] = {}
+        for sample in item:
+            for dim, v in (sample or {}).items():
+                if v is not None:
+                    values.setdefault(dim, []).append(float(v))
+        for dim, vs in values.items():
+            if len(vs) >= 2:
+                per_dim.setdefault(dim, []).append(float(np.std(vs)))
+    return {
+        dim: {"mean_std": float(np.mean(stds)), "max_std": float(np.max(stds)), "n": len(stds)}
+        for dim, stds in per_dim.items()
+    }
+
+
+# ------------------------------------------------------------------------------------- evaluate
+
+
+def score_of(scores: Mapping[str, float | None] | None, dim: str) -> float:
+    """A dimension's score, NaN when missing. `overall` falls back to the mean of the other dimensions
+    when the scores have no `overall` of their own (models that score dimensions only)."""
+    if not scores:
+        return math.nan
+    if dim in scores:
+        return math.nan if scores[dim] is None else float(scores[dim])
+    if dim == OVERALL:
+        values = [v for v in scores.values() if v is not None]
+        return float(np.mean(values)) if values and len(values) == len(scores) else math.nan
+    return math.nan
+
+
+def _dims(rows: Iterable[Mapping]) -> list[str]:
+    seen: dict[str, None] = {}
+    for row in rows:
+        seen.update(dict.fromkeys(row["label"]))
+    return list(seen)
+
+
+def _mean_fallback(rows, keys, dim) -> bool:
+    return dim == OVERALL and any(r[k] and OVERALL not in r[k] for r in rows for k in keys)
+
+
+def evaluate_pairwise(rows: Sequence[Mapping], fixed_eps: float | None = None) -> dict:
+    """rows: {"scores_a", "scores_b", "label": {dim: "A"|"B"|"tie"}} -> {dim: pairwise_metrics}."""
+    out = {}
+    for dim in _dims(rows):
+        used = [r for r in rows if dim in r["label"]]
+        diffs = [score_of(r["scores_a"], dim) - score_of(r["scores_b"], dim) for r in used]
+        out[dim] = pairwise_metrics(diffs, [LABELS[r["label"][dim]] for r in used], fixed_eps)
+        if _mean_fallback(used, ("scores_a", "scores_b"), dim):
+            out[dim]["score"] = "mean of the other dimensions"
+    return out
+
+
+def evaluate_pointwise(rows: Sequence[Mapping]) -> dict:
+    """rows: {"scores", "label": {dim: number}} -> {dim: pointwise_metrics}."""
+    out = {}
+    for dim in _dims(rows):
+        used = [r for r in rows if dim in r["label"]]
+        pred = [score_of(r["scores"], dim) for r in used]
+        out[dim] = pointwise_metrics(pred, [float(r["label"][dim]) for r in used])
+        if _mean_fallback(used, ("scores",), dim):
+            out[dim]["score"] = "mean of the other dimensions"
+    return out
+
+
+def _errors(rows: Sequence[Mapping]) -> list[str | None]:
+    """One parse error (or None) per judged slot: one per pointwise row, two per pair."""
+    keys = {"pairwise": ("parse_error_a", "parse_error_b"), "pointwise": ("parse_error",)}
+    return [r.get(k) for r in rows for k in keys[r["kind"]]]
+
+
+def tie_handling(fixed_eps: float | None, fixed_source: str | None = None) -> dict:
+    return {
+        "rule": TIE_RULE,
+        "acc_with_ties": "eps searched per dimension on the evaluated set (VideoAlign's protocol)",
+        "fixed_eps": fixed_eps,
+        "fixed_eps_source": fixed_source if fixed_eps is not None else None,
+        "acc_without_ties": "human-tied pairs dropped; a model tie or a missing score counts as wrong",
+    }
+
+
+def evaluate(
+    rows: Sequence[Mapping], fixed_eps: float | None = None, fixed_source: str | None = None
+) -> dict:
+    """Normalised predictions (kind in row["kind"]) -> the metric sections of metrics.json."""
+    pairs = [r for r in rows if r["kind"] == "pairwise"]
+    points = [r for r in rows if r["kind"] == "pointwise"]
+    out = {
+        "pairwise": evaluate_pairwise(pairs, fixed_eps),
+        "pointwise": evaluate_pointwise(points),
+        "n_pairs": len(pairs),
+        "n_pointwise": len(points),
+        "tie_handling": tie_handling(fixed_eps, fixed_source),
+    }
+    if any(k in r for r in rows for k in ("parse_error", "parse_error_a", "parse_error_b")):
+        out["parse_failure_rate"] = parse_failure_rate(_errors(rows))  # an absent key: parsed
+    samples = [r[k] for r in rows for k in ("samples", "samples_a", "samples_b") if r.get(k)]
+    if samples:
+        out["score_spread"] = score_spread(samples)
+    return out
