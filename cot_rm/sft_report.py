@@ -27,7 +27,12 @@ def finish(model, trainer, cfg, skip_judging: bool = False) -> dict:
     traces = load_traces(cfg.data.train, None)
     sampling = Sampling.from_dict({**traces[0]["sampling"], "family": model.config.family})
     model.config.sampling = sampling.to_dict()
-    calibrate(model, collator, [t for t in traces if t.get("split") == "val" and not t.get("rationale_free")])
+    calibrate(
+        model,
+        collator,
+        [t for t in traces if t.get("split") == "val" and not t.get("rationale_free")],
+        cfg.data.pairs,
+    )
     model.save_pretrained(out)
     report = {"checkpoint": str(out), **lm_trend(trainer.state.log_history)}
     if not skip_judging and cfg.data.eval_pairs:
@@ -51,13 +56,27 @@ def head_scores(model, collator, rows: list[dict], batch_size: int = 8) -> list[
     return out
 
 
-def calibrate(model, collator, val_rows: list[dict]) -> None:
-    """Per-dimension mean/std of the head on validation traces (VideoAlign's normalisation)."""
+def calibrate(model, collator, val_rows: list[dict], pairs_path: str | None) -> None:
+    """Per-dimension mean/std of the head on validation traces (VideoAlign's normalisation), and the
+    tie margin (on the head's raw scale) that best separates ties on the validation pairs' overall."""
     if len(val_rows) < 2:
         return
     raw = head_scores(model, collator, val_rows)
     dims = model.config.dimensions
     model.config.calibration = losses.fit_calibration({d: [r[j] for r in raw] for j, d in enumerate(dims)})
+    if not pairs_path or "overall" not in dims:
+        return
+    k = dims.index("overall")
+    by_video = {(row["video"], row["prompt"]): r[k] for row, r in zip(val_rows, raw, strict=True)}
+    diffs, labels = [], []
+    for p in read_jsonl(pairs_path, kind="pairwise"):
+        a, b = by_video.get((p.video_a, p.prompt)), by_video.get((p.video_b, p.prompt_b or p.prompt))
+        label = PREF.get((p.dims or {}).get("overall", p.preference))
+        if p.split == "val" and a is not None and b is not None and label is not None:
+            diffs.append(a - b)
+            labels.append(label)
+    if diffs:
+        model.config.tie_margin = float(losses.fit_tie_margin(diffs, labels))
 
 
 def lm_trend(history: list[dict]) -> dict:
@@ -100,7 +119,7 @@ def accuracy(pairs, judged: dict, key: str, dims: list[str]) -> dict:
     for d in dims:
         hits = total = 0
         for p in pairs:
-            label = PREF.get((p.dims or {"overall": p.preference}).get(d))
+            label = PREF.get({"overall": p.preference, **(p.dims or {})}.get(d))
             if not label:
                 continue
             a, b = (judged[p.video_a].get(key) or {}).get(d), (judged[p.video_b].get(key) or {}).get(d)
