@@ -140,7 +140,8 @@ def critique(
         mine = [d for d in defects if d.get("dimension") == dim]
         sentences += [defect_sentence(d, rng) for d in mine] or [rng.choice(CLEAN[dim])]
         if not mine and num_frames and num_frames > 2 and rng.random() < 0.7:
-            at = cite(rng.sample(range(num_frames), 2), rng)
+            # Fixed spots (a third and two thirds in), not random ones: a student can learn where to look.
+            at = cite([num_frames // 3, 2 * num_frames // 3], rng)
             sentences.append(rng.choice(SPOT).format(at=at, At=at[0].upper() + at[1:]))
         if dim in scores:
             sentences.append(verdict(dim, scores[dim], rng))

@@ -18,14 +18,21 @@ from typing import Any
 
 from cot_rm.protocol import JudgeSpec, Judgment, judgment_conversation, tool_turn
 
+# The plan names no frames: the call that follows lists them (a number list said twice is just harder
+# to learn), and the final critique cites them.
 PLANS = [
-    "Let me look closer at {at}.",
-    "I want to see {at} at higher resolution.",
-    "{At} need a closer look.",
-    "To check this, I inspect {at}.",
-    "First I examine {at}.",
+    "Let me look closer at the frames that matter.",
+    "I want to see some frames at higher resolution.",
+    "A few frames need a closer look.",
+    "To check this, I inspect the key frames.",
+    "First I examine the suspicious frames.",
 ]
-NEXT = ["Now {at}.", "Next, {at}.", "I also check {at}.", "Then {at}."]
+NEXT = [
+    "Now the next frames.",
+    "Next, more frames.",
+    "I also check other frames.",
+    "Then the remaining frames.",
+]
 
 
 def plan_calls(cited: Sequence[int], total_frames: int, spec: JudgeSpec) -> list[list[int]]:
@@ -42,12 +49,6 @@ def plan_calls(cited: Sequence[int], total_frames: int, spec: JudgeSpec) -> list
     return [frames[i : i + size] for i in range(0, len(frames), size)]
 
 
-def _frames_text(frames: Sequence[int]) -> str:
-    if len(frames) == 1:
-        return f"frame {frames[0]}"
-    return "frames " + ", ".join(map(str, frames[:-1])) + f" and {frames[-1]}"
-
-
 def build_trace(
     record: Any,
     video: Any,
@@ -61,8 +62,7 @@ def build_trace(
     if judgment is not None:
         calls = plan_calls(judgment.frames_cited, video.total_frames, spec)
         for k, frames in enumerate(calls):
-            at = _frames_text(frames)
-            think = rng.choice(PLANS if k == 0 else NEXT).format(at=at, At=at[0].upper() + at[1:])
+            think = rng.choice(PLANS if k == 0 else NEXT)
             images = [{"video": video_ref, "frame": f} for f in frames]
             times = [f / video.fps for f in frames]
             rounds.append((think, [frames], [tool_turn(frames, times, images)]))
