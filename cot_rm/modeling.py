@@ -17,11 +17,9 @@ sequence, so no per-layer hidden states are kept.
 
 from __future__ import annotations
 
-import json
-import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +32,11 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from transformers.utils import ModelOutput
 
 from cot_rm.losses import fit_calibration, fit_tie_margin  # noqa: F401 (re-exported: fitted into CotRmConfig)
-from cot_rm.protocol import DEFAULT_DIMENSIONS, FAMILIES, PROTOCOL_VERSION, JudgeSpec
-from cot_rm.tiny import REWARD_TOKEN
+from cot_rm.protocol import DEFAULT_DIMENSIONS, FAMILIES, JudgeSpec
+from cot_rm.rm_config import CONFIG_NAME, HEAD_KINDS, REWARD_TOKEN, CotRmConfig  # noqa: F401 (re-exported)
 from cot_rm.video import Sampling
 
-CONFIG_NAME = "cot_rm.json"
 HEAD_NAME = "head.safetensors"
-HEAD_KINDS = ("linear", "mlp")
 # LoRA targets as PEFT regexes (full match on module names). The language model's attention + MLP
 # projections only: the Qwen2.5-VL vision blocks also have `mlp.gate_proj` & co., so a plain name list
 # would silently adapt the vision tower too.
@@ -124,81 +120,6 @@ class LoraSettings:
             trainable_token_indices=[reward_token_id],
             bias="none",
         )
-
-
-@dataclass
-class CotRmConfig:
-    """What a checkpoint needs to judge the way it was trained; stored as `cot_rm.json`.
-
-    `calibration` ({dim: {"mean", "std"}}) and `tie_margin` are fitted on validation data with
-    `fit_calibration` / `fit_tie_margin`; `reward_token_added` records that `from_base` added the
-    token, so a LoRA checkpoint re-creates the same (deterministic) new rows on a fresh base.
-    """
-
-    dimensions: list[str] = field(default_factory=lambda: list(DEFAULT_DIMENSIONS))
-    family: str = "qwen2_5_vl"
-    base_model: str = ""
-    hidden_size: int = 0
-    head: str = "linear"
-    uncertainty: bool = False
-    reward_token: str = REWARD_TOKEN
-    reward_token_added: bool = False
-    protocol_version: str = PROTOCOL_VERSION
-    sampling: dict[str, Any] | None = None
-    judge_spec: dict[str, Any] | None = None
-    calibration: dict[str, dict[str, float]] = field(default_factory=dict)
-    tie_margin: float = 0.0
-    lora: dict[str, Any] | None = None
-    freeze_vision: bool = False
-    format_version: int = 1
-
-    def __post_init__(self):
-        self.dimensions = list(self.dimensions)
-        if self.family not in FAMILIES:
-            raise ValueError(f"family {self.family!r}: expected one of {FAMILIES}")
-        if self.head not in HEAD_KINDS:
-            raise ValueError(f"head {self.head!r}: expected one of {HEAD_KINDS}")
-        # Round trips through the owners' own classes validate the stored dicts.
-        spec = JudgeSpec.from_dict(self.judge_spec or {"dimensions": tuple(self.dimensions)})
-        if list(spec.dimensions) != self.dimensions:
-            raise ValueError(f"judge_spec dimensions {spec.dimensions} != head dimensions {self.dimensions}")
-        self.judge_spec = spec.to_dict()
-        sampling = Sampling.from_dict(self.sampling or {"family": self.family})
-        if sampling.family != self.family:
-            raise ValueError(f"sampling family {sampling.family!r} != model family {self.family!r}")
-        self.sampling = sampling.to_dict()
-        if unknown := set(self.calibration) - set(self.dimensions):
-            raise ValueError(f"calibration for unknown dimensions {sorted(unknown)}")
-
-    # TRL's trainers read `model.config.model_type` and `get_text_config()` (its fused LM head patch
-    # reads logit scaling there; none applies: the LM loss goes through the VLM's own head).
-    @property
-    def model_type(self) -> str:
-        return "cot_rm"
-
-    def get_text_config(self, *args, **kwargs) -> CotRmConfig:
-        return self
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> CotRmConfig:
-        names = {f.name for f in fields(cls)}
-        if unknown := set(d) - names:
-            warnings.warn(
-                f"{CONFIG_NAME}: ignoring unknown keys {sorted(unknown)} (newer cot-rm?)", stacklevel=2
-            )
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-    def save(self, directory: str | Path) -> Path:
-        path = Path(directory) / CONFIG_NAME
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        return path
-
-    @classmethod
-    def load(cls, directory: str | Path) -> CotRmConfig:
-        return cls.from_dict(json.loads((Path(directory) / CONFIG_NAME).read_text()))
 
 
 def family_of(hf_config) -> str:

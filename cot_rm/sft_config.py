@@ -17,8 +17,8 @@ from typing import Any
 
 from cot_rm.config import check_choices, meta, require
 from cot_rm.protocol import DEFAULT_DIMENSIONS
+from cot_rm.rm_config import HEAD_KINDS
 
-HEAD_KINDS = ("linear", "mlp")  # = cot_rm.modeling.HEAD_KINDS (a test keeps them equal; no torch here)
 DTYPES = ("float32", "bfloat16")
 PAIR_LOSSES = ("bt_ties", "bt_margin")
 POINT_LOSSES = ("mse", "gaussian_nll")

@@ -25,8 +25,9 @@ from types import SimpleNamespace
 
 import torch
 
+from cot_rm.rm_config import REWARD_TOKEN
+
 FAMILIES = ("qwen2_5_vl", "qwen3_vl")
-REWARD_TOKEN = "<|reward|>"
 # Bump when the built checkpoint changes, so stale cached folders are not silently reused.
 BUILDER_VERSION = 2
 MARKER = "cot_rm_tiny.json"
