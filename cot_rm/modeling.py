@@ -308,20 +308,26 @@ class ThinkThenScore(nn.Module):
             _freeze_vision(vlm)
         return model.train()
 
-    def save_pretrained(self, directory: str | Path) -> Path:
+    def save_pretrained(self, directory: str | Path, state_dict: dict | None = None) -> Path:
         """VLM weights (or only the LoRA adapter), `head.safetensors`, processor, `cot_rm.json`.
 
         safetensors only. The image/video processor settings are also written as standalone files,
-        as the released checkpoints have them (vLLM and AutoImageProcessor read those).
+        as the released checkpoints have them (vLLM and AutoImageProcessor read those). `state_dict`:
+        this module's full state gathered elsewhere (DeepSpeed ZeRO-3 shards the parameters, so the
+        Trainer gathers them and passes them in); by default the module's own.
         """
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
+        vlm_state = head_state = None
+        if state_dict is not None:
+            vlm_state = {k.removeprefix("vlm."): v for k, v in state_dict.items() if k.startswith("vlm.")}
+            head_state = {k.removeprefix("head."): v for k, v in state_dict.items() if k.startswith("head.")}
         if self.is_lora:
             # save_embedding_layers=False: the reward row travels as a trainable token, not a full matrix.
-            self.vlm.save_pretrained(str(out), save_embedding_layers=False)
+            self.vlm.save_pretrained(str(out), state_dict=vlm_state, save_embedding_layers=False)
         else:
-            self.vlm.save_pretrained(str(out))
-        state = {k: v.detach().contiguous().cpu() for k, v in self.head.state_dict().items()}
+            self.vlm.save_pretrained(str(out), state_dict=vlm_state)
+        state = {k: v.detach().contiguous().cpu() for k, v in (head_state or self.head.state_dict()).items()}
         save_file(state, str(out / HEAD_NAME))
         self.processor.save_pretrained(str(out))
         for sub in ("image_processor", "video_processor"):

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from transformers import set_seed
 from trl import SFTConfig, SFTTrainer
 
 from cot_rm import losses
@@ -35,6 +36,10 @@ class CotRmSFTTrainer(SFTTrainer):
 
     def __init__(self, model, args: SFTConfig, loss_args, vision_cache=None, **kwargs):
         args.remove_unused_columns = False  # the collator needs the raw example column
+        if args.ddp_find_unused_parameters is None and model.config.freeze_vision:
+            # TRL turns it on for VLMs (a text-only batch leaves the tower without grads); with the tower
+            # frozen every trainable parameter gets a gradient, and the search costs a graph walk per step.
+            args.ddp_find_unused_parameters = False
         args.dataset_kwargs = {**(args.dataset_kwargs or {}), "skip_prepare_dataset": True}
         super().__init__(model=model, args=args, **kwargs)
         self.loss_args = loss_args
@@ -82,9 +87,11 @@ class CotRmSFTTrainer(SFTTrainer):
         return point, pair, float(acc) if decided.any() else None
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
-        # Checkpoints are cot-rm checkpoints (VLM or adapter + head + processor + cot_rm.json).
+        # Checkpoints are cot-rm checkpoints (VLM or adapter + head + processor + cot_rm.json); under
+        # ZeRO-3 the Trainer passes the gathered full state.
         if self.args.should_save:
-            self.accelerator.unwrap_model(self.model).save_pretrained(output_dir or self.args.output_dir)
+            model = self.accelerator.unwrap_model(self.model)
+            model.save_pretrained(output_dir or self.args.output_dir, state_dict=state_dict)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         from cot_rm.modeling import ThinkThenScore
@@ -123,6 +130,7 @@ def build(cfg):
     lora = m.lora.to_settings() if m.lora is not None else None
     # TrainingArguments first: under DeepSpeed ZeRO-3 it must exist before the model loads (sharded init).
     args = SFTConfig(**cfg.train, max_length=d.max_length)
+    set_seed(args.seed)  # the head's random init and LoRA's, before the Trainer seeds the rest
     model = ThinkThenScore.from_base(
         m.base, dims=tuple(m.dimensions), head=m.head, lora=lora, freeze_vision=m.freeze_vision,
         uncertainty=cfg.loss.point_loss == "gaussian_nll", torch_dtype=dtype,
@@ -180,10 +188,18 @@ def main(args: argparse.Namespace) -> int:
         print(f"cot-rm sft: {err}", file=sys.stderr)
         return 2
     out = Path(trainer.args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "run_config.yaml")
-    print(f"cot-rm sft: {len(examples)} examples ({len(traces)} traces) -> {out}", file=sys.stderr)
-    trainer.train(resume_from_checkpoint=_last_checkpoint(out))
+    if trainer.is_world_process_zero():
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "run_config.yaml")
+        print(f"cot-rm sft: {len(examples)} examples ({len(traces)} traces) -> {out}", file=sys.stderr)
+    resume = _last_checkpoint(out)
+    if resume is not None:
+        # The collator draws rationale-dropout masks from (seed, its call count): continue the count where
+        # the killed run stood, so the resumed run sees the batches an uninterrupted run would.
+        trainer.data_collator.calls = _batches_before(trainer, resume)
+        print(f"cot-rm sft: resuming from {resume}", file=sys.stderr)
+    trainer.train(resume_from_checkpoint=resume)
+    trainer.save_state()  # trainer_state.json (log history) beside the final model
     if trainer.is_world_process_zero():
         report = finish(model, trainer, cfg, skip_judging=args.no_report)
         print(json.dumps(report, indent=2))
@@ -191,7 +207,37 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _last_checkpoint(out: Path) -> str | None:
-    """Resume from the newest checkpoint-N folder of a killed run (None on a fresh run)."""
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest COMPLETE checkpoint-N folder of a killed run (None on a fresh run).
 
-    return get_last_checkpoint(str(out)) if out.is_dir() else None
+    The Trainer writes trainer_state.json last, so a folder without a readable one was cut short by the
+    kill (resuming from it would crash or load half-written weights): it is skipped, with a note.
+    """
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    if not out.is_dir():
+        return None
+    found = []
+    for path in out.iterdir():
+        prefix, _, step = path.name.partition("-")
+        if prefix == PREFIX_CHECKPOINT_DIR and step.isdigit() and path.is_dir():
+            found.append((int(step), path))
+    for _, path in sorted(found, reverse=True):
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            print(
+                f"cot-rm sft: skipping {path}: incomplete (no readable trainer_state.json)", file=sys.stderr
+            )
+            continue
+        return str(path)
+    return None
+
+
+def _batches_before(trainer, checkpoint: str) -> int:
+    """Micro-batches this process collated before `checkpoint` (the Trainer's own resume arithmetic)."""
+    step = json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"]
+    per_epoch = len(trainer.get_train_dataloader())
+    ga = trainer.args.gradient_accumulation_steps
+    updates_per_epoch = max(per_epoch // ga + int(per_epoch % ga > 0), 1)
+    epochs, rest = divmod(step, updates_per_epoch)
+    return epochs * per_epoch + rest * ga
