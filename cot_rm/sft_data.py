@@ -12,6 +12,7 @@ are masked. A rationale-free sequence (answer only) trains the head alone: its L
 from __future__ import annotations
 
 import json
+import os
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -107,7 +108,9 @@ class SFTCollator:
         )
 
     def __call__(self, batch: list[dict]) -> dict[str, torch.Tensor]:
-        rng = random.Random(f"{self.seed}:{self.calls}")  # fresh masks each step, reproducible per run
+        # Fresh masks each step, reproducible per run: a data-loader worker's torch seed differs per worker
+        # and per epoch (its call count restarts), and ranks differ by RANK.
+        rng = random.Random(f"{self.seed}:{os.environ.get('RANK', 0)}:{torch.initial_seed()}:{self.calls}")
         self.calls += 1
         seqs, pairs = [], []
         for item in batch:
