@@ -26,12 +26,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def _load(module: str):
+    """The subcommand's module, or None while it is not built (or is a library without a command yet)."""
     try:
-        return importlib.import_module(module)
+        mod = importlib.import_module(module)
     except ModuleNotFoundError as err:
         if err.name == module:
-            return None  # not built yet
+            return None
         raise
+    return mod if hasattr(mod, "add_arguments") and hasattr(mod, "main") else None
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
@@ -63,10 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     if getattr(args, "_missing", None):
-        print(
-            f"cot-rm {args.command}: not available yet in this version ({args._missing} is not built).",
-            file=sys.stderr,
-        )
+        print(f"cot-rm {args.command}: not available yet in this version.", file=sys.stderr)
         return 2
     return int(args._main(args) or 0)
 
