@@ -99,6 +99,12 @@ class Judge:
 
     def _advance(self, conv: _Conv, text: str) -> None:
         parsed = protocol.parse_turn(text, self.spec)
+        if isinstance(parsed, ParseError) and parsed.reason in ("malformed_tool_call", "unknown_tool"):
+            # A bad call is answered with an error as the tool result (and spends a call), never ends it.
+            conv.calls.append({"frames": [], "error": str(parsed)})
+            conv.messages.append({"role": "assistant", "content": text.strip()})
+            conv.messages.append(protocol.tool_turn(error=f"{parsed}; call select_frames as the system says"))
+            return
         if not isinstance(parsed, ToolRequest):
             conv.result, conv.final_text = parsed, text
             return
@@ -112,7 +118,11 @@ class Judge:
         conv.calls.append({"frames": list(call.frames), "error": error})
         if error is not None:
             return protocol.tool_turn(error=error)
-        pics = read_frames_at(conv.path, list(call.frames), self.tool_max_pixels, self.family)
+        try:
+            pics = read_frames_at(conv.path, list(call.frames), self.tool_max_pixels, self.family)
+        except VideoError as err:  # a frame that will not decode is the model's tool error, not a crash
+            conv.calls[-1]["error"] = err.reason
+            return protocol.tool_turn(error=err.reason)
         refs = [f"{conv.id}:{len(conv.calls)}:{f}" for f in call.frames]  # placeholders the renderer ignores
         turn = protocol.tool_turn(call.frames, [f / conv.video.fps for f in call.frames], refs)
         for ref, pic in zip(refs, pics, strict=True):
@@ -136,7 +146,6 @@ class Judge:
         return {
             "id": conv.id,
             "scores": {d: self.spec.from_unit(x) for d, x in zip(dims, raw, strict=True)},
-            "raw_scores": dict(zip(dims, raw, strict=True)),
             "answer_scores": conv.result.scores if ok else None,
             "rationale": conv.result.think if ok else (conv.final_text or ""),
             "frames_cited": list(conv.result.frames_cited) if ok else [],
@@ -147,6 +156,6 @@ class Judge:
         }
 
     def _video_error(self, rid: str, error: str) -> dict:
-        return {"id": rid, "scores": None, "raw_scores": None, "answer_scores": None, "rationale": "",
+        return {"id": rid, "scores": None, "answer_scores": None, "rationale": "",
                 "frames_cited": [], "tool_calls": [], "parse_error": f"video_error: {error}",
                 "model": self.name, "protocol_version": protocol.PROTOCOL_VERSION}  # fmt: skip

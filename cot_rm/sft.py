@@ -123,6 +123,7 @@ def build(cfg):
 
     from cot_rm.modeling import ThinkThenScore
     from cot_rm.protocol import JudgeSpec
+    from cot_rm.schema import read_jsonl
     from cot_rm.sft_data import SFTCollator, build_examples, load_traces
 
     m, d = cfg.model, cfg.data
@@ -136,6 +137,9 @@ def build(cfg):
         uncertainty=cfg.loss.point_loss == "gaussian_nll", torch_dtype=dtype,
         attn_implementation=m.attn_implementation,
     )  # fmt: skip
+    for path in (d.pairs, d.eval_pairs):  # fail now, not after the training time is spent
+        if path:
+            read_jsonl(path, kind="pairwise")
     traces = load_traces(d.train, d.splits)
     examples = build_examples(traces, d.pairs, d.splits)
     if not examples:
@@ -184,7 +188,7 @@ def main(args: argparse.Namespace) -> int:
         cfg = config_from_args(SFTRunConfig, args)
         check_trl_args(SFTConfig, cfg.train)
         model, trainer, traces, examples = build(cfg)
-    except (ConfigError, FileNotFoundError, ValueError) as err:
+    except (ConfigError, FileNotFoundError, ValueError) as err:  # SchemaError is a ValueError
         print(f"cot-rm sft: {err}", file=sys.stderr)
         return 2
     out = Path(trainer.args.output_dir)

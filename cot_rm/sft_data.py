@@ -60,7 +60,7 @@ def build_examples(traces: list[dict], pairs_path: str | None = None, splits=Non
     examples, used = [], set()
     if pairs_path:
         for p in read_jsonl(pairs_path, kind="pairwise"):
-            if splits and p.split not in splits:
+            if splits and (p.split or "train") not in splits:  # as traces: no split means train
                 continue
             a, b = by_video.get((p.video_a, p.prompt)), by_video.get((p.video_b, p.prompt_b or p.prompt))
             if a is not None and b is not None:

@@ -96,13 +96,14 @@ def judged_report(model, cfg, sampling: Sampling) -> dict:
         p for p in read_jsonl(cfg.data.eval_pairs, kind="pairwise") if p.split in (None, cfg.data.eval_split)
     ]
     pairs = pairs[: cfg.data.eval_limit]
-    videos = {}
+    videos = {}  # (path, prompt) -> id: a video shown under two prompts is judged under each
     for p in pairs:
-        videos.setdefault(p.video_a, p.prompt)
-        videos.setdefault(p.video_b, p.prompt_b or p.prompt)
+        for path, prompt in ((p.video_a, p.prompt), (p.video_b, p.prompt_b or p.prompt)):
+            videos.setdefault((path, prompt), f"{path}#{len(videos)}")
     spec = JudgeSpec(dimensions=tuple(model.config.dimensions))
     judge = Judge(model, sampling, spec, name=str(Path(cfg.train["output_dir"])))
-    judged = dict(zip(videos, judge.judge([(v, v, prompt) for v, prompt in videos.items()]), strict=True))
+    results = judge.judge([(vid, path, prompt) for (path, prompt), vid in videos.items()])
+    judged = {key: j for key, j in zip(videos, results, strict=True)}
     parsed = sum(j["parse_error"] is None for j in judged.values())
     return {
         "judged_videos": len(judged),
@@ -122,7 +123,8 @@ def accuracy(pairs, judged: dict, key: str, dims: list[str]) -> dict:
             label = PREF.get({"overall": p.preference, **(p.dims or {})}.get(d))
             if not label:
                 continue
-            a, b = (judged[p.video_a].get(key) or {}).get(d), (judged[p.video_b].get(key) or {}).get(d)
+            ja, jb = judged[(p.video_a, p.prompt)], judged[(p.video_b, p.prompt_b or p.prompt)]
+            a, b = (ja.get(key) or {}).get(d), (jb.get(key) or {}).get(d)
             total += 1
             hits += a is not None and b is not None and (a - b) * label > 0
         result[d] = round(hits / total, 4) if total else None

@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import sys
 import zlib
 from collections import Counter
@@ -274,8 +275,12 @@ def negatives_for(records, out: Path, kinds: list[str], rate: float, seed: int) 
     from .negatives import write_negatives
 
     folder = out.with_name(out.name.removesuffix(".jsonl") + ".negatives")
-    if not (folder / "pointwise.jsonl").exists():  # written last and atomically: present means complete
+    settings = {"kinds": sorted(kinds), "rate": rate, "seed": seed, "sources": [r.id for r in records]}
+    stamp = folder / "settings.json"
+    if not stamp.exists() or json.loads(stamp.read_text()) != settings:  # made for other records: remake
+        shutil.rmtree(folder, ignore_errors=True)
         write_negatives(records, folder, kinds=kinds, seed=seed, rate=rate)
+        stamp.write_text(json.dumps(settings) + "\n")  # written last: present means complete
     return read_jsonl(folder / "pointwise.jsonl", kind="pointwise")
 
 
