@@ -154,12 +154,17 @@ def _wrong_colour(rng, spec, severity):
     return sev, {"expected": spec["colour"], "actual": actual}
 
 
-def _wrong_shape(rng, spec, severity):
-    options = [s for s in SHAPES if s != spec["shape"]]
+def _mismatch(rng, spec, key: str, values, severity_of, severity):
+    """A wrong `key` drawn from `values`, at the requested severity when one exists."""
+    options = [v for v in values if v != spec[key]]
     if severity is not None:
-        options = [s for s in options if shape_severity(spec["shape"], s) == severity] or options
-    actual = pick(rng, options)
-    return shape_severity(spec["shape"], actual), {"expected": spec["shape"], "actual": actual}
+        options = [v for v in options if severity_of(spec[key], v) == severity] or options
+    actual = type(spec[key])(pick(rng, options))
+    return severity_of(spec[key], actual), {"expected": spec[key], "actual": actual}
+
+
+def _wrong_shape(rng, spec, severity):
+    return _mismatch(rng, spec, "shape", SHAPES, shape_severity, severity)
 
 
 def shape_severity(expected: str, actual: str) -> int:
@@ -167,19 +172,11 @@ def shape_severity(expected: str, actual: str) -> int:
 
 
 def _wrong_count(rng, spec, severity):
-    options = [c for c in COUNTS if c != spec["count"]]
-    if severity is not None:
-        options = [c for c in options if abs(c - spec["count"]) == severity] or options
-    actual = int(pick(rng, options))
-    return abs(actual - spec["count"]), {"expected": spec["count"], "actual": actual}
+    return _mismatch(rng, spec, "count", COUNTS, lambda expected, actual: abs(actual - expected), severity)
 
 
 def _wrong_direction(rng, spec, severity):
-    options = [d for d in DIRECTIONS if d != spec["direction"]]
-    if severity is not None:
-        options = [d for d in options if direction_severity(spec["direction"], d) == severity] or options
-    actual = pick(rng, options)
-    return direction_severity(spec["direction"], actual), {"expected": spec["direction"], "actual": actual}
+    return _mismatch(rng, spec, "direction", DIRECTIONS, direction_severity, severity)
 
 
 def direction_severity(expected: str, actual: str) -> int:
