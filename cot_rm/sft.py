@@ -53,6 +53,7 @@ class CotRmSFTTrainer(SFTTrainer):
         head = {k: inputs.pop(k) for k in HEAD_KEYS}
         labels = inputs.pop("labels")
         keys = inputs.pop("vision_keys", None)
+        skipped = inputs.pop("skipped_too_long", 0)
         with self.vision_cache.key_hints(**keys) if self.vision_cache and keys else contextlib.nullcontext():
             out = model(**inputs, return_logits=True)
         lm = lm_loss(out.logits, labels)
@@ -63,7 +64,7 @@ class CotRmSFTTrainer(SFTTrainer):
             self._metrics[mode][name].append(float(value.detach()))
         if acc is not None:
             self._metrics[mode]["head_pair_accuracy"].append(acc)
-        self._metrics[mode]["skipped_too_long"].append(float(self.data_collator.skipped))
+        self._metrics[mode]["skipped_too_long"].append(float(skipped))
         if self.vision_cache is not None:
             self._metrics[mode]["vision_cache_hit_rate"].append(self.vision_cache.stats()["hit_rate"])
         return (loss, out) if return_outputs else loss

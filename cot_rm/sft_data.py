@@ -100,7 +100,7 @@ class SFTCollator:
         self.reward_token, self.rationale_dropout, self.seed = reward_token, rationale_dropout, seed
         self.cache = None if cache_dir == "off" else FrameCache(cache_dir)
         self.calls = 0
-        self.max_length, self.skipped = max_length, 0  # examples dropped for being longer than max_length
+        self.max_length = max_length
         tok = processor.tokenizer
         self.im_start, self.im_end = (
             tok.convert_tokens_to_ids("<|im_start|>"),
@@ -112,14 +112,14 @@ class SFTCollator:
         # and per epoch (its call count restarts), and ranks differ by RANK.
         rng = random.Random(f"{self.seed}:{os.environ.get('RANK', 0)}:{torch.initial_seed()}:{self.calls}")
         self.calls += 1
-        seqs, pairs = [], []
+        seqs, pairs, skipped = [], [], 0
         for item in batch:
             ex = json.loads(item["example"]) if "example" in item else item
             variants = [False] + ([True] if rng.random() < self.rationale_dropout else [])
             for rationale_free in variants:  # DeScore's random mask: the head ALSO sees it without critique
                 group = [self.sequence(row, rationale_free) for row in ex["rows"]]
                 if self.max_length and max(self.length(s) for s in group) > self.max_length:
-                    self.skipped += 1  # truncating would cut the answer and the reward token
+                    skipped += 1  # truncating would cut the answer and the reward token
                     continue
                 if len(group) == 2:
                     pairs.append((len(seqs), len(seqs) + 1, ex["dims"]))
@@ -128,7 +128,10 @@ class SFTCollator:
             raise ValueError(
                 f"every sample of a batch is longer than data.max_length={self.max_length}; raise it"
             )
-        return self.encode(seqs, pairs)
+        batch = self.encode(seqs, pairs)
+        # Counted per batch and carried with it: a data-loader worker's own counter never reaches the trainer.
+        batch["skipped_too_long"] = torch.tensor(skipped)
+        return batch
 
     def length(self, seq: _Seq) -> int:
         """Tokens of one sequence, vision tokens included (what max_length limits)."""

@@ -164,9 +164,13 @@ def _blind_check(
     kept = [i for i, o in enumerate(outcomes) if o.judgment is not None]
     replies = teacher.generate([blind_request(items[i], cfg) for i in kept])
     for i, reply in zip(kept, replies, strict=True):
-        parsed = parse_judgment(reply.text, label_spec(items[i].record, cfg.spec)) if reply.text else None
-        if parsed is None or isinstance(parsed, ParseError):
-            detail = reply.error if reply.text is None else f"blind reply unparseable ({parsed})"
+        if reply.text is None:
+            detail = f"blind re-judgement failed: {reply.error or 'no reply'}"
+        elif isinstance(
+            parsed := parse_judgment(reply.text, label_spec(items[i].record, cfg.spec)), ParseError
+        ):
+            outcomes[i].parse_errors.append(parsed.reason)
+            detail = f"blind reply unparseable ({parsed})"
         else:
             verdict = filters.check(parsed.scores, items[i].record.scores, cfg.rule)
             if verdict.status == filters.ACCEPT:

@@ -115,3 +115,18 @@ def test_load_traces_names_file_and_line(tmp_path):
         load_traces(bad)
     with pytest.raises(FileNotFoundError, match="cot-rm synthesize"):
         load_traces(tmp_path / "none.jsonl")
+
+
+def test_too_long_samples_are_skipped_and_counted(traces, tiny_qwen25vl_dir):
+    processor = AutoProcessor.from_pretrained(tiny_qwen25vl_dir)
+    rows = load_traces(traces / "sft.jsonl")
+    short = min(rows, key=lambda r: len(json.dumps(r["messages"])))
+    long = max(rows, key=lambda r: len(json.dumps(r["messages"])))
+    probe = SFTCollator(processor, "qwen2_5_vl", JudgeSpec(), cache_dir="off")
+    limit = probe.length(probe.sequence(short))  # the short one fits exactly, the long one does not
+    assert probe.length(probe.sequence(long)) > limit
+    collator = SFTCollator(processor, "qwen2_5_vl", JudgeSpec(), cache_dir="off", max_length=limit)
+    batch = collator([{"example": json.dumps({"rows": [short]})}, {"example": json.dumps({"rows": [long]})}])
+    assert batch["input_ids"].shape[0] == 1 and int(batch["skipped_too_long"]) == 1
+    with pytest.raises(ValueError, match="max_length"):
+        collator([{"example": json.dumps({"rows": [long]})}])
