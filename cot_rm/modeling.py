@@ -356,12 +356,14 @@ class ThinkThenScore(nn.Module):
     def add_model_tags(self, tags) -> None:  # TRL tags the model card of the VLM it trains
         self.base_vlm.add_model_tags(tags)
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+    def gradient_checkpointing_enable(
+        self, gradient_checkpointing_kwargs: dict | None = None, every_n_layers: int = 1, offload: bool = False
+    ) -> None:
         """Checkpoint the language model only. Non-reentrant by default: works with a frozen embedding
         (LoRA) without forcing input grads. The vision tower is never checkpointed: frozen, it builds no
         graph (and its features are reused); trainable, recomputing it costs about 3x its forward."""
         kwargs = {"use_reentrant": False, **(gradient_checkpointing_kwargs or {})}
-        self.base_vlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        self.base_vlm.gradient_checkpointing_enable(kwargs, every_n_layers=every_n_layers, offload=offload)
         for module in self.base_vlm.model.visual.modules():
             if hasattr(module, "gradient_checkpointing"):
                 module.gradient_checkpointing = False

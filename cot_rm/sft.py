@@ -45,8 +45,10 @@ class CotRmSFTTrainer(SFTTrainer):
         self.loss_args = loss_args
         self.vision_cache = vision_cache  # installed on the model: a frozen tower's features, reused
         self.log_theta = math.log(loss_args.tie_theta)
-        # Every term is a per-micro-batch mean, so the Trainer divides by the accumulation steps.
+        # Every term is a per-micro-batch mean, so the Trainer divides by the accumulation steps:
+        # transformers >= 5.19 reads the first flag, 5.17 (the GPU machine's) only the second.
         self.loss_is_scaled_for_ga = False
+        self.model_accepts_loss_kwargs = False
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if model.training else "eval"
@@ -54,7 +56,7 @@ class CotRmSFTTrainer(SFTTrainer):
         labels = inputs.pop("labels")
         keys = inputs.pop("vision_keys", None)
         skipped = inputs.pop("skipped_too_long", 0)
-        with self.vision_cache.key_hints(**keys) if self.vision_cache and keys else contextlib.nullcontext():
+        with self.vision_cache.key_hints(**keys) if self.vision_cache is not None and keys else contextlib.nullcontext():
             out = model(**inputs, return_logits=True)
         lm = lm_loss(out.logits, labels)
         point, pair, acc = self.head_losses(out.rewards, out.log_var, head)

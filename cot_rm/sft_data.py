@@ -56,13 +56,15 @@ def load_traces(path: str | Path, splits: Sequence[str] | None = None) -> list[d
 
 def build_examples(traces: list[dict], pairs_path: str | None = None, splits=None) -> list[dict]:
     """Pairs whose two videos both have a trace, then every trace not in such a pair, as singles."""
-    by_video = {(t["video"], t["prompt"]): t for t in traces if not t.get("rationale_free")}
+    # Real paths on both sides: a pairs file reached through a symlinked folder names the same videos.
+    by_video = {(os.path.realpath(t["video"]), t["prompt"]): t for t in traces if not t.get("rationale_free")}
     examples, used = [], set()
     if pairs_path:
         for p in read_jsonl(pairs_path, kind="pairwise"):
             if splits and (p.split or "train") not in splits:  # as traces: no split means train
                 continue
-            a, b = by_video.get((p.video_a, p.prompt)), by_video.get((p.video_b, p.prompt_b or p.prompt))
+            a = by_video.get((os.path.realpath(p.video_a), p.prompt))
+            b = by_video.get((os.path.realpath(p.video_b), p.prompt_b or p.prompt))
             if a is not None and b is not None:
                 dims = p.dims or {"overall": p.preference}
                 examples.append({"rows": [a, b], "dims": dims})

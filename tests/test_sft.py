@@ -267,11 +267,16 @@ def test_reused_vision_features_train_exactly_like_the_tower(data, tmp_path):
     common = ["train.max_steps=4", "model.freeze_vision=true"]
     _, reuse = _train_in_process(data, tmp_path / "reuse", *common, "model.reuse_vision_features=true")
     _, plain = _train_in_process(data, tmp_path / "plain", *common, "model.reuse_vision_features=false")
+    # The 7B configs' path: the Trainer enables checkpointing (LM only) with its own keyword arguments.
+    _, ckpt = _train_in_process(data, tmp_path / "ckpt", *common, "model.reuse_vision_features=true",
+                                "train.gradient_checkpointing=true")  # fmt: skip
     steps = [h for h in reuse.state.log_history if "lm_loss" in h]
     steps_plain = [h for h in plain.state.log_history if "lm_loss" in h]
-    assert len(steps) == len(steps_plain) == 4
+    steps_ckpt = [h for h in ckpt.state.log_history if "lm_loss" in h]
+    assert len(steps) == len(steps_plain) == len(steps_ckpt) == 4
     for key in ("lm_loss", "loss", "head_point_loss", "head_pair_loss"):
         assert [h[key] for h in steps] == pytest.approx([h[key] for h in steps_plain], abs=1e-5), key
+        assert [h[key] for h in steps_ckpt] == pytest.approx([h[key] for h in steps_plain], abs=1e-5), key
     assert reuse.vision_cache is not None and plain.vision_cache is None
     assert steps[-1]["vision_cache_hit_rate"] > 0  # later batches reuse earlier batches' videos
     assert all("vision_cache_hit_rate" not in h for h in steps_plain)

@@ -1,6 +1,7 @@
 """SFT collator: the label mask keeps exactly the assistant spans; head targets and pairs are right."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -94,6 +95,17 @@ def test_pairs_become_two_sequences_with_bt_labels(traces, tiny_qwen25vl_dir):
     batch = always([{"example": json.dumps(pair)}])
     assert batch["input_ids"].shape[0] == 4 and batch["pair_index"].tolist() == [[0, 1], [2, 3]]
     assert (batch["labels"][2:] == IGNORE).all() and (batch["labels"][:2] != IGNORE).any()
+
+
+
+def test_pairs_match_traces_through_a_symlinked_folder(traces, tmp_path):
+    # The traces reach the videos through a symlinked folder, the pairs file through the real one.
+    (tmp_path / "toy").symlink_to(traces / "toy", target_is_directory=True)
+    shutil.copy(traces / "sft.jsonl", tmp_path / "sft.jsonl")
+    direct = build_examples(load_traces(traces / "sft.jsonl"), str(traces / "toy" / "pairs.jsonl"))
+    linked = build_examples(load_traces(tmp_path / "sft.jsonl"), str(traces / "toy" / "pairs.jsonl"))
+    n_pairs = sum(len(e["rows"]) == 2 for e in direct)
+    assert n_pairs > 0 and sum(len(e["rows"]) == 2 for e in linked) == n_pairs
 
 
 def test_assistant_mask_on_hand_written_ids():
