@@ -357,7 +357,10 @@ class ThinkThenScore(nn.Module):
         self.base_vlm.add_model_tags(tags)
 
     def gradient_checkpointing_enable(
-        self, gradient_checkpointing_kwargs: dict | None = None, every_n_layers: int = 1, offload: bool = False
+        self,
+        gradient_checkpointing_kwargs: dict | None = None,
+        every_n_layers: int = 1,
+        offload: bool = False,
     ) -> None:
         """Checkpoint the language model only. Non-reentrant by default: works with a frozen embedding
         (LoRA) without forcing input grads. The vision tower is never checkpointed: frozen, it builds no

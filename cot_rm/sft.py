@@ -56,7 +56,8 @@ class CotRmSFTTrainer(SFTTrainer):
         labels = inputs.pop("labels")
         keys = inputs.pop("vision_keys", None)
         skipped = inputs.pop("skipped_too_long", 0)
-        with self.vision_cache.key_hints(**keys) if self.vision_cache is not None and keys else contextlib.nullcontext():
+        hints = self.vision_cache is not None and keys  # not bool(cache): an empty cache has len 0
+        with self.vision_cache.key_hints(**keys) if hints else contextlib.nullcontext():
             out = model(**inputs, return_logits=True)
         lm = lm_loss(out.logits, labels)
         point, pair, acc = self.head_losses(out.rewards, out.log_var, head)

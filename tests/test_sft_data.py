@@ -97,7 +97,6 @@ def test_pairs_become_two_sequences_with_bt_labels(traces, tiny_qwen25vl_dir):
     assert (batch["labels"][2:] == IGNORE).all() and (batch["labels"][:2] != IGNORE).any()
 
 
-
 def test_pairs_match_traces_through_a_symlinked_folder(traces, tmp_path):
     # The traces reach the videos through a symlinked folder, the pairs file through the real one.
     (tmp_path / "toy").symlink_to(traces / "toy", target_is_directory=True)
