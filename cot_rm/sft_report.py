@@ -8,6 +8,7 @@ judgments (with the tool loop) that parse on held-out videos, and the head's pai
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -67,10 +68,14 @@ def calibrate(model, collator, val_rows: list[dict], pairs_path: str | None) -> 
     if not pairs_path or "overall" not in dims:
         return
     k = dims.index("overall")
-    by_video = {(row["video"], row["prompt"]): r[k] for row, r in zip(val_rows, raw, strict=True)}
+    # Real paths on both sides, as build_examples: the pairs file may reach the videos via a symlink.
+    by_video = {
+        (os.path.realpath(row["video"]), row["prompt"]): r[k] for row, r in zip(val_rows, raw, strict=True)
+    }
     diffs, labels = [], []
     for p in read_jsonl(pairs_path, kind="pairwise"):
-        a, b = by_video.get((p.video_a, p.prompt)), by_video.get((p.video_b, p.prompt_b or p.prompt))
+        a = by_video.get((os.path.realpath(p.video_a), p.prompt))
+        b = by_video.get((os.path.realpath(p.video_b), p.prompt_b or p.prompt))
         label = PREF.get((p.dims or {}).get("overall", p.preference))
         if p.split == "val" and a is not None and b is not None and label is not None:
             diffs.append(a - b)
@@ -95,7 +100,9 @@ def judged_report(model, cfg, sampling: Sampling) -> dict:
     pairs = [
         p for p in read_jsonl(cfg.data.eval_pairs, kind="pairwise") if p.split in (None, cfg.data.eval_split)
     ]
-    pairs = pairs[: cfg.data.eval_limit]
+    if cfg.data.eval_limit and len(pairs) > cfg.data.eval_limit:  # spread over the file: pairs come by prompt
+        step = len(pairs) / cfg.data.eval_limit
+        pairs = [pairs[int(i * step)] for i in range(cfg.data.eval_limit)]
     videos = {}  # (path, prompt) -> id: a video shown under two prompts is judged under each
     for p in pairs:
         for path, prompt in ((p.video_a, p.prompt), (p.video_b, p.prompt_b or p.prompt)):
