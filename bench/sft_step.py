@@ -2,14 +2,17 @@
 
 Tokens/s and peak GPU memory of the project's real SFT path (`cot_rm.sft.build`: config loader, model,
 collator, trainer, vision-feature cache) with `configs/qwen2_5_vl_7b/sft.yaml` minus DeepSpeed (one GPU),
-three configurations in one process: `reuse` (the config: tower frozen, each video's features computed
-once, then reused), `no_reuse` (the frozen tower runs every step) and `naive` (tower trained, no reuse,
-checkpointing on the WHOLE model, as plain transformers does: ENVIRONMENT.md's naive baseline).
-The model is built from a config.json of the 7B architecture (`--size tiny`: the tiny test model) with
-random weights and the tiny tokenizer/processor of `cot_rm.tiny`: nothing is downloaded. The data are
-synthetic traces around real mp4 files (default: one 16-frame 448x448 video, the protocol's prompt, a
-~512-token critique); `--pair` trains pairwise examples. Each optimizer step is timed between the
-Trainer's step callbacks, synchronized; its tokens are the attention_mask sums of the micro-batches fed.
+in three configurations (CONFIG_OVERRIDES), one after the other in one process:
+
+    reuse     the config as it is: tower frozen, each video's features computed once, then reused
+    no_reuse  the frozen tower runs forward on every step
+    naive     tower trained, no reuse, checkpointing on the whole model, tower included (plain transformers)
+
+The model has the 7B architecture (`--size tiny`: the tiny test model's), random weights and the tokenizer
+and processor of `cot_rm.tiny`: nothing is downloaded. The data are synthetic traces around real mp4 files
+(default: one 16-frame 448x448 video, the protocol's prompt, a ~512-token critique; `--pair`: pairs).
+Each optimizer step is timed between the Trainer's step callbacks, synchronized; its tokens are the
+attention_mask sums of the micro-batches it was fed; the first `--warmup` steps are left out of the rates.
 
     PYTHONPATH=. python3 bench/sft_step.py --out sft_step.json  # GPU: the 7B architecture
     python bench/sft_step.py --size tiny --frames 4 --resolution 224 --out /tmp/sft_step.json  # CPU
@@ -67,9 +70,9 @@ CONFIG_OVERRIDES = {
     "naive": ["model.freeze_vision=false", "model.reuse_vision_features=false"],
 }  # fmt: skip
 CONFIGS = tuple(CONFIG_OVERRIDES)
-TABLE_HEAD = "| config | tower | reused | checkpointing | tok/s | s/step (median) | tokens/step | peak GB | cache hits/misses | vs naive |\n|---|---|---|---|---:|---:|---:|---:|---|---:|"
-# ENVIRONMENT.md, "The GPU machine": plain transformers, random init, SDPA, checkpointing, batch 1, H200.
-ENV_NAIVE_TOK_S = 1434.0
+TABLE_HEAD = ("| config | tower | reused | checkpointing | tok/s | s/step (median) | tokens/step | peak GB "
+              "| cache hits/misses | vs naive |\n|---|---|---|---|---:|---:|---:|---:|---|---:|")  # fmt: skip
+ENV_NAIVE_TOK_S = 1434.0  # ENVIRONMENT.md, "The GPU machine": plain transformers, batch 1, H200
 DIMS = ("visual_quality", "text_alignment", "physical_consistency", "overall")
 
 # Qwen/Qwen2.5-VL-7B-Instruct's config.json (architecture only; token ids come from the tokenizer in use).
@@ -105,12 +108,12 @@ def write_model_dir(path: Path, size: str) -> Path:
     tokenizer = tiny.build_tokenizer(FAMILY)  # holds <|reward|>: from_base adds no token, resizes nothing
     processor = tiny.build_processor(FAMILY, tokenizer)
     config = tiny.build_config(FAMILY, tokenizer)
-    if size == "7b":  # the tiny config's token ids (the tokenizer's) with the 7B sizes
-        ids = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
-        text = {**QWEN25_VL_7B_TEXT, **{k: getattr(config.text_config, k) for k in ("pad_token_id", "bos_token_id", "eos_token_id")}}  # fmt: skip
+    if size == "7b":  # the 7B sizes with the tiny config's token ids (those of the tokenizer in use)
+        text_ids = ("pad_token_id", "bos_token_id", "eos_token_id")
+        vision_ids = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
+        text = {**QWEN25_VL_7B_TEXT, **{k: getattr(config.text_config, k) for k in text_ids}}
         config = Qwen2_5_VLConfig(text_config=text, vision_config=dict(QWEN25_VL_7B_VISION),
-                                  tie_word_embeddings=False, **{k: getattr(config, k) for k in ids})  # fmt: skip
-    path.mkdir(parents=True, exist_ok=True)
+                                  tie_word_embeddings=False, **{k: getattr(config, k) for k in vision_ids})  # fmt: skip
     for part in (config, processor, processor.image_processor, processor.video_processor):
         part.save_pretrained(path)
     return path
@@ -121,10 +124,7 @@ def random_init_loader(device: torch.device):
     (random init): no 16 GB checkpoint to read, no network."""
 
     def load_from_config(path, torch_dtype=None, attn_implementation=None):
-        kwargs = {
-            "dtype": torch_dtype,
-            "attn_implementation": attn_implementation,
-        }  # as `_load_vlm` passes them
+        kwargs = {"dtype": torch_dtype, "attn_implementation": attn_implementation}
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
         with torch.device(device):
             return AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(str(path)), **kwargs)
@@ -214,8 +214,7 @@ def _pair_record(k: int, a: dict, b: dict) -> dict:
 
 
 def _write_jsonl(path: Path, rows) -> None:
-    with path.open("w") as f:
-        f.writelines(json.dumps(row) + "\n" for row in rows)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
 def build_data(work: Path, processor, args) -> dict:
@@ -321,9 +320,8 @@ def summarize(steps: list[dict], warmup: int) -> dict:
 
 
 def train_once(name: str, cfg, result: dict, args, device: torch.device) -> None:
-    """Build through `cot_rm.sft.build`, train and fill `result`. An error (e.g. out of memory) is
-    recorded, not raised, so the other configurations still run; the model is freed before returning,
-    else the next configuration's peak would include it."""
+    """Build through `cot_rm.sft.build`, train, fill `result`. An error (e.g. out of memory) is recorded so
+    the other configurations still run; the model is freed, else the next one's peak would include it."""
     model = trainer = timer = alive = None
     try:
         t0 = time.perf_counter()
@@ -339,8 +337,8 @@ def train_once(name: str, cfg, result: dict, args, device: torch.device) -> None
             trainer.train()
             _sync(device)
             result["train_s"] = time.perf_counter() - t1
-        block = model.base_vlm.model.visual.blocks[0]  # only `naive` checkpoints the tower
-        result["vision_checkpointed"] = bool(getattr(block, "gradient_checkpointing", False))
+        block = next(m for n, m in model.base_vlm.named_modules() if n.endswith("visual.blocks.0"))
+        result["vision_checkpointed"] = bool(getattr(block, "gradient_checkpointing", False))  # naive only
         result.update(summarize(timer.steps, args.warmup))
         if trainer.vision_cache is not None:
             result["vision_cache"] = {k: v for k, v in trainer.vision_cache.stats().items() if k != "hash_s"}
@@ -393,7 +391,6 @@ def run_config(name: str, model_dir: Path, work: Path, data: dict, args) -> dict
     return result
 
 
-# ---- report
 def ratios(configs: dict) -> dict:
     """tokens/s of each configuration over each later one in CONFIGS order (e.g. reuse_vs_naive)."""
     tok_s = {n: configs[n]["tokens_per_s"] for n in CONFIGS if configs.get(n, {}).get("tokens_per_s")}
@@ -435,7 +432,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--rationale-tokens", type=int, default=512, help="assistant (LM-loss) tokens")
     add("--rationale-dropout", type=float, default=0.0, help="config: 0.5; 0: every step the same sample")
     add("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config override")
-    add("--device", default=None, help="default: cuda if available, else cpu")
     add("--work", default=None, help="scratch folder (default: a temp dir, removed)")
     add("--out", required=True, help="JSON results file")
     args = ap.parse_args(argv)
@@ -444,7 +440,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ap.error(f"unknown configs {unknown}; choose from {CONFIGS}")
     if args.resolution % 28:
         ap.error("--resolution must be a multiple of 28 (patch 14 x merge 2)")
-    args.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    args.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.size == "7b" and args.device.type != "cuda":
         ap.error("--size 7b needs a GPU (use --size tiny on CPU)")
     if args.grad_accum is None:
@@ -471,8 +467,8 @@ def header(args, data: dict, argv: list[str] | None) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t_start, out = time.perf_counter(), Path(args.out)
-    with contextlib.ExitStack() as stack:
-        work = Path(args.work or stack.enter_context(tempfile.TemporaryDirectory(prefix="sft-step-")))
+    with tempfile.TemporaryDirectory(prefix="sft-step-") as tmp:  # the scratch folder unless --work
+        work = Path(args.work or tmp)
         work.mkdir(parents=True, exist_ok=True)
         model_dir = write_model_dir(work / "model", args.size)
         processor = AutoProcessor.from_pretrained(str(model_dir))
