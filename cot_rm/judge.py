@@ -6,19 +6,31 @@ exception) as the next tool turn, within the protocol's budgets and memory windo
 answers ends that judgment; an unparseable turn ends it with its parse error (counted, never scored
 as 0). Then one scoring pass appends `<|reward|>` after each final turn and reads the head, so
 `scores` (head) exist even when `answer_scores` (the generated answer) do not.
+
+Greedy by default, so a judgment is reproducible; `judge_samples` draws k seeded sampled judgments and
+reports their mean and spread. `cot-rm judge` (the `add_arguments`/`main` at the bottom) runs it on
+video files and prints one Judgment JSON per video.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import argparse
+import json
+import statistics
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from cot_rm import protocol
 from cot_rm.processing import encode
 from cot_rm.protocol import JudgeSpec, Judgment, ParseError, ToolRequest
-from cot_rm.video import Sampling, VideoError, read_frames_at, read_video
+from cot_rm.video import Sampling, VideoError, probe, read_frames_at, read_video
+
+PROG = "cot-rm judge"
 
 
 @dataclass
@@ -34,22 +46,36 @@ class _Conv:
 
 
 class Judge:
-    """Judges videos with a `ThinkThenScore` model the way it was trained (greedy by default)."""
+    """Judges videos with a `ThinkThenScore` model the way it was trained (greedy by default;
+    `temperature` > 0 samples, with `top_p`)."""
 
     def __init__(self, model, sampling: Sampling, spec: JudgeSpec, tool_max_pixels: int = 224 * 224,
-                 max_new_tokens: int = 512, batch_size: int = 8, cache=None, name: str | None = None):  # fmt: skip
+                 max_new_tokens: int = 512, batch_size: int = 8, cache=None, name: str | None = None,
+                 temperature: float = 0.0, top_p: float = 1.0):  # fmt: skip
         self.model, self.sampling, self.spec = model, sampling, spec
+        self.temperature, self.top_p = temperature, top_p
         self.name = name or str(model.config.base_model)
         self.tool_max_pixels, self.max_new_tokens = tool_max_pixels, max_new_tokens
         self.batch_size, self.cache = batch_size, cache
         self.processor, self.family = model.processor, model.config.family
 
-    def judge(self, items: Sequence[tuple[str, str, str]]) -> list[dict]:
-        """Judgment JSON (DESIGN.md) for each (id, video path, prompt), in order."""
+    def judge(self, items: Sequence[tuple[str, str, str]], seed: int | None = None) -> list[dict]:
+        """Judgment JSON (DESIGN.md) for each (id, video path, prompt), in order. `seed` fixes the
+        draws when sampling (the global RNG is restored afterwards)."""
         out = []
-        for start in range(0, len(items), self.batch_size):
-            out += self._judge_batch(items[start : start + self.batch_size])
+        with _seeded(seed, next(self.model.parameters()).device):
+            for start in range(0, len(items), self.batch_size):
+                out += self._judge_batch(items[start : start + self.batch_size])
         return out
+
+    def judge_samples(self, items: Sequence[tuple[str, str, str]], k: int, seed: int = 0) -> list[dict]:
+        """k sampled judgments per item, summarised by `summarize_samples`. Draw s is seeded with
+        seed + s, so draw s does not depend on k (3 draws are the first 3 of 5)."""
+        if self.temperature <= 0 or k < 1:
+            raise ValueError(f"sampling needs temperature > 0 and k >= 1 (got {self.temperature}, {k})")
+        draws = [self.judge(items, seed=seed + s) for s in range(k)]
+        meta = {"temperature": self.temperature, "top_p": self.top_p, "seed": seed}
+        return [summarize_samples([d[i] for d in draws], **meta) for i in range(len(items))]
 
     def _judge_batch(self, items) -> list[dict]:
         convs, failed = [], {}
@@ -73,7 +99,7 @@ class Judge:
                 conv.result = ParseError("missing_answer", "tool budget spent without an answer")
         scores = self._score(convs) if convs else []
         done = {c.id: self._record(c, s) for c, s in zip(convs, scores, strict=True)}
-        return [done.get(rid) or self._video_error(rid, failed[rid]) for rid, _, _ in items]
+        return [done.get(rid) or video_error_record(rid, failed[rid], self.name) for rid, _, _ in items]
 
     def _inputs(self, convs: list[_Conv], final: bool) -> dict:
         texts, videos, images = [], [], []
@@ -93,7 +119,11 @@ class Judge:
     @torch.inference_mode()
     def _generate(self, convs: list[_Conv]) -> list[str]:
         inputs = self._inputs(convs, final=False)
-        ids = self.model.vlm.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
+        if self.temperature > 0:
+            how = {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": 0}
+        else:
+            how = {"do_sample": False}
+        ids = self.model.vlm.generate(**inputs, max_new_tokens=self.max_new_tokens, **how)
         new = ids[:, inputs["input_ids"].shape[1] :]
         return self.processor.batch_decode(new, skip_special_tokens=True)
 
@@ -155,7 +185,208 @@ class Judge:
             "protocol_version": protocol.PROTOCOL_VERSION,
         }
 
-    def _video_error(self, rid: str, error: str) -> dict:
-        return {"id": rid, "scores": None, "answer_scores": None, "rationale": "",
-                "frames_cited": [], "tool_calls": [], "parse_error": f"video_error: {error}",
-                "model": self.name, "protocol_version": protocol.PROTOCOL_VERSION}  # fmt: skip
+
+def video_error_record(rid: str, error: str, model_name: str) -> dict:
+    """The Judgment of a video that cannot be read: no scores at all, the reason as `parse_error`."""
+    return {"id": rid, "scores": None, "answer_scores": None, "rationale": "",
+            "frames_cited": [], "tool_calls": [], "parse_error": f"video_error: {error}",
+            "model": model_name, "protocol_version": protocol.PROTOCOL_VERSION}  # fmt: skip
+
+
+@contextmanager
+def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
+    if seed is None:
+        yield
+        return
+    # fork_rng restores the caller's RNG state: seeding here must not change what runs after.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
+# ---------------------------------------------------------------------------------------- sampling
+
+
+def summarize_samples(draws: list[dict], temperature: float, top_p: float, seed: int) -> dict:
+    """k sampled Judgments of one video -> one Judgment with the contract keys plus `samples`.
+
+    `scores` is the mean of the draws' head scores and `answer_scores` the mean over the draws that
+    parsed (None when none did: a failed parse never counts as a score). The text fields (rationale,
+    frames_cited, tool_calls, parse_error) are those of the first draw that parsed (else draw 0), whose
+    index is `samples.shown`. `samples` adds the population std of both and every draw in full.
+    """
+    parsed = [j for j in draws if j["parse_error"] is None]
+    shown = next((i for i, j in enumerate(draws) if j["parse_error"] is None), 0)
+    head_mean, head_std = _mean_std([j["scores"] for j in draws if j["scores"] is not None])
+    answer_mean, answer_std = _mean_std([j["answer_scores"] for j in parsed])
+    samples = {"k": len(draws), "temperature": temperature, "top_p": top_p, "seed": seed,
+               "shown": shown, "n_parsed": len(parsed), "scores_std": head_std,
+               "answer_scores_std": answer_std, "judgments": draws}  # fmt: skip
+    return {**draws[shown], "scores": head_mean, "answer_scores": answer_mean, "samples": samples}
+
+
+def _mean_std(rows: list[dict]) -> tuple[dict | None, dict | None]:
+    if not rows:
+        return None, None
+    mean = {d: statistics.fmean(r[d] for r in rows) for d in rows[0]}
+    return mean, {d: statistics.pstdev([r[d] for r in rows]) for d in rows[0]}
+
+
+# --------------------------------------------------------------------------------------------- CLI
+
+
+class UsageError(Exception):
+    """A problem with the command line or its inputs, reported as one line (exit status 2)."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Judge videos with a cot-rm checkpoint (local transformers): the model watches each video, "
+        "inspects frames with select_frames, writes a critique and scores it; the head gives `scores`, "
+        "the generated <answer> gives `answer_scores`. Prints one Judgment JSON per video, in order. "
+        "Greedy by default (the same output every run). A video that cannot be read, or a model "
+        "output that does not parse, gets one line on stderr and a Judgment whose parse_error says "
+        "why; the exit status is 2 only when no video could be judged."
+    )
+    parser.add_argument("videos", nargs="+", metavar="VIDEO", help="video files (mp4, webm, mkv, ...)")
+    parser.add_argument("--model", required=True, type=Path, help="cot-rm checkpoint folder")
+    prompts = parser.add_mutually_exclusive_group(required=True)
+    prompts.add_argument("--prompt", help="the generation prompt, the same for every video")
+    prompts.add_argument(
+        "--prompts-file", type=Path, help="one prompt per line, for the videos in the order given"
+    )
+    parser.add_argument(
+        "--html", type=Path, metavar="OUT", help="also write one self-contained HTML critique page"
+    )
+    parser.add_argument(
+        "--samples",
+        type=int,
+        default=0,
+        metavar="K",
+        help="draw K sampled judgments per video instead of one greedy one: `scores` and "
+        "`answer_scores` become their means and `samples` holds the std and every draw",
+    )
+    parser.add_argument(
+        "--temperature", type=float, default=0.7, help="sampling temperature with --samples (default 0.7)"
+    )
+    parser.add_argument(
+        "--top-p", type=float, default=1.0, help="nucleus sampling with --samples (default 1)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="draw s uses seed + s (default 0)")
+    parser.add_argument("--max-new-tokens", type=int, default=512, help="per assistant turn (default 512)")
+    parser.add_argument("--batch-size", type=int, default=8, help="videos judged together (default 8)")
+    parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="auto: bf16 on GPU",
+    )
+    parser.add_argument("--cache-dir", default=None, help="frame cache directory (default ~/.cache/cot-rm)")
+    parser.add_argument("--no-cache", action="store_true", help="decode without the frame cache")
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        items = _items(args)
+        if args.samples < 0 or (args.samples and args.temperature <= 0):
+            raise UsageError("--samples needs K >= 1 and --temperature > 0")
+        bad = _unreadable(items)  # before loading a model that may take minutes
+        if len(bad) == len(items):
+            name = str(args.model.resolve())
+            return _finish([video_error_record(rid, bad[rid], name) for rid, _, _ in items], items, args)
+        judge = _build_judge(args)
+    except UsageError as err:
+        print(f"{PROG}: {err}", file=sys.stderr)
+        return 2
+    if args.samples:
+        results = judge.judge_samples(items, args.samples, args.seed)
+    else:
+        results = judge.judge(items)
+    return _finish(results, items, args, judge)
+
+
+def _items(args) -> list[tuple[str, str, str]]:
+    """(id, path, prompt) per video; the id is the path as given (#2, #3 ... on repeats)."""
+    if args.prompts_file is not None:
+        try:
+            prompts = args.prompts_file.read_text(encoding="utf-8").splitlines()
+        except OSError as err:
+            raise UsageError(f"{args.prompts_file}: cannot read the prompts file ({err.strerror})") from None
+        if len(prompts) != len(args.videos):
+            raise UsageError(
+                f"{args.prompts_file}: {len(prompts)} prompts for {len(args.videos)} videos; "
+                "write one line per video, in the order the videos are given"
+            )
+    else:
+        prompts = [args.prompt] * len(args.videos)
+    items, seen = [], {}
+    for path, prompt in zip(args.videos, prompts, strict=True):
+        seen[path] = seen.get(path, 0) + 1
+        items.append((path if seen[path] == 1 else f"{path}#{seen[path]}", path, prompt))
+    return items
+
+
+def _unreadable(items) -> dict[str, str]:
+    """Videos whose header cannot be read, by id (decoding errors later are caught by the judge)."""
+    bad = {}
+    for rid, path, _ in items:
+        try:
+            probe(path)
+        except VideoError as err:
+            bad[rid] = str(err)
+    return bad
+
+
+def _build_judge(args) -> Judge:
+    from cot_rm.frame_cache import FrameCache
+    from cot_rm.modeling import ThinkThenScore
+
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
+    try:
+        model = ThinkThenScore.from_pretrained(args.model, torch_dtype=getattr(torch, dtype))
+        model = model.to(device).eval()
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UsageError(f"{args.model}: cannot load the checkpoint ({first})") from None
+    spec = JudgeSpec.from_dict(model.config.judge_spec or {"dimensions": model.config.dimensions})
+    sampling = Sampling.from_dict(model.config.sampling)
+    return Judge(model, sampling, spec, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                 cache=None if args.no_cache else FrameCache(args.cache_dir), name=str(args.model.resolve()),
+                 temperature=args.temperature if args.samples else 0.0, top_p=args.top_p)  # fmt: skip
+
+
+def _finish(results: list[dict], items, args, judge: Judge | None = None) -> int:
+    """Print the Judgments and a line per problem, write the HTML page; 2 when nothing was judged."""
+    for j in results:
+        print(json.dumps(j, ensure_ascii=False), flush=True)
+    for j, (_, path, _) in zip(results, items, strict=True):
+        if j["scores"] is None:
+            print(f"{PROG}: {j['parse_error'].removeprefix('video_error: ')}", file=sys.stderr)
+        elif j["parse_error"] is not None:
+            print(f"{PROG}: {path}: model output did not parse ({j['parse_error']}); "
+                  "answer_scores is null, scores are the head's", file=sys.stderr)  # fmt: skip
+    judged = sum(j["scores"] is not None for j in results)
+    parsed = sum(j["parse_error"] is None for j in results)
+    print(f"{PROG}: {len(results)} videos: {judged} judged ({parsed} parsed), "
+          f"{len(results) - judged} unreadable", file=sys.stderr)  # fmt: skip
+    wrote = args.html is None or _write_html(results, items, args, judge)
+    return 0 if judged and wrote else 2
+
+
+def _write_html(results, items, args, judge: Judge | None) -> bool:
+    from cot_rm.report import write_report
+
+    sampling = judge.sampling if judge is not None else Sampling()
+    spec = judge.spec if judge is not None else JudgeSpec()
+    entries = [(j, path, prompt) for j, (_, path, prompt) in zip(results, items, strict=True)]
+    try:
+        write_report(args.html, entries, sampling, spec)
+    except OSError as err:
+        print(f"{PROG}: {args.html}: cannot write the HTML page ({err.strerror})", file=sys.stderr)
+        return False
+    print(f"{PROG}: wrote {args.html}", file=sys.stderr)
+    return True
