@@ -1,5 +1,16 @@
-"""Evaluation metrics (numpy only): pairwise accuracy with and without ties, rank correlations,
-parse-failure rate and score spread.
+"""Evaluation metrics (numpy only) and the predictions file they read: pairwise accuracy with and
+without ties, rank correlations, parse-failure rate and score spread.
+
+Predictions JSONL (one object a line, kind told by the keys):
+    pairwise   {"id", "scores_a": {dim: x}, "scores_b": {dim: x}, "label": {dim: "A"|"B"|"tie"}}
+    pointwise  {"id", "scores": {dim: x}, "label": {dim: x}}
+optional: "parse_error" / "parse_error_a" / "parse_error_b" (null or a reason), "samples" /
+"samples_a" / "samples_b" (lists of score dicts, for the score spread) or "scores_std" /
+"scores_std_a" / "scores_std_b" ({dim: std}, when the spread was computed elsewhere), "meta". A null
+score (or scores object) is a failed judgment: counted, and wrong. Each dimension is evaluated over
+the rows whose label has it (its `n`); a labelled dimension missing from a row's scores is a missing
+score there (`n_missing`: wrong for pairs, left out of correlations). `overall`, when the scores have
+none, is the mean of the row's other scores.
 
 Pairwise labels are 1 (A preferred), -1 (B preferred), 0 (tie); `diffs` are score_a - score_b, NaN
 where a score is missing (a failed judgment): such a pair is counted and always wrong, never dropped.
@@ -8,18 +19,18 @@ where a score is missing (a failed judgment): such a pair is counted and always 
 - accuracy with ties: three-way (A / tie / B) over all pairs; the model says "tie" when
   |score_a - score_b| <= eps. `search_tie_eps` picks the eps that maximises it on the evaluated set
   itself (VideoAlign's protocol, the tie calibration of Deutsch et al. 2023: optimistic, since it is
-  fitted on the test data); `acc_with_ties` applies a given eps (e.g. one fitted on validation).
+  fitted on the test data); `acc_with_ties` applies a given eps, e.g. one `fit_tie_eps` found on
+  validation predictions (reported beside the searched one, with where it came from).
 - pointwise: Spearman (SRCC, Pearson of average ranks), Pearson (PLCC), Kendall tau-b (KRCC), all
   tie-aware; None where undefined (fewer than 2 items, or a constant side).
-
-`evaluate` turns normalised prediction dicts (see eval/run.py for the file format) into the
-`{"pairwise": {dim: ...}, "pointwise": {dim: ...}}` sections of metrics.json.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -85,7 +96,8 @@ def search_tie_eps(diffs, labels) -> tuple[float | None, float | None]:
 
 
 def pairwise_metrics(diffs, labels, fixed_eps: float | None = None) -> dict:
-    """One dimension's pairwise section: accuracies, the searched eps, counts (+ fixed-eps accuracy)."""
+    """One dimension's pairwise section: accuracies, the searched eps, counts (+ fixed-eps accuracy,
+    when an eps chosen elsewhere, e.g. on validation data, is given)."""
     d, y = _arrays(diffs, labels)
     eps, acc = search_tie_eps(d, y)
     out = {
@@ -178,23 +190,33 @@ def parse_failure_rate(errors: Iterable[str | None]) -> float | None:
     return sum(e is not None for e in errors) / len(errors) if errors else None
 
 
+def sample_std(samples: Sequence[Mapping[str, float | None]]) -> dict[str, float]:
+    """Per dimension, the population std of one item's sampled scores (dimensions with >= 2 values)."""
+    values: dict[str, list[float]] = {}
+    for sample in samples:
+        for dim, v in (sample or {}).items():
+            if v is not None:
+                values.setdefault(dim, []).append(float(v))
+    return {dim: float(np.std(vs)) for dim, vs in values.items() if len(vs) >= 2}
+
+
+def summarize_spread(stds: Iterable[Mapping[str, float | None]]) -> dict:
+    """Per dimension {"mean_std", "max_std", "n"} over items' score stds (one {dim: std} per item)."""
+    per_dim: dict[str, list[float]] = {}
+    for item in stds:
+        for dim, v in (item or {}).items():
+            if v is not None:
+                per_dim.setdefault(dim, []).append(float(v))
+    return {
+        dim: {"mean_std": float(np.mean(v)), "max_std": float(np.max(v)), "n": len(v)}
+        for dim, v in per_dim.items()
+    }
+
+
 def score_spread(samples: Iterable[Sequence[Mapping[str, float | None]]]) -> dict:
     """Per dimension, the population std of each item's scores across its samples, summarised over
     the items with at least two sampled scores: {"mean_std", "max_std", "n"}."""
-    per_dim: dict[str, list[float]] = {}
-    for item in samples:
-        values: dict[str, list[float]] = {}
-        for sample in item:
-            for dim, v in (sample or {}).items():
-                if v is not None:
-                    values.setdefault(dim, []).append(float(v))
-        for dim, vs in values.items():
-            if len(vs) >= 2:
-                per_dim.setdefault(dim, []).append(float(np.std(vs)))
-    return {
-        dim: {"mean_std": float(np.mean(stds)), "max_std": float(np.max(stds)), "n": len(stds)}
-        for dim, stds in per_dim.items()
-    }
+    return summarize_spread(sample_std(item) for item in samples)
 
 
 # ------------------------------------------------------------------------------------- evaluate
@@ -224,20 +246,40 @@ def _mean_fallback(rows, keys, dim) -> bool:
     return dim == OVERALL and any(r[k] and OVERALL not in r[k] for r in rows for k in keys)
 
 
-def evaluate_pairwise(rows: Sequence[Mapping], fixed_eps: float | None = None) -> dict:
-    """rows: {"scores_a", "scores_b", "label": {dim: "A"|"B"|"tie"}} -> {dim: pairwise_metrics}."""
+Eps = float | Mapping[str, float] | None  # one eps for every dimension, or one per dimension
+
+
+def _pair_diffs(rows: Sequence[Mapping], dim: str) -> tuple[list[float], list[int]]:
+    used = [r for r in rows if dim in r["label"]]
+    diffs = [score_of(r["scores_a"], dim) - score_of(r["scores_b"], dim) for r in used]
+    return diffs, [LABELS[r["label"][dim]] for r in used]
+
+
+def evaluate_pairwise(rows: Sequence[Mapping], fixed_eps: Eps = None) -> dict:
+    """rows: {"scores_a", "scores_b", "label": {dim: "A"|"B"|"tie"}} -> {dim: pairwise_metrics}.
+
+    A dimension is evaluated over the rows whose label has it (so `n` may differ between dimensions);
+    a row whose scores lack it is a missing score there: counted in `n_missing` and wrong."""
     out = {}
     for dim in _dims(rows):
+        eps = fixed_eps.get(dim) if isinstance(fixed_eps, Mapping) else fixed_eps
+        out[dim] = pairwise_metrics(*_pair_diffs(rows, dim), eps)
         used = [r for r in rows if dim in r["label"]]
-        diffs = [score_of(r["scores_a"], dim) - score_of(r["scores_b"], dim) for r in used]
-        out[dim] = pairwise_metrics(diffs, [LABELS[r["label"][dim]] for r in used], fixed_eps)
         if _mean_fallback(used, ("scores_a", "scores_b"), dim):
             out[dim]["score"] = "mean of the other dimensions"
     return out
 
 
+def fit_tie_eps(rows: Sequence[Mapping]) -> dict[str, float]:
+    """Per dimension, the eps `search_tie_eps` picks on these (validation) pairwise rows: applied to the
+    test set it gives an accuracy with ties that is not fitted on the test data itself."""
+    fitted = {dim: search_tie_eps(*_pair_diffs(rows, dim))[0] for dim in _dims(rows)}
+    return {dim: eps for dim, eps in fitted.items() if eps is not None}
+
+
 def evaluate_pointwise(rows: Sequence[Mapping]) -> dict:
-    """rows: {"scores", "label": {dim: number}} -> {dim: pointwise_metrics}."""
+    """rows: {"scores", "label": {dim: number}} -> {dim: pointwise_metrics}. Items without a score for
+    a labelled dimension are left out of its correlations and counted in `n_missing`."""
     out = {}
     for dim in _dims(rows):
         used = [r for r in rows if dim in r["label"]]
@@ -254,19 +296,42 @@ def _errors(rows: Sequence[Mapping]) -> list[str | None]:
     return [r.get(k) for r in rows for k in keys[r["kind"]]]
 
 
-def tie_handling(fixed_eps: float | None, fixed_source: str | None = None) -> dict:
+SIDES = ("", "_a", "_b")  # key suffixes: pointwise, pairwise side A, side B
+
+
+def _spreads(rows: Sequence[Mapping]) -> list[dict[str, float]]:
+    """One {dim: std} per judged slot that carries several samples (`samples*`) or a given std
+    (`scores_std*`); samples win when a slot has both."""
+    out = []
+    for r in rows:
+        for side in SIDES:
+            if r.get(f"samples{side}"):
+                out.append(sample_std(r[f"samples{side}"]))
+            elif r.get(f"scores_std{side}"):
+                out.append(dict(r[f"scores_std{side}"]))
+    return out
+
+
+AVERAGING = {
+    "pairwise": "per dimension, accuracy over that dimension's labelled pairs (no averaging across "
+    "dimensions); overall is the model's own overall score, or the mean of its dimensions when it has none",
+    "pointwise": "per dimension, SRCC / PLCC / KRCC over the videos with a score",
+    "videos": "each distinct (video, prompt) judged once; its scores serve every record that uses it",
+    "parse_failure_rate": "over distinct judgments (model runs) or judged slots (predictions files)",
+}
+
+
+def tie_handling(fixed_eps: Eps, fixed_source: str | None = None) -> dict:
     return {
         "rule": TIE_RULE,
         "acc_with_ties": "eps searched per dimension on the evaluated set (VideoAlign's protocol)",
-        "fixed_eps": fixed_eps,
+        "fixed_eps": dict(fixed_eps) if isinstance(fixed_eps, Mapping) else fixed_eps,
         "fixed_eps_source": fixed_source if fixed_eps is not None else None,
         "acc_without_ties": "human-tied pairs dropped; a model tie or a missing score counts as wrong",
     }
 
 
-def evaluate(
-    rows: Sequence[Mapping], fixed_eps: float | None = None, fixed_source: str | None = None
-) -> dict:
+def evaluate(rows: Sequence[Mapping], fixed_eps: Eps = None, fixed_source: str | None = None) -> dict:
     """Normalised predictions (kind in row["kind"]) -> the metric sections of metrics.json."""
     pairs = [r for r in rows if r["kind"] == "pairwise"]
     points = [r for r in rows if r["kind"] == "pointwise"]
@@ -279,7 +344,110 @@ def evaluate(
     }
     if any(k in r for r in rows for k in ("parse_error", "parse_error_a", "parse_error_b")):
         out["parse_failure_rate"] = parse_failure_rate(_errors(rows))  # an absent key: parsed
-    samples = [r[k] for r in rows for k in ("samples", "samples_a", "samples_b") if r.get(k)]
-    if samples:
-        out["score_spread"] = score_spread(samples)
+    if spreads := _spreads(rows):
+        out["score_spread"] = summarize_spread(spreads)
     return out
+
+
+# -------------------------------------------------------------------------------- predictions file
+
+PAIR_KEYS = {"id", "label", "meta", *(f"{k}_{s}" for k in ("scores", "parse_error", "samples", "scores_std") for s in "ab")}  # fmt: skip
+POINT_KEYS = {"id", "scores", "label", "parse_error", "samples", "scores_std", "meta"}
+
+
+class PredictionsError(ValueError):
+    """A bad predictions file; the message is one line, `file:line: reason` when a line is at fault."""
+
+
+def read_predictions(path: Path) -> list[dict]:
+    """Validated prediction rows (with their "kind"); the first bad line stops with `file:line: reason`."""
+    if not path.is_file():
+        raise PredictionsError(f"{path}: no such file" + (" (a folder)" if path.is_dir() else ""))
+    rows, seen = [], {}
+    with open(path, encoding="utf-8-sig", errors="strict") as fh:
+        for lineno, line in enumerate(_lines(fh, path), 1):
+            if not line.strip():
+                continue
+            try:
+                row = parse_prediction(json.loads(line))
+                if row["id"] in seen:
+                    raise ValueError(f"duplicate id {row['id']!r} (first on line {seen[row['id']]})")
+            except json.JSONDecodeError as err:
+                raise PredictionsError(
+                    f"{path}:{lineno}: invalid JSON ({err.msg} at column {err.colno})"
+                ) from None
+            except ValueError as err:
+                raise PredictionsError(f"{path}:{lineno}: {err}") from None
+            seen[row["id"]] = lineno
+            rows.append(row)
+    if not rows:
+        raise PredictionsError(f"{path}: no predictions")
+    return rows
+
+
+def _lines(fh, path: Path):
+    try:
+        yield from fh
+    except UnicodeDecodeError as err:
+        raise PredictionsError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+
+
+def parse_prediction(obj) -> dict:
+    """One predictions line, validated (ValueError with the reason), with its "kind" added."""
+    if not isinstance(obj, dict):
+        raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+    if "scores_a" in obj or "scores_b" in obj:
+        kind, keys, score_keys = "pairwise", PAIR_KEYS, ("scores_a", "scores_b")
+    elif "scores" in obj:
+        kind, keys, score_keys = "pointwise", POINT_KEYS, ("scores",)
+    else:
+        raise ValueError("cannot tell the kind: expected scores_a/scores_b (pairwise) or scores (pointwise)")
+    for key in ("id", *score_keys, "label"):
+        if key not in obj:
+            raise ValueError(f"missing key {key!r} for a {kind} prediction")
+    if unknown := sorted(set(obj) - keys):
+        raise ValueError(f"unknown key {unknown[0]!r} for a {kind} prediction (allowed: {sorted(keys)})")
+    if not isinstance(obj["id"], str) or not obj["id"]:
+        raise ValueError(f"id must be a non-empty string, got {obj['id']!r}")
+    for key in score_keys:
+        _check_scores(obj[key], key)
+    for key in ("samples", "samples_a", "samples_b"):
+        if key in obj:
+            if not isinstance(obj[key], list):
+                raise ValueError(f"{key} must be a list of score objects")
+            for i, sample in enumerate(obj[key]):
+                _check_scores(sample, f"{key}[{i}]")
+    for key in ("scores_std", "scores_std_a", "scores_std_b"):
+        if key in obj:
+            _check_scores(obj[key], key)
+            if any(v is not None and v < 0 for v in (obj[key] or {}).values()):
+                raise ValueError(f"{key} must hold standard deviations >= 0, got {obj[key]!r}")
+    for key in ("parse_error", "parse_error_a", "parse_error_b"):
+        if obj.get(key) is not None and not isinstance(obj[key], str):
+            raise ValueError(f"{key} must be null or a string, got {obj[key]!r}")
+    _check_label(obj["label"], kind)
+    return {**obj, "kind": kind}
+
+
+def _check_scores(value, name: str) -> None:
+    if value is None:
+        return  # a failed judgment
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must be an object of dimension -> number (or null), got {value!r}")
+    for dim, v in value.items():
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            raise ValueError(f"{name}[{dim!r}] must be a finite number or null, got {v!r}")
+
+
+def _check_label(label, kind: str) -> None:
+    if not isinstance(label, dict) or not label:
+        raise ValueError(f"label must be a non-empty object of dimension -> value, got {label!r}")
+    for dim, v in label.items():
+        if kind == "pairwise" and v not in LABELS:
+            raise ValueError(f"label[{dim!r}] must be one of {list(LABELS)}, got {v!r}")
+        if kind == "pointwise" and (
+            isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v)
+        ):
+            raise ValueError(f"label[{dim!r}] must be a finite number, got {v!r}")

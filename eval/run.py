@@ -1,19 +1,15 @@
 """`cot-rm eval`: metrics from a predictions file, or a checkpoint judged on a benchmark.
 
-    cot-rm eval --predictions FILE --out DIR
-    cot-rm eval --model CKPT --bench jsonl --data PATH --out DIR [--split test] [--limit N]
+    cot-rm eval --predictions FILE --out DIR [--tie-eps X | --val-predictions VAL]
+    cot-rm eval --model CKPT --bench NAME --data PATH [--root VIDEOS] --out DIR [--split test] [--limit N]
+    cot-rm eval --model CKPT --bench NAME --data PATH --out DIR --probes [--probe-videos N]
 
-Predictions JSONL (one object a line, kind told by the keys):
-    pairwise   {"id", "scores_a": {dim: x}, "scores_b": {dim: x}, "label": {dim: "A"|"B"|"tie"}}
-    pointwise  {"id", "scores": {dim: x}, "label": {dim: x}}
-optional: "parse_error" / "parse_error_a" / "parse_error_b" (null or a reason), "samples" /
-"samples_a" / "samples_b" (lists of score dicts, for the score spread), "meta". A null score (or
-scores object) is a failed judgment: counted, and wrong.
-
+The predictions file format is in eval/metrics.py; the benchmark loaders in eval/benchmarks.py.
 With --model, every distinct (video, prompt) is judged once, greedy, with the checkpoint's own frame
-sampling and dimensions; DIR gets judgments.jsonl (a resumable cache: appended and fsynced per
-batch, ids already there are not judged again), predictions.jsonl (head scores),
-predictions_answer.jsonl (the generated <answer>'s scores), metrics.json and report.md.
+sampling and dimensions; DIR gets judgments.jsonl (a resumable cache: appended and fsynced per batch;
+ids already there are not judged again; keyed by checkpoint identity, bench and protocol),
+predictions.jsonl (head scores), predictions_answer.jsonl (the generated <answer>'s scores),
+metrics.json and report.md. --probes judges perturbed copies of the videos instead (eval/probes.py).
 """
 
 from __future__ import annotations
@@ -27,10 +23,9 @@ import sys
 from pathlib import Path
 
 from eval import metrics
+from eval.benchmarks import BENCHES, BenchError
 
-BENCHES = ("jsonl",)
-PAIR_KEYS = {"id", "label", "meta", *(f"{k}_{s}" for k in ("scores", "parse_error", "samples") for s in "ab")}
-POINT_KEYS = {"id", "scores", "label", "parse_error", "samples", "meta"}
+TOOL_MAX_PIXELS = 224 * 224  # select_frames images: the Judge's default, pinned here and recorded
 
 
 class EvalError(Exception):
@@ -38,22 +33,54 @@ class EvalError(Exception):
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--predictions", type=Path, help="metrics from this predictions JSONL alone")
+    p.description = (
+        "Evaluate a predictions file (no model needed), or judge a benchmark with a cot-rm checkpoint "
+        "(greedy, the checkpoint's own frame sampling; resumable), or run reward-hacking probes. "
+        "Writes DIR/metrics.json (or probes.json) and DIR/report.md."
+    )
+    p.add_argument(
+        "--predictions", type=Path, help="metrics from this predictions JSONL alone (format: README)"
+    )
     p.add_argument("--model", type=Path, help="a cot-rm checkpoint (save_pretrained folder) to judge with")
-    p.add_argument("--bench", choices=BENCHES, default="jsonl", help="benchmark loader (default: jsonl)")
-    p.add_argument("--data", type=Path, help="the benchmark data (jsonl: pairwise or pointwise records)")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument(
+        "--bench",
+        choices=BENCHES,
+        default="jsonl",
+        help="benchmark loader for --data (default jsonl: the project's own records; the public ones "
+        "and where to get them are listed in the README)",
+    )
+    p.add_argument("--data", type=Path, help="the benchmark's annotation file (JSONL, CSV, JSON or Parquet)")
+    p.add_argument(
+        "--root", type=Path, help="folder the video paths are relative to (default: --data's folder)"
+    )
+    p.add_argument("--out", type=Path, required=True, help="output folder (also the resumable cache)")
     p.add_argument(
         "--split",
         choices=("train", "val", "test"),
-        help="keep records of this split (and records without one)",
+        help="jsonl only: keep records of this split (and records without one)",
     )
     p.add_argument("--limit", type=int, help="evaluate the first N records only")
-    p.add_argument(
+    tie = p.add_mutually_exclusive_group()
+    tie.add_argument(
         "--tie-eps",
         type=float,
-        help="also report accuracy with ties at this fixed eps "
-        "(score scale; default: the checkpoint's tie_margin when fitted)",
+        help="also report accuracy with ties at this fixed eps (score scale; default: the checkpoint's "
+        "tie_margin when fitted)",
+    )
+    tie.add_argument(
+        "--val-predictions",
+        type=Path,
+        help="a predictions file on validation pairs (same model): each dimension's tie eps is searched "
+        "there and applied here, reported beside the eps searched on this set",
+    )
+    p.add_argument(
+        "--probes",
+        action="store_true",
+        help="reward-hacking probes: judge static / duplicated / shuffled / colour-drifted copies and "
+        "a swapped prompt, report how the scores move (DIR/probes.json)",
+    )
+    p.add_argument(
+        "--probe-videos", type=int, default=32, help="with --probes: videos to perturb (default 32)"
     )
     p.add_argument("--max-new-tokens", type=int, default=512, help="per assistant turn (default 512)")
     p.add_argument("--batch-size", type=int, default=4, help="videos per judging batch (default 4)")
@@ -70,133 +97,55 @@ def main(args: argparse.Namespace) -> int:
     try:
         if (args.predictions is None) == (args.model is None):
             raise EvalError("give exactly one of --predictions FILE or --model CKPT")
+        if args.probes and args.model is None:
+            raise EvalError("--probes needs --model CKPT and --data (the videos to perturb)")
         if args.predictions is not None:
-            result = eval_predictions(args.predictions, args.tie_eps)
+            name, result = (
+                "metrics.json",
+                eval_predictions(args.predictions, args.tie_eps, args.val_predictions),
+            )
+        elif args.probes:
+            from eval import probes
+
+            name, result = "probes.json", probes.run(args)
         else:
-            result = eval_model(args)
-    except EvalError as err:
+            name, result = "metrics.json", eval_model(args)
+    except (EvalError, BenchError, metrics.PredictionsError) as err:
         print(f"cot-rm eval: {err}", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
-    write_report(args.out / "report.md", result)
-    print(f"cot-rm eval: wrote {args.out / 'metrics.json'} and report.md", file=sys.stderr)
+    (args.out / name).write_text(json.dumps(result, indent=2) + "\n")
+    write_report(args.out)
+    print(f"cot-rm eval: wrote {args.out / name} and report.md", file=sys.stderr)
     return 0
 
 
 # ------------------------------------------------------------------------------ predictions file
 
 
-def eval_predictions(path: Path, tie_eps: float | None) -> dict:
-    rows = read_predictions(path)
-    result = metrics.evaluate(rows, tie_eps, "--tie-eps" if tie_eps is not None else None)
+def eval_predictions(path: Path, tie_eps: float | None, val_path: Path | None = None) -> dict:
+    rows = metrics.read_predictions(path)
+    eps, source = fixed_eps(tie_eps, val_path)
+    result = metrics.evaluate(rows, eps, source)
     return {**result, "source": {"predictions": str(path)}}
 
 
-def read_predictions(path: Path) -> list[dict]:
-    """Validated prediction rows (with their "kind"); the first bad line stops with `file:line: reason`."""
-    if not path.is_file():
-        raise EvalError(f"{path}: no such file")
-    rows, seen = [], {}
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = parse_prediction(json.loads(line))
-                if row["id"] in seen:
-                    raise ValueError(f"duplicate id {row['id']!r} (first on line {seen[row['id']]})")
-            except json.JSONDecodeError as err:
-                raise EvalError(f"{path}:{lineno}: invalid JSON ({err.msg} at column {err.colno})") from None
-            except ValueError as err:
-                raise EvalError(f"{path}:{lineno}: {err}") from None
-            seen[row["id"]] = lineno
-            rows.append(row)
-    if not rows:
-        raise EvalError(f"{path}: no predictions")
-    return rows
-
-
-def parse_prediction(obj) -> dict:
-    if not isinstance(obj, dict):
-        raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
-    if "scores_a" in obj or "scores_b" in obj:
-        kind, keys, score_keys = "pairwise", PAIR_KEYS, ("scores_a", "scores_b")
-    elif "scores" in obj:
-        kind, keys, score_keys = "pointwise", POINT_KEYS, ("scores",)
-    else:
-        raise ValueError("cannot tell the kind: expected scores_a/scores_b (pairwise) or scores (pointwise)")
-    for key in ("id", *score_keys, "label"):
-        if key not in obj:
-            raise ValueError(f"missing key {key!r} for a {kind} prediction")
-    if unknown := sorted(set(obj) - keys):
-        raise ValueError(f"unknown key {unknown[0]!r} for a {kind} prediction (allowed: {sorted(keys)})")
-    if not isinstance(obj["id"], str) or not obj["id"]:
-        raise ValueError(f"id must be a non-empty string, got {obj['id']!r}")
-    for key in score_keys:
-        _check_scores(obj[key], key)
-    for key in ("samples", "samples_a", "samples_b"):
-        if key in obj:
-            if not isinstance(obj[key], list):
-                raise ValueError(f"{key} must be a list of score objects")
-            for i, sample in enumerate(obj[key]):
-                _check_scores(sample, f"{key}[{i}]")
-    for key in ("parse_error", "parse_error_a", "parse_error_b"):
-        if obj.get(key) is not None and not isinstance(obj[key], str):
-            raise ValueError(f"{key} must be null or a string, got {obj[key]!r}")
-    _check_label(obj["label"], kind)
-    return {**obj, "kind": kind}
-
-
-def _check_scores(value, name: str) -> None:
-    if value is None:
-        return  # a failed judgment
-    if not isinstance(value, dict):
-        raise ValueError(f"{name} must be an object of dimension -> number (or null), got {value!r}")
-    for dim, v in value.items():
-        if v is None:
-            continue
-        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-            raise ValueError(f"{name}[{dim!r}] must be a finite number or null, got {v!r}")
-
-
-def _check_label(label, kind: str) -> None:
-    if not isinstance(label, dict) or not label:
-        raise ValueError(f"label must be a non-empty object of dimension -> value, got {label!r}")
-    for dim, v in label.items():
-        if kind == "pairwise" and v not in metrics.LABELS:
-            raise ValueError(f"label[{dim!r}] must be one of {list(metrics.LABELS)}, got {v!r}")
-        if kind == "pointwise" and (
-            isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v)
-        ):
-            raise ValueError(f"label[{dim!r}] must be a finite number, got {v!r}")
+def fixed_eps(tie_eps: float | None, val_path: Path | None) -> tuple[metrics.Eps, str | None]:
+    """The eps for accuracy with ties that is not searched on the evaluated set: --tie-eps, or each
+    dimension's eps searched on --val-predictions; (None, None) when neither is given."""
+    if tie_eps is not None:
+        if not math.isfinite(tie_eps) or tie_eps < 0:
+            raise EvalError(f"--tie-eps must be a finite number >= 0, got {tie_eps}")
+        return tie_eps, "--tie-eps"
+    if val_path is None:
+        return None, None
+    pairs = [r for r in metrics.read_predictions(val_path) if r["kind"] == "pairwise"]
+    if not pairs:
+        raise EvalError(f"{val_path}: no pairwise predictions to fit the tie eps on")
+    return metrics.fit_tie_eps(pairs), f"searched per dimension on validation predictions {val_path}"
 
 
 # ------------------------------------------------------------------------------------ benchmark
-
-
-def load_bench(path: Path, split: str | None, limit: int | None) -> tuple[list, str]:
-    """The project's own JSONL: all pairwise or all pointwise records (kind detected), filtered."""
-    from cot_rm.schema import SchemaError, iter_jsonl
-
-    if limit is not None and limit < 0:
-        raise EvalError(f"--limit must be >= 0, got {limit}")
-    records, seen = [], {}
-    try:
-        for rec in iter_jsonl(path):
-            if rec.id in seen:
-                raise EvalError(f"{path}: duplicate id {rec.id!r}")
-            seen[rec.id] = True
-            records.append(rec)
-    except SchemaError as err:
-        raise EvalError(str(err)) from None
-    kinds = {type(r).__name__ for r in records}
-    if kinds - {"PairRecord", "PointwiseRecord"} or len(kinds) > 1:
-        raise EvalError(f"{path}: expected only pairwise or only pointwise records, found {sorted(kinds)}")
-    records = [r for r in records if split is None or r.split in (None, split)][:limit]
-    if not records:
-        raise EvalError(f"{path}: no records to evaluate" + (f" in split {split!r}" if split else ""))
-    return records, "pairwise" if kinds == {"PairRecord"} else "pointwise"
 
 
 def video_id(video: str, prompt: str, base: Path) -> str:
@@ -204,6 +153,14 @@ def video_id(video: str, prompt: str, base: Path) -> str:
     short hash of the prompt (the same video judged under two prompts is two judgments)."""
     rel = video if "://" in video else os.path.relpath(video, base)
     return f"{rel}#{hashlib.sha1(prompt.encode()).hexdigest()[:8]}"
+
+
+def _pair_label(r) -> dict[str, str]:
+    """A pair's label per dimension: overall from `preference`, the rest from `dims`; a loader that
+    labels some dimensions only (e.g. a chosen/rejected aspect) lists them in meta["labelled"]."""
+    label = {"overall": r.preference, **r.dims}
+    keep = r.meta.get("labelled")
+    return {d: v for d, v in label.items() if d in keep} if keep else label
 
 
 def _sides(r, kind: str) -> list[tuple[str, str]]:
@@ -236,7 +193,7 @@ def predictions_for(records: list, kind: str, judged: dict, ids: dict, key: str)
                 "id": r.id,
                 "scores_a": ja[key],
                 "scores_b": jb[key],
-                "label": {"overall": r.preference, **r.dims},
+                "label": _pair_label(r),
                 "parse_error_a": ja["parse_error"],
                 "parse_error_b": jb["parse_error"],
             }
@@ -250,23 +207,19 @@ def predictions_for(records: list, kind: str, judged: dict, ids: dict, key: str)
 def eval_model(args: argparse.Namespace) -> dict:
     from cot_rm.schema import write_jsonl
 
-    if args.data is None:
-        raise EvalError("--model needs --data (the benchmark file)")
-    records, kind = load_bench(args.data, args.split, args.limit)
+    bench = load_bench(args)
     model, device, dtype = load_model(args.model, args.device, args.dtype)
-    base = args.data.resolve().parent
-    videos, ids = plan(records, kind, base)
+    videos, ids = plan(bench.records, bench.kind, bench.root)
     args.out.mkdir(parents=True, exist_ok=True)
-    judged = judge_videos(model, videos, args)
-    head = predictions_for(records, kind, judged, ids, "scores")
-    answer = predictions_for(records, kind, judged, ids, "answer_scores")
+    key = cache_key(args, model, device, dtype)
+    judged = judge_videos(model, videos, args, args.out / "judgments.jsonl", key)
+    head = predictions_for(bench.records, bench.kind, judged, ids, "scores")
+    answer = predictions_for(bench.records, bench.kind, judged, ids, "answer_scores")
     write_jsonl(args.out / "predictions.jsonl", head)
     write_jsonl(args.out / "predictions_answer.jsonl", answer)
-    fixed_eps, source = _fixed_eps(model, args.tie_eps)
-    rows_head = [{**r, "kind": kind} for r in head]
-    rows_answer = [{**r, "kind": kind} for r in answer]
-    head_m = metrics.evaluate(rows_head, fixed_eps, source)
-    answer_m = metrics.evaluate(rows_answer)
+    eps, source = _model_eps(model, args)
+    head_m = metrics.evaluate([{**r, "kind": bench.kind} for r in head], eps, source)
+    answer_m = metrics.evaluate([{**r, "kind": bench.kind} for r in answer])
     errors = [judged[v]["parse_error"] for v in videos]
     return {
         "pairwise": head_m["pairwise"],
@@ -275,17 +228,27 @@ def eval_model(args: argparse.Namespace) -> dict:
         "parse_failure_rate": metrics.parse_failure_rate(errors),
         "n_video_errors": sum(bool(e and e.startswith("video_error")) for e in errors),
         "n_videos": len(videos),
-        "n_records": len(records),
-        "kind": kind,
+        "n_records": len(bench.records),
+        "kind": bench.kind,
         "tie_handling": head_m["tie_handling"],
-        "protocol": _protocol(model, args, device, dtype, fixed_eps),
+        "bench": bench.info,
+        "protocol": protocol(model, args, key),
     }
 
 
-def _fixed_eps(model, tie_eps: float | None) -> tuple[float | None, str | None]:
-    """--tie-eps, else the checkpoint's fitted tie_margin (head unit scale) put on the score scale."""
-    if tie_eps is not None:
-        return tie_eps, "--tie-eps"
+def load_bench(args: argparse.Namespace):
+    from eval import benchmarks
+
+    if args.data is None:
+        raise EvalError("--model needs --data (the benchmark's annotation file)")
+    return benchmarks.load(args.bench, args.data, args.root, args.split, args.limit)
+
+
+def _model_eps(model, args) -> tuple[metrics.Eps, str | None]:
+    """--tie-eps or --val-predictions, else the checkpoint's fitted tie_margin (head unit scale) put on
+    the score scale; applies to the head's scores."""
+    if args.tie_eps is not None or args.val_predictions is not None:
+        return fixed_eps(args.tie_eps, args.val_predictions)
     margin = float(model.config.tie_margin or 0.0)
     if margin <= 0:
         return None, None
@@ -294,23 +257,22 @@ def _fixed_eps(model, tie_eps: float | None) -> tuple[float | None, str | None]:
     return margin * half_range, f"checkpoint tie_margin {margin} (head unit scale) x {half_range}"
 
 
-def _protocol(model, args, device: str, dtype: str, fixed_eps: float | None) -> dict:
+def protocol(model, args, key: dict) -> dict:
+    """What the numbers depend on, pinned in metrics.json and report.md."""
     return {
-        "model": str(args.model.resolve()),
-        "bench": args.bench,
+        **key,
         "data": str(args.data.resolve()),
+        "root": str(args.root.resolve()) if args.root else None,
         "split": args.split,
         "limit": args.limit,
+        "decoding": "greedy (do_sample=False); one judgment per (video, prompt)",
         "greedy": True,
-        "max_new_tokens": args.max_new_tokens,
-        "sampling": model.config.sampling,
+        "frames": {k: key["sampling"].get(k) for k in ("fps", "num_frames", "min_frames", "max_frames")},
+        "pixels": {k: key["sampling"].get(k) for k in ("min_pixels", "max_pixels")},
         "dimensions": list(model.config.dimensions),
-        "judge_spec": model.config.judge_spec,
-        "protocol_version": model.config.protocol_version,
         "scores": "head scores on the judge's score scale (top level); the <answer>'s under 'answer'",
-        "tie_eps_fixed": fixed_eps,
-        "device": device,
-        "dtype": dtype,
+        "averaging": metrics.AVERAGING,
+        "eval_key": key_id(key),
     }
 
 
@@ -336,28 +298,57 @@ def load_model(path: Path, device: str, dtype: str):
     return model.to(device).eval(), device, dtype
 
 
-def judge_videos(model, videos: dict[str, tuple[str, str]], args) -> dict[str, dict]:
-    """Judgments for every video id, judging only those not yet in DIR/judgments.jsonl (appended and
-    fsynced per batch, so a killed run resumes where it stopped)."""
+def checkpoint_id(path: Path) -> str:
+    """A checkpoint's identity beyond its path: cot_rm.json's bytes plus each weight file's name, size
+    and mtime (hashing gigabytes of weights per run would cost more than it saves). Retraining into the
+    same folder changes it, so a stale cache is never reused."""
+    h = hashlib.sha256((path / "cot_rm.json").read_bytes())
+    for f in sorted(path.glob("*.safetensors")):
+        st = f.stat()
+        h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def cache_key(args, model, device: str, dtype: str) -> dict:
+    """Everything a cached judgment depends on; judgments made under another key are never reused."""
+    return {
+        "model": str(args.model.resolve()),
+        "checkpoint": checkpoint_id(args.model),
+        "bench": args.bench,
+        "protocol_version": model.config.protocol_version,
+        "sampling": model.config.sampling,
+        "judge_spec": model.config.judge_spec,
+        "max_new_tokens": args.max_new_tokens,
+        "tool_max_pixels": TOOL_MAX_PIXELS,
+        "device": device.split(":")[0],  # greedy decoding can differ between CPU and GPU kernels
+        "dtype": dtype,
+    }
+
+
+def key_id(key: dict) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def judge_videos(model, videos: dict[str, tuple[str, str]], args, cache: Path, key: dict) -> dict[str, dict]:
+    """Judgments for every video id, judging only those not yet in `cache` (appended and fsynced per
+    batch, so a killed run resumes where it stopped), under `key` (written beside it as .key.json)."""
     from tqdm import tqdm
 
     from cot_rm.judge import Judge
     from cot_rm.protocol import JudgeSpec
     from cot_rm.video import Sampling
 
-    name = str(args.model.resolve())
-    cache = args.out / "judgments.jsonl"
-    done = load_cache(cache, name)
+    done = load_cache(cache, key)
+    cache.with_suffix(".key.json").write_text(json.dumps(key, indent=2, sort_keys=True) + "\n")
     todo = [(vid, path, prompt) for vid, (path, prompt) in videos.items() if vid not in done]
     print(
         f"cot-rm eval: {len(videos)} videos, {len(videos) - len(todo)} cached, judging {len(todo)}",
         file=sys.stderr,
     )
     spec = JudgeSpec.from_dict(model.config.judge_spec or {"dimensions": model.config.dimensions})
-    sampling = Sampling.from_dict(model.config.sampling)
-    judge = Judge(
-        model, sampling, spec, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, name=name
-    )
+    judge = Judge(model, Sampling.from_dict(model.config.sampling), spec, tool_max_pixels=TOOL_MAX_PIXELS,
+                  max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, name=key["model"])  # fmt: skip
+    stamp = key_id(key)
     with (
         open(cache, "a", encoding="utf-8") as fh,
         tqdm(total=len(todo), desc="judging", unit="video", file=sys.stderr) as bar,
@@ -365,7 +356,7 @@ def judge_videos(model, videos: dict[str, tuple[str, str]], args) -> dict[str, d
         for start in range(0, len(todo), args.batch_size):
             chunk = todo[start : start + args.batch_size]
             for (vid, path, prompt), j in zip(chunk, judge.judge(chunk), strict=True):
-                done[vid] = {**j, "video": path, "prompt": prompt}
+                done[vid] = {**j, "video": path, "prompt": prompt, "eval_key": stamp}
                 fh.write(json.dumps(done[vid], ensure_ascii=False) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
@@ -373,13 +364,26 @@ def judge_videos(model, videos: dict[str, tuple[str, str]], args) -> dict[str, d
     return done
 
 
-def load_cache(path: Path, model_name: str) -> dict[str, dict]:
+def _key_mismatch(path: Path, found: str | None, key: dict) -> EvalError:
+    try:
+        old = json.loads(path.with_suffix(".key.json").read_text())
+        diff = ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in key.items() if old.get(k) != v)
+    except (OSError, ValueError, AttributeError):
+        diff = ""
+    why = f" ({diff[:300]})" if diff else ""
+    return EvalError(
+        f"{path}: judged under another checkpoint, bench or protocol (eval_key {found!r}, now "
+        f"{key_id(key)!r}){why}; use another --out or delete the file to judge again"
+    )
+
+
+def load_cache(path: Path, key: dict) -> dict[str, dict]:
     """Judgments already in `path` by id. A torn last line (a run killed mid-write) is dropped and the
-    file rewritten without it; a bad line elsewhere, or judgments by another model, stop the run."""
+    file rewritten without it; a bad line elsewhere, or judgments under another key, stop the run."""
     if not path.exists():
         return {}
     lines = path.read_text(encoding="utf-8").split("\n")
-    done, torn = {}, False
+    done, torn, stamp = {}, False, key_id(key)
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -392,11 +396,8 @@ def load_cache(path: Path, model_name: str) -> dict[str, dict]:
                 raise EvalError(f"{path}:{lineno}: {err}; delete the file to judge again") from None
             torn = True
             break
-        if obj.get("model") != model_name:
-            raise EvalError(
-                f"{path}:{lineno}: judged by {obj.get('model')!r}, not {model_name!r}; "
-                "use another --out or delete the file"
-            )
+        if obj.get("eval_key") != stamp:
+            raise _key_mismatch(path, obj.get("eval_key"), key)
         done[obj["id"]] = obj
     if torn or (lines and lines[-1] != ""):
         from cot_rm.schema import write_jsonl
@@ -414,44 +415,82 @@ def _fmt(value) -> str:
     return "-" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+def _pairwise_table(result: dict, answer: dict) -> list[str]:
+    fixed = any("fixed_eps" in m for m in result["pairwise"].values())
+    keys = (
+        "acc_without_ties",
+        "acc_with_ties",
+        "tie_eps",
+        *(("acc_with_ties_fixed_eps", "fixed_eps") if fixed else ()),
+    )
+    head = "| dimension | acc w/o ties | acc w/ ties | eps (searched here) |"
+    head += " acc w/ ties, fixed eps | fixed eps |" if fixed else ""
+    lines = ["", "## Pairwise (head" + (" / answer)" if answer else ")"), "", head + " n | ties |"]
+    lines.append("|---" * (len(keys) + 3) + "|")
+    for dim, m in result["pairwise"].items():
+        a = answer.get("pairwise", {}).get(dim, {})
+        cells = [_fmt(m.get(k)) + (f" / {_fmt(a.get(k))}" if answer and k in a else "") for k in keys]
+        lines.append(f"| {dim} | {' | '.join(cells)} | {m['n']} | {m['n_ties']} |")
+    return lines
+
+
+def _pointwise_table(result: dict, answer: dict) -> list[str]:
+    lines = ["", "## Pointwise (head" + (" / answer)" if answer else ")"), ""]
+    lines += ["| dimension | SRCC | PLCC | KRCC | n |", "|---|---|---|---|---|"]
+    for dim, m in result["pointwise"].items():
+        a = answer.get("pointwise", {}).get(dim, {})
+        cells = [
+            _fmt(m.get(k)) + (f" / {_fmt(a.get(k))}" if answer else "") for k in ("srcc", "plcc", "krcc")
+        ]
+        lines.append(f"| {dim} | {' | '.join(cells)} | {m['n']} |")
+    return lines
+
+
+def _protocol_lines(result: dict) -> list[str]:
+    ties = result.get("tie_handling", {})
+    lines = ["", "## Protocol", "", f"- ties: {metrics.TIE_RULE}; {ties.get('acc_with_ties', '')}"]
+    if ties.get("fixed_eps") is not None:
+        lines.append(f"- fixed eps: {json.dumps(ties['fixed_eps'])} ({ties.get('fixed_eps_source')})")
+    if bench := result.get("bench"):
+        skipped = f", skipped {json.dumps(bench['skipped'])}" if bench.get("skipped") else ""
+        lines.append(f"- bench: {bench['name']} ({bench['data']}), {bench['n_records']} records{skipped}")
+    if proto := result.get("protocol"):
+        lines.append(
+            f"- model: {proto['model']} (checkpoint {proto['checkpoint']}, eval_key {proto['eval_key']})"
+        )
+        lines.append(f"- decoding: {proto['decoding']}, max_new_tokens {proto['max_new_tokens']}")
+        lines.append(f"- frames: {json.dumps(proto['frames'])}; pixels: {json.dumps(proto['pixels'])}; "
+                     f"tool images: {proto['tool_max_pixels']} pixels")  # fmt: skip
+        lines.append(f"- protocol {proto['protocol_version']}, {proto['device']}, {proto['dtype']}")
+        lines += [f"- averaging, {k}: {v}" for k, v in proto["averaging"].items()]
+    return lines
+
+
 def report_markdown(result: dict) -> str:
-    """A short table of the metrics (head and, when judged, the generated answer)."""
+    """The metrics as tables (head and, when judged, the generated answer), then the protocol."""
     answer = result.get("answer", {})
     lines = ["# cot-rm eval", ""]
-    for key in ("n_records", "n_videos", "parse_failure_rate", "n_pairs", "n_pointwise"):
+    for key in ("n_records", "n_videos", "parse_failure_rate", "n_video_errors", "n_pairs", "n_pointwise"):
         if key in result:
             lines.append(f"- {key}: {_fmt(result[key])}")
+    for dim, s in result.get("score_spread", {}).items():
+        lines.append(
+            f"- score spread, {dim}: mean std {_fmt(s['mean_std'])}, max {_fmt(s['max_std'])} (n {s['n']})"
+        )
     if result.get("pairwise"):
-        src = " / answer" if answer else ""
-        lines += [
-            "",
-            f"## Pairwise (head{src})",
-            "",
-            "| dimension | acc w/o ties | acc w/ ties | eps | n | ties |",
-            "|---|---|---|---|---|---|",
-        ]
-        for dim, m in result["pairwise"].items():
-            a = answer.get("pairwise", {}).get(dim, {})
-            cells = [(m.get(k), a.get(k)) for k in ("acc_without_ties", "acc_with_ties", "tie_eps")]
-            cells = [_fmt(h) + (f" / {_fmt(x)}" if answer else "") for h, x in cells]
-            lines.append(f"| {dim} | {' | '.join(cells)} | {m['n']} | {m['n_ties']} |")
+        lines += _pairwise_table(result, answer)
     if result.get("pointwise"):
-        lines += [
-            "",
-            "## Pointwise (head" + (" / answer)" if answer else ")"),
-            "",
-            "| dimension | SRCC | PLCC | KRCC | n |",
-            "|---|---|---|---|---|",
-        ]
-        for dim, m in result["pointwise"].items():
-            a = answer.get("pointwise", {}).get(dim, {})
-            cells = [
-                _fmt(m.get(k)) + (f" / {_fmt(a.get(k))}" if answer else "") for k in ("srcc", "plcc", "krcc")
-            ]
-            lines.append(f"| {dim} | {' | '.join(cells)} | {m['n']} |")
-    lines += ["", f"Ties: {metrics.TIE_RULE}; eps searched on this set (VideoAlign's protocol)."]
-    return "\n".join(lines) + "\n"
+        lines += _pointwise_table(result, answer)
+    return "\n".join(lines + _protocol_lines(result)) + "\n"
 
 
-def write_report(path: Path, result: dict) -> None:
-    path.write_text(report_markdown(result), encoding="utf-8")
+def write_report(out: Path) -> None:
+    """DIR/report.md from DIR/metrics.json and DIR/probes.json, whichever exist."""
+    parts = []
+    if (out / "metrics.json").exists():
+        parts.append(report_markdown(json.loads((out / "metrics.json").read_text())))
+    if (out / "probes.json").exists():
+        from eval import probes
+
+        parts.append(probes.report_section(json.loads((out / "probes.json").read_text())))
+    (out / "report.md").write_text("\n".join(parts), encoding="utf-8")

@@ -1,0 +1,474 @@
+"""Benchmark loaders: public layouts -> the project's pairwise / pointwise records (cot_rm/schema.py).
+
+Each loader reads the benchmark's own annotation file as the user downloaded it, maps its dimension
+names onto ours (visual_quality, text_alignment, physical_consistency, overall) and resolves video
+paths against a root folder (default: the annotation file's folder). Nothing is downloaded here; the
+README ("Evaluation") says where each file comes from and where its videos go.
+
+    jsonl                  the project's own pairwise or pointwise JSONL (paths relative to the file)
+    videogen-rewardbench   VideoAlign's VideoGen-RewardBench CSV: path_A, path_B, prompt, VQ, MQ, TA,
+                           Overall (A / B / same); MQ (motion quality) -> physical_consistency
+    genai-bench            GenAI-Bench (GenAI-Arena) video_generation votes: prompt, left_video,
+                           right_video, vote_type (leftvote / rightvote / tievote / bothbad_vote)
+    mj-bench-video         MJ-Bench-Video test.json: caption, video_0_path, video_1_path,
+                           overall_preference, category_preference {Alignment, Fineness, Coherence &
+                           Consistency, Safety, Bias} ("Video 0 better" / "Video 1 better" / "Same")
+    videoscore-bench-v2    VideoScore2's pointwise test set: video_name (or a path), prompt,
+                           visual_score, t2v_score, phy_score (1-5)
+
+Field names come from the benchmarks' own evaluation code (VideoAlign eval_videogen_rewardbench.py,
+GenAI-Bench inference.py, MJ-Video scripts/eval, VideoScore2 eval/); common variants are accepted.
+Files may be CSV, JSON (a list of objects, or an object of objects), JSONL or Parquet (what
+`datasets`' to_csv / to_json / to_parquet write). A missing file or column is a BenchError naming the
+file and what to do; a bad value names the file and its line (or row).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+OURS = ("visual_quality", "text_alignment", "physical_consistency", "overall")
+
+
+class BenchError(Exception):
+    """A one-line, user-facing reason the benchmark cannot be loaded."""
+
+
+@dataclass
+class Bench:
+    name: str
+    kind: str  # "pairwise" | "pointwise"
+    records: list
+    root: Path
+    info: dict = field(default_factory=dict)  # mapping, skipped rows and why: metrics.json "bench"
+
+
+# --------------------------------------------------------------------------------------- tables
+
+
+def read_rows(path: Path) -> list[tuple[str, dict]]:
+    """(where, row) for each row of a CSV / JSON / JSONL / Parquet file; `where` is `file:line`."""
+    if not path.exists():
+        raise BenchError(
+            f"{path}: no such file; download the benchmark (README: Evaluation) and pass it with --data"
+        )
+    if path.is_dir():
+        raise BenchError(f"{path}: is a folder; pass the annotation file itself with --data")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".csv", ".tsv"):
+            return _csv_rows(path, "\t" if suffix == ".tsv" else ",")
+        if suffix == ".jsonl":
+            return _jsonl_rows(path)
+        if suffix == ".json":
+            return _json_rows(path)
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            return [(f"{path}: row {i}", row) for i, row in enumerate(pq.read_table(path).to_pylist(), 1)]
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise BenchError(f"{path}: cannot read it ({err})") from None
+    raise BenchError(f"{path}: unsupported file type {suffix!r}; expected .csv, .json, .jsonl or .parquet")
+
+
+def _csv_rows(path: Path, delimiter: str) -> list[tuple[str, dict]]:
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        reader = csv.DictReader(fh, delimiter=delimiter)
+        rows = []
+        for row in reader:
+            if None in row:  # more cells than header columns
+                raise BenchError(f"{path}:{reader.line_num}: more values than the header has columns")
+            rows.append((f"{path}:{reader.line_num}", row))
+        return rows
+
+
+def _jsonl_rows(path: Path) -> list[tuple[str, dict]]:
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if line.strip():
+                rows.append((f"{path}:{lineno}", _decode(line, f"{path}:{lineno}")))
+    return rows
+
+
+def _json_rows(path: Path) -> list[tuple[str, dict]]:
+    data = _decode(path.read_text(encoding="utf-8"), str(path))
+    if isinstance(data, dict):  # an object of objects, keyed by id (the key becomes the id)
+        return [
+            (f"{path}: item {k!r}", {"id": k, **v} if isinstance(v, dict) else v) for k, v in data.items()
+        ]
+    if isinstance(data, list):
+        return [(f"{path}: item {i}", row) for i, row in enumerate(data)]
+    raise BenchError(f"{path}: expected a JSON list (or object) of records, got {type(data).__name__}")
+
+
+def _decode(text: str, where: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise BenchError(
+            f"{where}: invalid JSON ({err.msg} at line {err.lineno} column {err.colno})"
+        ) from None
+
+
+def _blank(v) -> bool:
+    """An absent label: None, an empty cell, or NaN (pandas writes missing cells as NaN)."""
+    return v is None or (isinstance(v, str) and not v.strip()) or (isinstance(v, float) and v != v)
+
+
+class Columns:
+    """Case-insensitive column lookup over a file's rows, with variants; absent -> a clear error."""
+
+    def __init__(self, path: Path, rows: list[tuple[str, dict]]):
+        self.path = path
+        for where, row in rows:
+            if not isinstance(row, dict):
+                raise BenchError(f"{where}: expected an object, got {type(row).__name__}")
+        self.keys = {k.lower(): k for _, row in rows for k in row}
+
+    def find(self, *names: str) -> str | None:
+        return next((self.keys[n.lower()] for n in names if n.lower() in self.keys), None)
+
+    def need(self, what: str, *names: str) -> str:
+        if (col := self.find(*names)) is None:
+            found = ", ".join(sorted(self.keys.values())[:20]) or "none"
+            raise BenchError(
+                f"{self.path}: no {what} column (expected one of {list(names)}; found: {found}); "
+                "is this the right file for this --bench?"
+            )
+        return col
+
+
+def _text(row: dict, col: str, where: str) -> str:
+    v = row.get(col)
+    if isinstance(v, dict) and "path" in v:  # a `datasets` Video/Image feature exported as {"path": ...}
+        v = v["path"]
+    if _blank(v) or not isinstance(v, str):
+        raise BenchError(f"{where}: {col} must be a non-empty string, got {v!r}")
+    return v.strip()
+
+
+def _label(row: dict, col: str | None, values: dict[str, str | None], where: str) -> str | None:
+    """A preference cell as "A" / "B" / "tie", or None when blank (or mapped to None: not judged)."""
+    if col is None or _blank(raw := row.get(col)):
+        return None
+    key = str(raw).strip().lower()
+    if key not in values:
+        allowed = sorted(values)
+        raise BenchError(f"{where}: {col} = {raw!r} is not a known preference (expected one of {allowed})")
+    return values[key]
+
+
+# ---------------------------------------------------------------------------------------- videos
+
+
+def resolve_video(ref: str, root: Path) -> Path:
+    """A file for a video reference: absolute paths as they are; relative ones under `root` (or
+    `root/videos`); a URL by its file name under `root` (or `root/videos`), as GenAI-Bench's own
+    downloader caches them. Returns the first candidate that exists, else the first candidate."""
+    if "://" in ref:
+        ref = os.path.basename(urlparse(ref).path)
+    if os.path.isabs(ref):
+        return Path(ref)
+    candidates = [root / ref, root / "videos" / ref]
+    return next((c for c in candidates if c.exists()), candidates[0])
+
+
+def _check_videos(records: list, root: Path) -> None:
+    paths = [p for r in records for p in ((r.video,) if hasattr(r, "video") else (r.video_a, r.video_b))]
+    missing = sorted({p for p in paths if not os.path.exists(p)})
+    if missing:
+        examples = ", ".join(missing[:3])
+        raise BenchError(
+            f"{len(missing)} of {len(set(paths))} videos not found under {root} (e.g. {examples}); "
+            "put the benchmark's videos there (README: Evaluation) or point --root at them"
+        )
+
+
+# --------------------------------------------------------------------------------------- loaders
+
+
+def _pair(rid, prompt, a, b, pref, dims, meta, root) -> dict:
+    dims = {d: v for d, v in dims.items() if v is not None}
+    return {"id": rid, "prompt": prompt, "video_a": str(resolve_video(a, root)),
+            "video_b": str(resolve_video(b, root)), "preference": pref, "dims": dims, "meta": meta}  # fmt: skip
+
+
+def _row_id(row: dict, cols: Columns, prefix: str, i: int) -> str:
+    col = cols.find("id", "idx", "index", "uid")
+    return f"{prefix}-{row[col]}" if col and not _blank(row.get(col)) else f"{prefix}-{i:05d}"
+
+
+VGRB_DIMS = {"visual_quality": ("VQ",), "physical_consistency": ("MQ",), "text_alignment": ("TA",)}
+VGRB_VALUES = {"a": "A", "b": "B", "same": "tie", "tie": "tie", "equal": "tie", "a=b": "tie"}
+
+
+def load_videogen_rewardbench(path: Path, root: Path, skipped: Counter) -> tuple[str, list[dict], dict]:
+    rows = read_rows(path)
+    cols = Columns(path, rows)
+    prompt = cols.need("prompt", "prompt", "caption", "text")
+    va = cols.need("video A", "path_A", "video_A", "video_path_A", "path_a")
+    vb = cols.need("video B", "path_B", "video_B", "video_path_B", "path_b")
+    overall = cols.need("Overall preference", "Overall", "ALL", "overall_label")
+    dims = {ours: cols.find(*names) for ours, names in VGRB_DIMS.items()}
+    out = []
+    for i, (where, row) in enumerate(rows):
+        pref = _label(row, overall, VGRB_VALUES, where)
+        labels = {ours: _label(row, col, VGRB_VALUES, where) for ours, col in dims.items()}
+        if pref is None:
+            skipped["no Overall label"] += 1
+            continue
+        meta = {k: row[c] for k in ("A_model", "B_model") if (c := cols.find(k)) and not _blank(row.get(c))}
+        out.append(_pair(_row_id(row, cols, "vgrb", i), _text(row, prompt, where), _text(row, va, where),
+                         _text(row, vb, where), pref, labels, meta, root))  # fmt: skip
+    mapping = {"VQ": "visual_quality", "MQ (motion quality)": "physical_consistency",
+               "TA": "text_alignment", overall: "overall", "same": "tie"}  # fmt: skip
+    return (
+        "pairwise",
+        out,
+        {"dimension_map": mapping, "absent_columns": [d for d, c in dims.items() if not c]},
+    )
+
+
+GENAI_VOTES = {"leftvote": "A", "left": "A", "a": "A", "rightvote": "B", "right": "B", "b": "B",
+               "tievote": "tie", "tie": "tie", "bothbad_vote": "tie", "bothbad": "tie", "both_bad": "tie"}  # fmt: skip
+
+
+def load_genai_bench(path: Path, root: Path, skipped: Counter) -> tuple[str, list[dict], dict]:
+    rows = read_rows(path)
+    cols = Columns(path, rows)
+    prompt = cols.need("prompt", "prompt", "caption")
+    left = cols.need("left video", "left_video", "video_left", "left_video_path")
+    right = cols.need("right video", "right_video", "video_right", "right_video_path")
+    vote = cols.need("vote", "vote_type", "vote", "human_vote")
+    out = []
+    for i, (where, row) in enumerate(rows):
+        pref = _label(row, vote, GENAI_VOTES, where)
+        if pref is None:
+            skipped["no vote"] += 1
+            continue
+        meta = {"vote_type": row[vote]}
+        meta |= {
+            k: row[c] for k in ("left_model", "right_model") if (c := cols.find(k)) and not _blank(row.get(c))
+        }
+        out.append(_pair(_row_id(row, cols, "genai", i), _text(row, prompt, where), _text(row, left, where),
+                         _text(row, right, where), pref, {}, meta, root))  # fmt: skip
+    mapping = {"leftvote": "A", "rightvote": "B", "tievote": "tie",
+               "bothbad_vote": "tie (both bad; a score difference cannot tell good ties from bad ones)"}  # fmt: skip
+    return "pairwise", out, {"dimension_map": {vote: "overall"}, "vote_map": mapping}
+
+
+MJ_DIMS = {"alignment": "text_alignment", "fineness": "visual_quality",
+           "coherence & consistency": "physical_consistency", "consistency": "physical_consistency"}  # fmt: skip
+MJ_VALUES = {"video 0 better": "A", "video_0 better": "A", "0": "A", "a": "A",
+             "video 1 better": "B", "video_1 better": "B", "1": "B", "b": "B",
+             "same": "tie", "tie": "tie", "hard to judge": None}  # fmt: skip
+
+
+def load_mj_bench_video(path: Path, root: Path, skipped: Counter) -> tuple[str, list[dict], dict]:
+    rows = read_rows(path)
+    cols = Columns(path, rows)
+    if cols.find("chosen") and cols.find("rejected"):
+        return _mj_chosen_rejected(path, rows, cols, root, skipped)
+    prompt = cols.need("caption", "caption", "prompt")
+    v0 = cols.need("video 0", "video_0_path", "video_0", "video0_path")
+    v1 = cols.need("video 1", "video_1_path", "video_1", "video1_path")
+    overall = cols.need("overall preference", "overall_preference", "preference")
+    per_aspect = cols.find("category_preference", "aspect_preference")
+    out = []
+    for i, (where, row) in enumerate(rows):
+        pref = _label(row, overall, MJ_VALUES, where)
+        if row.get(cols.find("discard") or "discard") is True:
+            skipped["discard: true"] += 1
+            continue
+        if pref is None:
+            skipped["overall_preference blank or 'Hard to judge'"] += 1
+            continue
+        aspects = row.get(per_aspect) if per_aspect else None
+        dims, meta = _mj_aspects(aspects if isinstance(aspects, dict) else {}, where)
+        out.append(_pair(_row_id(row, cols, "mjv", i), _text(row, prompt, where), _text(row, v0, where),
+                         _text(row, v1, where), pref, dims, meta, root))  # fmt: skip
+    mapping = {"Alignment": "text_alignment", "Fineness": "visual_quality",
+               "Coherence & Consistency": "physical_consistency", overall: "overall",
+               "Safety, Bias": "kept in meta (no counterpart)", "Hard to judge": "not labelled"}  # fmt: skip
+    return "pairwise", out, {"dimension_map": mapping}
+
+
+def _mj_aspects(aspects: dict, where: str) -> tuple[dict, dict]:
+    dims, meta = {}, {}
+    for name, value in aspects.items():
+        ours = MJ_DIMS.get(name.strip().lower())
+        label = _label({name: value}, name, MJ_VALUES, where)
+        if ours is None:
+            meta[name] = value  # Safety, Bias: no dimension of ours
+        elif label is not None:
+            dims[ours] = label
+    return dims, meta
+
+
+def _mj_chosen_rejected(path, rows, cols, root, skipped) -> tuple[str, list[dict], dict]:
+    """A chosen/rejected export with an aspect name per row. This layout could not be confirmed in
+    public code; it is accepted as documented in the README: video_a = chosen, so the label is "A" for
+    the row's aspect only (`meta.labelled`), or for overall when the row names no aspect."""
+    prompt = cols.need("caption", "caption", "prompt")
+    chosen, rejected = cols.need("chosen", "chosen"), cols.need("rejected", "rejected")
+    aspect = cols.find("aspect", "category")
+    out = []
+    for i, (where, row) in enumerate(rows):
+        name = str(row.get(aspect) or "overall").strip().lower() if aspect else "overall"
+        ours = "overall" if name == "overall" else MJ_DIMS.get(name)
+        if ours is None:
+            skipped[f"aspect {name!r} has no dimension of ours"] += 1
+            continue
+        dims = {} if ours == "overall" else {ours: "A"}
+        meta = {"labelled": [ours], "aspect": name}
+        out.append(_pair(_row_id(row, cols, "mjv", i), _text(row, prompt, where), _text(row, chosen, where),
+                         _text(row, rejected, where), "A", dims, meta, root))  # fmt: skip
+    return "pairwise", out, {"dimension_map": dict(MJ_DIMS, overall="overall"), "layout": "chosen/rejected"}
+
+
+VS2_DIMS = {
+    "visual_quality": ("visual_score", "visual_quality", "v_score_gt", "vq"),
+    "text_alignment": ("t2v_score", "text_alignment", "t2v_alignment", "t_score_gt", "ta"),
+    "physical_consistency": ("phy_score", "physical_consistency", "physical_score", "p_score_gt", "pc"),
+}
+
+
+def load_videoscore_bench_v2(path: Path, root: Path, skipped: Counter) -> tuple[str, list[dict], dict]:
+    rows = read_rows(path)
+    cols = Columns(path, rows)
+    prompt = cols.need("prompt", "prompt", "t2v_prompt", "text_prompt", "caption")
+    video = cols.find("video_path", "video", "path")
+    name = cols.find("video_name") or (None if video else cols.need("video", "video_path", "video_name"))
+    url = cols.find("video_url")
+    dims = {ours: cols.find(*names) for ours, names in VS2_DIMS.items()}
+    if not any(dims.values()):
+        cols.need("score", *(n for names in VS2_DIMS.values() for n in names))
+    out = []
+    for i, (where, row) in enumerate(rows):
+        scores = {ours: _score(row, col, where) for ours, col in dims.items() if col}
+        scores = {d: v for d, v in scores.items() if v is not None}
+        if not scores:
+            skipped["no scores"] += 1
+            continue
+        ref = _vs2_video(row, video, name, url, where)
+        out.append({"id": _row_id(row, cols, "vs2", i), "video": str(resolve_video(ref, root)),
+                    "prompt": _text(row, prompt, where), "scores": scores, "meta": {}})  # fmt: skip
+    mapping = {"visual_score": "visual_quality", "t2v_score": "text_alignment",
+               "phy_score (physical/common-sense)": "physical_consistency"}  # fmt: skip
+    return (
+        "pointwise",
+        out,
+        {"dimension_map": mapping, "absent_columns": [d for d, c in dims.items() if not c]},
+    )
+
+
+def _vs2_video(row, video, name, url, where) -> str:
+    if video and not _blank(row.get(video)):
+        return _text(row, video, where)
+    if name and not _blank(row.get(name)):
+        ref = _text(row, name, where)
+        return ref if os.path.splitext(ref)[1] else ref + ".mp4"  # VideoScore2 saves {video_name}.mp4
+    return _text(row, url or name or video, where)
+
+
+def _score(row: dict, col: str, where: str) -> float | None:
+    v = row.get(col)
+    if _blank(v):
+        return None
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        raise BenchError(f"{where}: {col} = {v!r} is not a number") from None
+    if x != x or x in (float("inf"), float("-inf")):
+        raise BenchError(f"{where}: {col} = {v!r} is not a finite number")
+    return x
+
+
+# ----------------------------------------------------------------------------------------- entry
+
+Loader = Callable[[Path, Path, Counter], tuple[str, list[dict], dict]]
+LOADERS: dict[str, Loader] = {
+    "videogen-rewardbench": load_videogen_rewardbench,
+    "genai-bench": load_genai_bench,
+    "mj-bench-video": load_mj_bench_video,
+    "videoscore-bench-v2": load_videoscore_bench_v2,
+}
+BENCHES = ("jsonl", *LOADERS)
+
+
+def load(name: str, data: Path, root: Path | None = None, split: str | None = None,
+         limit: int | None = None, check_videos: bool = True) -> Bench:  # fmt: skip
+    """Records of benchmark `name` from `data` (videos under `root`, default the file's folder)."""
+    if limit is not None and limit < 0:
+        raise BenchError(f"--limit must be >= 0, got {limit}")
+    root = Path(root) if root is not None else Path(data).resolve().parent
+    if not root.is_dir():
+        raise BenchError(f"{root}: no such folder (--root: where the benchmark's videos are)")
+    if name == "jsonl":
+        return _load_jsonl(Path(data), root, split, limit)
+    if name not in LOADERS:
+        raise BenchError(f"unknown benchmark {name!r}; choose one of {list(BENCHES)}")
+    if split is not None:
+        raise BenchError(f"--split applies to --bench jsonl only; {name} is evaluated whole")
+    skipped: Counter = Counter()
+    kind, rows, info = LOADERS[name](Path(data), root, skipped)
+    records = _validate(rows, kind, Path(data))[:limit]
+    if not records:
+        raise BenchError(f"{data}: no records to evaluate")
+    if check_videos:
+        _check_videos(records, root)
+    info = {"name": name, "data": str(Path(data).resolve()), "root": str(root.resolve()),
+            "n_records": len(records), "skipped": dict(skipped), **info}  # fmt: skip
+    return Bench(name, kind, records, root, info)
+
+
+def _validate(rows: Iterable[dict], kind: str, path: Path) -> list:
+    from cot_rm.schema import parse_record
+
+    records, seen = [], set()
+    for row in rows:
+        try:
+            rec = parse_record(row, kind)
+        except ValueError as err:
+            raise BenchError(f"{path}: record {row.get('id')!r}: {err}") from None
+        if rec.id in seen:
+            raise BenchError(f"{path}: duplicate id {rec.id!r}")
+        seen.add(rec.id)
+        records.append(rec)
+    return records
+
+
+def _load_jsonl(path: Path, root: Path, split: str | None, limit: int | None) -> Bench:
+    """The project's own JSONL: all pairwise or all pointwise records (kind detected), filtered."""
+    from cot_rm.schema import SchemaError, iter_jsonl, resolve_media
+
+    records, seen = [], set()
+    try:
+        for rec in iter_jsonl(path, resolve=False):
+            if rec.id in seen:
+                raise BenchError(f"{path}: duplicate id {rec.id!r}")
+            seen.add(rec.id)
+            for key in ("video", "video_a", "video_b"):
+                if hasattr(rec, key):  # relative to --root (default: the file's folder, the schema's rule)
+                    setattr(rec, key, resolve_media(getattr(rec, key), root))
+            records.append(rec)
+    except SchemaError as err:
+        raise BenchError(str(err)) from None
+    kinds = {type(r).__name__ for r in records}
+    if kinds - {"PairRecord", "PointwiseRecord"} or len(kinds) > 1:
+        raise BenchError(f"{path}: expected only pairwise or only pointwise records, found {sorted(kinds)}")
+    records = [r for r in records if split is None or r.split in (None, split)][:limit]
+    if not records:
+        raise BenchError(f"{path}: no records to evaluate" + (f" in split {split!r}" if split else ""))
+    kind = "pairwise" if kinds == {"PairRecord"} else "pointwise"
+    info = {"name": "jsonl", "data": str(path.resolve()), "root": str(root.resolve()),
+            "n_records": len(records), "split": split}  # fmt: skip
+    return Bench("jsonl", kind, records, root, info)
