@@ -96,13 +96,14 @@ def perturb(name: str, frames: np.ndarray, fps: float, seed: int) -> np.ndarray:
     raise ValueError(f"probe {name!r} does not change the video")
 
 
-def swapped_prompts(prompts: list[str]) -> list[str | None]:
-    """For each prompt, the next different one in the list (cyclic); None when all are the same."""
-    out = []
-    for i, own in enumerate(prompts):
-        others = (prompts[(i + k) % len(prompts)] for k in range(1, len(prompts)))
-        out.append(next((p for p in others if p != own), None))
-    return out
+def swapped_prompts(prompts: list[str], pool: list[str] | None = None) -> list[str | None]:
+    """For each prompt, the one after it in `pool` (the distinct prompts in order, cyclic; default:
+    those of `prompts`), so a video is judged against a prompt it was not made for; None when the pool
+    holds a single prompt."""
+    pool = list(dict.fromkeys(pool if pool is not None else prompts))
+    if len(pool) < 2:
+        return [None] * len(prompts)
+    return [pool[(pool.index(p) + 1) % len(pool)] if p in pool else pool[0] for p in prompts]
 
 
 # ------------------------------------------------------------------------------------ video files
@@ -160,12 +161,13 @@ def run(args) -> dict:
         raise ev.EvalError(f"--probe-videos must be >= 1, got {args.probe_videos}")
     bench = ev.load_bench(args)
     model, device, dtype = ev.load_model(args.model, args.device, args.dtype)
-    originals = list(ev.plan(bench.records, bench.kind, bench.root)[0].items())[: args.probe_videos]
+    videos = list(ev.plan(bench.records, bench.kind, bench.root)[0].items())
+    originals = videos[: args.probe_videos]
     sampling = Sampling.from_dict(model.config.sampling)
     folder = args.out / "probes"
     folder.mkdir(parents=True, exist_ok=True)
     items, plan, failed = {}, [], {}
-    swaps = swapped_prompts([prompt for _, (_, prompt) in originals])
+    swaps = swapped_prompts([p for _, (_, p) in originals], [p for _, (_, p) in videos])  # any record's
     for (vid, (path, prompt)), other in tqdm(list(zip(originals, swaps)), desc="perturbing", unit="video",
                                              file=sys.stderr):  # fmt: skip
         try:
@@ -202,7 +204,7 @@ def _probe_result(name: str, plan: list[dict], judged: dict, dims: list[str]) ->
     entries = [e for e in plan if name in e]
     out = {"description": description, "expected_down": list(expected), "n_videos": len(entries)}
     if name == "swap_prompt" and len(entries) < len(plan):
-        out["n_skipped"] = len(plan) - len(entries)  # every prompt the same: nothing to swap in
+        out["n_skipped"] = len(plan) - len(entries)  # one prompt in the whole benchmark: none to swap in
     for which, key in (("head", "scores"), ("answer", "answer_scores")):
         pairs = [(judged[f"original:{e['video']}"][key], judged[e[name]][key]) for e in entries]
         out[which] = {dim: delta_stats(pairs, dim) for dim in dims}
@@ -246,4 +248,6 @@ def report_section(result: dict) -> str:
         for name, p in probes.items():
             cells = " | ".join(_cell(p[which][d]) for d in dims)
             lines.append(f"| {name} | {', '.join(p['expected_down']) or '- (control)'} | {cells} |")
+    if skipped := result["probes"]["swap_prompt"].get("n_skipped"):
+        lines += ["", f"swap_prompt skipped {skipped} videos: the benchmark has a single prompt."]
     return "\n".join(lines) + "\n"

@@ -202,6 +202,107 @@ def test_predictions_file_bad_line_names_file_and_line(tmp_path, line, reason):
     assert not (tmp_path / "out" / "metrics.json").exists()
 
 
+# A file as a new user types it from the README's format: ints and floats, dimensions present in
+# some rows only. Hand-computed below.
+HAND_PAIRS = """\
+{"id": "p1", "scores_a": {"visual_quality": 4, "overall": 3.5}, "scores_b": {"visual_quality": 2, "overall": 3.5}, "label": {"visual_quality": "A", "overall": "A"}}
+{"id": "p2", "scores_a": {"visual_quality": 1, "overall": 2}, "scores_b": {"visual_quality": 3, "overall": 4}, "label": {"visual_quality": "B", "overall": "B"}}
+
+{"id": "p3", "scores_a": {"visual_quality": 3, "overall": 3}, "scores_b": {"visual_quality": 3.5, "overall": 1}, "label": {"visual_quality": "tie", "overall": "A"}}
+{"id": "p4", "scores_a": {"overall": 5}, "scores_b": {"overall": 4}, "label": {"overall": "B"}}
+{"id": "p5", "scores_a": {"overall": 2}, "scores_b": {"visual_quality": 4, "overall": 2.5}, "label": {"visual_quality": "A", "overall": "tie"}}
+"""
+HAND_POINTS = """\
+{"id": "v1", "scores": {"text_alignment": 1.5}, "label": {"text_alignment": 1}}
+{"id": "v2", "scores": {"text_alignment": 3}, "label": {"text_alignment": 2}}
+{"id": "v3", "scores": {"text_alignment": 2}, "label": {"text_alignment": 3}}
+{"id": "v4", "scores": {}, "label": {"text_alignment": 4}}
+{"id": "v5", "scores": {"text_alignment": 4}, "label": {"text_alignment": 5}}
+"""
+
+
+def test_hand_written_pairwise_file(tmp_path):
+    (tmp_path / "p.jsonl").write_text(HAND_PAIRS)
+    out = _cli("--predictions", tmp_path / "p.jsonl", "--out", tmp_path / "o", "--tie-eps", "1")
+    assert out.returncode == 0, out.stderr
+    res = json.loads((tmp_path / "o" / "metrics.json").read_text())["pairwise"]
+    # visual_quality is labelled in p1, p2, p3, p5 (n 4); d = +2 (A), -2 (B), -0.5 (tie), and p5 has no
+    # score for side A: missing, so wrong. Without ties: p1, p2 right of p1, p2, p5 -> 2/3.
+    # With ties: eps 0 -> 2/4, eps 0.5 -> p3 too: 3/4 (best), eps 2 -> only p3: 1/4. Fixed eps 1 -> 3/4.
+    vq = res["visual_quality"]
+    assert (vq["n"], vq["n_ties"], vq["n_missing"]) == (4, 1, 1)
+    assert (vq["acc_without_ties"], vq["acc_with_ties"], vq["tie_eps"]) == (2 / 3, 3 / 4, 0.5)
+    assert vq["acc_with_ties_fixed_eps"] == 3 / 4 and vq["fixed_eps"] == 1.0
+    # overall, all 5 rows: d = 0 (A: a model tie, wrong), -2 (B), +2 (A), +1 (B: wrong), -0.5 (tie).
+    # Without ties 2/4. With ties: eps 0 -> 2/5, eps 0.5 -> p5 too: 3/5 (first best), eps 1 -> 3/5,
+    # eps 2 -> 1/5. Fixed eps 1: p1 tie (wrong), p2, p3 right, p4 tie (wrong), p5 tie (right) -> 3/5.
+    ov = res["overall"]
+    assert (ov["n"], ov["n_ties"], ov["n_missing"]) == (5, 1, 0)
+    assert (ov["acc_without_ties"], ov["acc_with_ties"], ov["tie_eps"]) == (0.5, 0.6, 0.5)
+    assert ov["acc_with_ties_fixed_eps"] == 0.6
+
+
+def test_hand_written_pointwise_file(tmp_path):
+    (tmp_path / "p.jsonl").write_text(HAND_POINTS)
+    out = _cli("--predictions", tmp_path / "p.jsonl", "--out", tmp_path / "o")
+    assert out.returncode == 0, out.stderr
+    ta = json.loads((tmp_path / "o" / "metrics.json").read_text())["pointwise"]["text_alignment"]
+    # v4 has no score: left out (n 4, 1 missing). Ranks (1, 3, 2, 4) vs (1, 2, 3, 4): sum d^2 = 2,
+    # rho = 1 - 6 * 2 / (4 * 15) = 0.8; 5 concordant, 1 discordant pair: tau = 4 / 6.
+    # Pearson: deviations (-1.125, .375, -.625, 1.375) and (-1.75, -.75, .25, 2.25): 4.625 / sqrt(3.6875 * 8.75)
+    assert (ta["n"], ta["n_missing"]) == (4, 1)
+    assert ta["srcc"] == pytest.approx(0.8) and ta["krcc"] == pytest.approx(2 / 3)
+    assert ta["plcc"] == pytest.approx(4.625 / math.sqrt(3.6875 * 8.75))
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        ('{"id": "x", "scores": {"o": NaN}, "label": {"o": 3}}', "scores['o'] must be a finite number"),
+        ('{"id": "x", "scores_a": {"o": 1}, "scores_b": {"o": 2}, "label": {"o": "a"}}', "must be one of"),
+        ('{"id": "x", "scores": {"o": 1}, "label": {"o": 3},}', "invalid JSON"),
+        ('{"id": "x", "scores": {"o": 1}, "label": {"o": 3}, "scores_std": {"o": -1}}', "deviations >= 0"),
+        ('["x", 1]', "expected a JSON object, got list"),
+    ],
+)
+def test_hand_written_mistakes_name_the_line(tmp_path, line, reason):
+    preds = tmp_path / "p.jsonl"
+    preds.write_text(HAND_POINTS + line + "\n")
+    out = _cli("--predictions", preds, "--out", tmp_path / "o")
+    assert out.returncode == 2 and f"{preds}:6: " in out.stderr and reason in out.stderr, out.stderr
+
+
+def test_tie_eps_from_validation_predictions(tmp_path):
+    # validation: visual_quality's best eps is 0.5 (see HAND_PAIRS); overall's is 0.5 too
+    (tmp_path / "val.jsonl").write_text(HAND_PAIRS)
+    test = [_pair(0, 3.0, 2.75, "tie"), _pair(1, 4.0, 3.0, "A")]  # |d| 0.25 and 1
+    preds = _write(tmp_path / "test.jsonl", test)
+    out = _cli("--predictions", preds, "--val-predictions", tmp_path / "val.jsonl", "--out", tmp_path / "o")
+    assert out.returncode == 0, out.stderr
+    res = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    ov = res["pairwise"]["overall"]
+    assert ov["fixed_eps"] == 0.5 and ov["acc_with_ties_fixed_eps"] == 1.0  # 0.25 -> tie, 1 -> A
+    assert ov["tie_eps"] == 0.25 and ov["acc_with_ties"] == 1.0  # searched here: the optimistic one
+    assert res["tie_handling"]["fixed_eps"] == {"visual_quality": 0.5, "overall": 0.5}
+    assert "validation predictions" in res["tie_handling"]["fixed_eps_source"]
+    assert "fixed eps" in (tmp_path / "o" / "report.md").read_text()
+    both = _cli("--predictions", preds, "--val-predictions", preds, "--tie-eps", "1", "--out", tmp_path / "x")
+    assert both.returncode == 2 and "not allowed with" in both.stderr
+
+
+def test_score_spread_from_samples_or_given_std(tmp_path):
+    rows = [
+        {"id": "a", "scores": {"o": 2}, "label": {"o": 1}, "samples": [{"o": 1}, {"o": 3}]},  # std 1
+        {"id": "b", "scores": {"o": 3}, "label": {"o": 2}, "scores_std": {"o": 0.5}},
+        _pair(2, 3, 1, "A", samples_a=[{"o": 2}, {"o": 2}], scores_std_b={"o": 0.25}),
+    ]
+    out = _cli("--predictions", _write(tmp_path / "p.jsonl", rows), "--out", tmp_path / "o")
+    assert out.returncode == 0, out.stderr
+    spread = json.loads((tmp_path / "o" / "metrics.json").read_text())["score_spread"]
+    assert spread == {"o": {"mean_std": pytest.approx(1.75 / 4), "max_std": 1.0, "n": 4}}  # 1, .5, 0, .25
+    assert "score spread, o" in (tmp_path / "o" / "report.md").read_text()
+
+
 def test_predictions_and_model_are_exclusive(tmp_path):
     out = _cli("--out", tmp_path / "out")
     assert out.returncode == 2 and "exactly one of" in out.stderr
@@ -303,6 +404,28 @@ def test_model_eval_end_to_end_and_resume(tiny_rm, bench, tmp_path, capsys):
     rc, err = _eval_model(tiny_rm, bench, out, capsys)
     assert rc == 0 and "dropped a torn last line" in err and "judging 1" in err
     assert len((out / "judgments.jsonl").read_text().splitlines()) == 3
+
+
+def test_cache_is_keyed_by_checkpoint_identity_and_protocol(tiny_rm, bench, tmp_path, capsys):
+    import os
+    import shutil
+
+    ckpt = shutil.copytree(tiny_rm, tmp_path / "ckpt")
+    out = tmp_path / "run"
+    rc, err = _eval_model(ckpt, bench, out, capsys, "--limit", "1")
+    assert rc == 0, err
+    key = json.loads((out / "judgments.key.json").read_text())
+    assert key["bench"] == "jsonl" and key["max_new_tokens"] == 4 and key["sampling"]["fps"] == 2.0
+    stamp = json.loads((out / "judgments.jsonl").read_text().splitlines()[0])["eval_key"]
+    assert json.loads((out / "metrics.json").read_text())["protocol"]["eval_key"] == stamp
+    # another protocol setting: refused, naming what changed
+    rc, err = _eval_model(ckpt, bench, out, capsys, "--limit", "1", "--max-new-tokens", "5")
+    assert rc == 2 and "max_new_tokens: 4 -> 5" in err and "use another --out" in err
+    # the same folder, retrained (new weights at the same path): refused too
+    head = ckpt / "head.safetensors"
+    os.utime(head, ns=(head.stat().st_atime_ns, head.stat().st_mtime_ns + 10**9))
+    rc, err = _eval_model(ckpt, bench, out, capsys, "--limit", "1")
+    assert rc == 2 and "checkpoint: " in err
 
 
 def test_model_eval_missing_inputs_exit_2(tiny_rm, bench, tmp_path, capsys):

@@ -56,6 +56,7 @@ def test_swapped_prompts_pick_the_next_different_prompt():
     assert P.swapped_prompts(["a", "a", "b"]) == ["b", "b", "a"]
     assert P.swapped_prompts(["a", "b", "c"]) == ["b", "c", "a"]
     assert P.swapped_prompts(["a", "a"]) == [None, None]
+    assert P.swapped_prompts(["a", "a"], pool=["a", "a", "c", "b"]) == ["c", "c"]  # from the whole benchmark
 
 
 def test_copies_are_real_videos_of_the_same_duration(make_mp4, tmp_path):
