@@ -38,59 +38,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "(greedy, the checkpoint's own frame sampling; resumable), or run reward-hacking probes. "
         "Writes DIR/metrics.json (or probes.json) and DIR/report.md."
     )
-    p.add_argument(
-        "--predictions", type=Path, help="metrics from this predictions JSONL alone (format: README)"
-    )
-    p.add_argument("--model", type=Path, help="a cot-rm checkpoint (save_pretrained folder) to judge with")
-    p.add_argument(
-        "--bench",
-        choices=BENCHES,
-        default="jsonl",
+    arg = p.add_argument
+    # fmt: off
+    arg("--predictions", type=Path, metavar="FILE", help="metrics from this predictions JSONL alone (format: README)")
+    arg("--model", type=Path, metavar="CKPT", help="a cot-rm checkpoint (save_pretrained folder) to judge with")
+    arg("--bench", choices=BENCHES, default="jsonl",
         help="benchmark loader for --data (default jsonl: the project's own records; the public ones "
-        "and where to get them are listed in the README)",
-    )
-    p.add_argument("--data", type=Path, help="the benchmark's annotation file (JSONL, CSV, JSON or Parquet)")
-    p.add_argument(
-        "--root", type=Path, help="folder the video paths are relative to (default: --data's folder)"
-    )
-    p.add_argument("--out", type=Path, required=True, help="output folder (also the resumable cache)")
-    p.add_argument(
-        "--split",
-        choices=("train", "val", "test"),
-        help="jsonl only: keep records of this split (and records without one)",
-    )
-    p.add_argument("--limit", type=int, help="evaluate the first N records only")
+        "and where to get them are listed in the README)")
+    arg("--data", type=Path, metavar="PATH", help="the benchmark's annotation file (JSONL, CSV, JSON or Parquet)")
+    arg("--root", type=Path, metavar="DIR", help="folder the video paths are relative to (default: --data's folder)")
+    arg("--out", type=Path, required=True, metavar="DIR", help="output folder (also the resumable cache)")
+    arg("--split", choices=("train", "val", "test"), help="jsonl only: keep records of this split (and records without one)")
+    arg("--limit", type=int, metavar="N", help="evaluate the first N records only")
     tie = p.add_mutually_exclusive_group()
-    tie.add_argument(
-        "--tie-eps",
-        type=float,
-        help="also report accuracy with ties at this fixed eps (score scale; default: the checkpoint's "
-        "tie_margin when fitted)",
-    )
-    tie.add_argument(
-        "--val-predictions",
-        type=Path,
-        help="a predictions file on validation pairs (same model): each dimension's tie eps is searched "
-        "there and applied here, reported beside the eps searched on this set",
-    )
-    p.add_argument(
-        "--probes",
-        action="store_true",
-        help="reward-hacking probes: judge static / duplicated / shuffled / colour-drifted copies and "
-        "a swapped prompt, report how the scores move (DIR/probes.json)",
-    )
-    p.add_argument(
-        "--probe-videos", type=int, default=32, help="with --probes: videos to perturb (default 32)"
-    )
-    p.add_argument("--max-new-tokens", type=int, default=512, help="per assistant turn (default 512)")
-    p.add_argument("--batch-size", type=int, default=4, help="videos per judging batch (default 4)")
-    p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
-    p.add_argument(
-        "--dtype",
-        choices=("auto", "bfloat16", "float16", "float32"),
-        default="auto",
-        help="auto: bfloat16 on CUDA, float32 on CPU",
-    )
+    tie.add_argument("--tie-eps", type=float, metavar="X",
+                     help="also report accuracy with ties at this fixed eps (score scale; default: the "
+                     "checkpoint's tie_margin when fitted)")
+    tie.add_argument("--val-predictions", type=Path, metavar="FILE",
+                     help="a predictions file on validation pairs (same model): each dimension's tie eps is "
+                     "searched there and applied here, reported beside the eps searched on this set")
+    arg("--probes", action="store_true",
+        help="reward-hacking probes: judge static / duplicated / shuffled / colour-drifted copies and a "
+        "swapped prompt, report how the scores move (DIR/probes.json)")
+    arg("--probe-videos", type=int, default=32, metavar="N", help="with --probes: videos to perturb (default 32)")
+    arg("--max-new-tokens", type=int, default=512, metavar="N", help="per assistant turn (default 512)")
+    arg("--batch-size", type=int, default=4, metavar="N", help="videos per judging batch (default 4)")
+    arg("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
+    arg("--dtype", choices=("auto", "bfloat16", "float16", "float32"), default="auto",
+        help="auto: bfloat16 on CUDA, float32 on CPU")
+    # fmt: on
 
 
 def main(args: argparse.Namespace) -> int:
