@@ -282,12 +282,13 @@ def load_mj_bench_video(path: Path, root: Path, skipped: Counter) -> tuple[str, 
     v1 = cols.need("video 1", "video_1_path", "video_1", "video1_path")
     overall = cols.need("overall preference", "overall_preference", "preference")
     per_aspect = cols.find("category_preference", "aspect_preference")
+    discard = cols.find("discard")
     out = []
     for i, (where, row) in enumerate(rows):
-        pref = _label(row, overall, MJ_VALUES, where)
-        if row.get(cols.find("discard") or "discard") is True:
+        if discard and row.get(discard) in (True, "True", "true"):  # dropped by MJ-Bench's annotators
             skipped["discard: true"] += 1
             continue
+        pref = _label(row, overall, MJ_VALUES, where)
         if pref is None:
             skipped["overall_preference blank or 'Hard to judge'"] += 1
             continue
@@ -305,10 +306,9 @@ def _mj_aspects(aspects: dict, where: str) -> tuple[dict, dict]:
     dims, meta = {}, {}
     for name, value in aspects.items():
         ours = MJ_DIMS.get(name.strip().lower())
-        label = _label({name: value}, name, MJ_VALUES, where)
         if ours is None:
             meta[name] = value  # Safety, Bias: no dimension of ours
-        elif label is not None:
+        elif (label := _label({name: value}, name, MJ_VALUES, where)) is not None:
             dims[ours] = label
     return dims, meta
 
