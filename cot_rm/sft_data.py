@@ -146,14 +146,18 @@ class SFTCollator:
     def sequence(self, row: dict, rationale_free: bool = False) -> _Seq:
         sampling = replace(Sampling.from_dict(row["sampling"]), family=self.family)
         video = read_video(row["video"], sampling, self.cache)
-        messages = row["messages"]
-        if rationale_free:
-            messages = messages[:2] + [protocol.assistant_final_turn(None, row["scores"], self._spec(row))]
+        head_only = rationale_free or bool(row.get("rationale_free"))
+        # The head's sample without a rationale (DeScore's random mask) drops the WHOLE judgment, answer
+        # included: with the gold `<answer>` in front of it the head only learns to read those numbers
+        # back, and scores nothing but the model's own answer at judging time. Video + prompt only.
+        messages = row["messages"][:2] if head_only else row["messages"]
         frames = [c["image"]["frame"] for m in messages if m["role"] == "tool" for c in m["content"]
                   if c.get("type") == "image"]  # fmt: skip
         images = read_frames_at(row["video"], frames, row.get("tool_max_pixels", 224 * 224), self.family)
-        text = protocol.render(self.processor, messages, self.family, self._spec(row)) + self.reward_token
-        head_only = rationale_free or bool(row.get("rationale_free"))
+        text = protocol.render(
+            self.processor, messages, self.family, self._spec(row), add_generation_prompt=head_only
+        )
+        text += self.reward_token
         key = f"{row['video']}|{json.dumps(sampling.to_dict(), sort_keys=True)}"
         tool_px = row.get("tool_max_pixels", 224 * 224)
         return _Seq(

@@ -72,7 +72,11 @@ def test_rationale_free_rows_train_the_head_only(traces, tiny_qwen25vl_dir):
     rows = load_traces(traces / "sft.jsonl")
     row = next(r for r in rows if r["rationale_free"])
     collator = SFTCollator(processor, "qwen2_5_vl", JudgeSpec(), cache_dir="off")
-    batch = collator.encode([collator.sequence(row)], [])
+    seq = collator.sequence(row)
+    # Video + prompt, then the reward token where the judgment would start: no critique, no answer.
+    after_user = seq.text.split("<|im_start|>user", 1)[1]  # the system prompt shows an example answer
+    assert seq.text.endswith("<|im_start|>assistant\n<|reward|>") and "<answer>" not in after_user
+    batch = collator.encode([seq], [])
     assert (batch["labels"] == IGNORE).all()
     assert batch["head_mask"].all() and "pixel_values" not in batch
     expected = torch.tensor([[JudgeSpec().to_unit(row["scores"][d]) for d in JudgeSpec().dimensions]])
@@ -90,11 +94,13 @@ def test_pairs_become_two_sequences_with_bt_labels(traces, tiny_qwen25vl_dir):
     assert batch["input_ids"].shape[0] == 3 and batch["pair_index"].tolist() == [[0, 1]]
     want = [{"A": 1, "B": -1, "tie": 0}[pair["dims"][d]] for d in JudgeSpec().dimensions]
     assert batch["pair_label"][0].tolist() == want
-    # rationale dropout 1.0: every example ALSO appears answer-only (head only), pairs included
+    # rationale dropout 1.0: every example ALSO appears without its judgment (head only), pairs included
     always = SFTCollator(processor, "qwen2_5_vl", JudgeSpec(), rationale_dropout=1.0, cache_dir="off")
     batch = always([{"example": json.dumps(pair)}])
     assert batch["input_ids"].shape[0] == 4 and batch["pair_index"].tolist() == [[0, 1], [2, 3]]
     assert (batch["labels"][2:] == IGNORE).all() and (batch["labels"][:2] != IGNORE).any()
+    judged = [t.split("<|im_start|>user", 1)[1] for t in processor.batch_decode(batch["input_ids"])]
+    assert all("<answer>" in t for t in judged[:2]) and not any("<answer>" in t for t in judged[2:])
 
 
 def test_pairs_match_traces_through_a_symlinked_folder(traces, tmp_path):
