@@ -367,9 +367,17 @@ class ThinkThenScore(nn.Module):
         graph (and its features are reused); trainable, recomputing it costs about 3x its forward."""
         kwargs = {"use_reentrant": False, **(gradient_checkpointing_kwargs or {})}
         self.base_vlm.gradient_checkpointing_enable(kwargs, every_n_layers=every_n_layers, offload=offload)
-        for module in self.base_vlm.model.visual.modules():
+        visual = self.base_vlm.model.visual
+        for module in visual.modules():
             if hasattr(module, "gradient_checkpointing"):
                 module.gradient_checkpointing = False
+        if not any(p.requires_grad for p in visual.parameters()):
+            # transformers makes EVERY sub-model's input embeddings output require grad, the tower's
+            # patch embedding too: a frozen tower would keep its activations and run backward for nothing.
+            hooked = {key for m in visual.modules() for key in m._forward_hooks}
+            for hook in getattr(self.base_vlm, "_require_grads_hooks", []):
+                if hook.id in hooked:
+                    hook.remove()
 
     def forward(
         self,

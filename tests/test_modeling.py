@@ -159,9 +159,15 @@ def test_lora_vision_option_targets_vision_blocks_not_merger(ckpt):
         ThinkThenScore.from_base(ckpt, lora=LoraSettings(lora_vision=True), freeze_vision=True)
 
 
-def test_frozen_vision_gets_no_grads(ckpt, video):
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "checkpointing"])
+def test_frozen_vision_gets_no_grads(ckpt, video, checkpointing):
     model = ThinkThenScore.from_base(ckpt, freeze_vision=True)
-    out = model(**video_batch(model, video))
+    if checkpointing:  # as the Trainer calls it: must not make the frozen tower build a graph
+        model.gradient_checkpointing_enable({"use_reentrant": False}, every_n_layers=1, offload=False)
+    batch = video_batch(model, video)
+    tower = model.base_vlm.model.get_video_features(batch["pixel_values_videos"], batch["video_grid_thw"])
+    assert not tower.pooler_output[0].requires_grad  # no activations kept, no backward through it
+    out = model(**batch)
     (out.rewards.sum() + out.logits.mean()).backward()
     for n, p in model.named_parameters():
         if ".visual." in n:
