@@ -1,0 +1,67 @@
+# Shared by the recipes (sourced, not run): stage headers, SKIP, resume markers, command lookup.
+#
+# Conventions every recipe follows:
+#   - a stage is a shell function `stage_NAME`, run by `run_stage NAME "what it does"`;
+#   - SKIP="synth sft" (names separated by spaces or commas) skips those stages;
+#   - a stage that finished writes $OUT/.done/NAME only AFTER its command succeeded, so a killed
+#     stage is never counted as done; the next run skips finished stages and reruns the rest (whose
+#     commands resume on their own where they can: synthesize, sft and eval do);
+#   - to redo a finished stage, delete its marker: rm $OUT/.done/NAME.
+
+# The repo's own venv when present (make setup), else whatever is on PATH (a GPU machine's env).
+if [[ -x .venv/bin/cot-rm ]]; then
+    COT_RM=.venv/bin/cot-rm
+    PY=.venv/bin/python
+else
+    COT_RM=cot-rm
+    PY=python
+fi
+
+# Markers go under the recipe's output folder, so a fresh OUT is a fresh run.
+_done_dir() { echo "$OUT/.done"; }
+
+# A stage sets this to 1 when it decided not to run (e.g. its command is not built yet): no marker
+# is written then, so a later run does the stage once it can.
+STAGE_NOT_RUN=0
+
+# run_stage NAME "title": header, then skip / already done / run + marker.
+run_stage() {
+    local name=$1 title=$2
+    echo
+    echo "== [$name] $title"
+    if [[ " ${SKIP//,/ } " == *" $name "* ]]; then
+        echo "   skipped: SKIP names it"
+        return 0
+    fi
+    if [[ -f "$(_done_dir)/$name" ]]; then
+        echo "   already done ($(_done_dir)/$name exists; delete it to redo this stage)"
+        return 0
+    fi
+    local t0=$SECONDS
+    STAGE_NOT_RUN=0
+    # Called plainly (not inside `if`), so `set -e` still stops the recipe on the first failure.
+    "stage_$name"
+    if [[ $STAGE_NOT_RUN == 1 ]]; then
+        return 0
+    fi
+    mkdir -p "$(_done_dir)"
+    : >"$(_done_dir)/$name"
+    echo "   done in $((SECONDS - t0)) s"
+}
+
+# available CMD: does this build of cot-rm have the subcommand? Asks cli.py itself (the same test
+# it uses to print "not available yet"), so the answer changes the day the module lands.
+# Exit 0: built; 1: not built; anything else (a broken import, say) stops the recipe.
+available() {
+    local rc=0
+    "$PY" - "$1" <<'PYEOF' || rc=$?
+import sys
+from cot_rm.cli import COMMANDS, _load
+sys.exit(0 if _load(COMMANDS[sys.argv[1]][0]) is not None else 3)
+PYEOF
+    case $rc in
+        0) return 0 ;;
+        3) return 1 ;;
+        *) echo "cannot tell whether 'cot-rm $1' is built (exit $rc)" >&2; exit "$rc" ;;
+    esac
+}

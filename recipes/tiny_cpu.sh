@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# tiny_cpu.sh: the whole pipeline, small, on a CPU (2 cores are enough; no GPU, no downloads).
+# The CPU twin of qwen2_5_vl_7b.sh / qwen3_vl_8b.sh: the same stages and commands, a tiny random
+# Qwen2.5-VL built locally instead of a 7B model, and the oracle teacher instead of a served VLM.
+#
+#   toyworld -> synth (oracle teacher) -> sft (configs/tiny/sft.yaml) -> grpo (when built)
+#            -> eval (toy test pairs) -> judge (one HTML critique)
+#
+# Usage (from anywhere; it runs from the repo root):
+#   recipes/tiny_cpu.sh
+#   SKIP="synth sft" recipes/tiny_cpu.sh               # skip stages by name
+#   N=24 SFT_ARGS="train.max_steps=2" recipes/tiny_cpu.sh   # smaller still (the test does this)
+# Rerunning skips the stages that finished ($OUT/.done/NAME); delete a marker to redo its stage.
+set -euo pipefail
+cd "$(dirname "$0")/.."  # config paths and cot-rm's defaults are relative to the repo root
+
+OUT=${OUT:-runs/recipe_tiny}
+N=${N:-400}                                # toy-world videos (the demo's size)
+SEED=${SEED:-0}                            # toy-world seed: same seed, same bytes
+SFT_CONFIG=configs/tiny/sft.yaml
+# Extra SFT key=value overrides, space-separated, e.g. "train.max_steps=2 data.eval_limit=2".
+SFT_ARGS=${SFT_ARGS:-}
+EVAL_LIMIT=${EVAL_LIMIT:-64}               # test pairs judged by `cot-rm eval` (greedy, CPU)
+MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-512}      # per assistant turn, for eval and judge
+SKIP=${SKIP:-}
+# GRPO (stage 2) is not in this version. Once it is, its CPU config is to be configs/tiny/grpo.yaml:
+# set GRPO_CONFIG to it (the stage says so and skips while it is unset).
+GRPO_CONFIG=${GRPO_CONFIG:-}
+
+source recipes/lib.sh
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false  # nothing is downloaded: the model is built here
+
+TOY=$OUT/toy
+SFT_DATA=$OUT/sft_data.jsonl
+BASE=$OUT/tiny-qwen2_5_vl
+SFT_OUT=$OUT/sft
+
+stage_toyworld() {
+    # Deterministic, so a rerun after a kill rewrites the same files.
+    "$COT_RM" toyworld --out "$TOY" --n "$N" --seed "$SEED" --no-progress
+}
+
+stage_synth() {
+    # What `cot-rm demo` does in-process: train+val videos, the four negative kinds, oracle critiques,
+    # the consistency filter, select_frames traces. --frames 8 --max-pixels 12544 (112x112) are the
+    # sizes configs/tiny/sft.yaml was written for. No --restart: a killed run resumes.
+    "$COT_RM" synthesize --input "$TOY/pointwise.jsonl" --teacher oracle --splits train,val \
+        --negatives prompt_swap,shuffle,reverse,drop --frames 8 --max-pixels 12544 \
+        --out "$SFT_DATA" --no-progress
+}
+
+stage_sft() {
+    # The tiny random base model (built locally; skipped when a complete one is already there).
+    "$PY" -c 'import sys; from cot_rm.tiny import build_tiny_checkpoint; build_tiny_checkpoint(sys.argv[1], family="qwen2_5_vl")' "$BASE"
+    # The config's paths point at runs/demo: redirect every one of them to $OUT. The held-out report
+    # reads the test split of the same pairs file (data.eval_split: test), never trained on.
+    local extra=()
+    read -r -a extra <<<"$SFT_ARGS"
+    "$COT_RM" sft --config "$SFT_CONFIG" \
+        model.base="$BASE" data.train="$SFT_DATA" data.pairs="$TOY/pairs.jsonl" \
+        data.eval_pairs="$TOY/pairs.jsonl" train.output_dir="$SFT_OUT" "${extra[@]}"
+}
+
+stage_grpo() {
+    if ! available grpo; then
+        echo "   skipped: cot-rm grpo is not built yet (eval and judge use the SFT checkpoint)"
+        STAGE_NOT_RUN=1
+        return 0
+    fi
+    if [[ -z $GRPO_CONFIG ]]; then
+        echo "   skipped: cot-rm grpo is built, but GRPO_CONFIG is not set (see the top of this file)"
+        STAGE_NOT_RUN=1
+        return 0
+    fi
+    # Starts from the SFT checkpoint; the keys follow the SFT config's layout (check `cot-rm grpo --help`).
+    "$COT_RM" grpo --config "$GRPO_CONFIG" model.base="$SFT_OUT" train.output_dir="$OUT/grpo"
+}
+
+# The model the later stages judge with: GRPO's when that stage finished, else SFT's.
+final_model() {
+    if [[ -f "$OUT/.done/grpo" ]]; then echo "$OUT/grpo"; else echo "$SFT_OUT"; fi
+}
+
+stage_eval() {
+    # The toy world's held-out test pairs (colour x shape combinations never seen in training).
+    # eval caches judgments in $OUT/eval and resumes a killed run by itself.
+    "$COT_RM" eval --model "$(final_model)" --bench jsonl --data "$TOY/pairs.jsonl" --split test \
+        --limit "$EVAL_LIMIT" --max-new-tokens "$MAX_NEW_TOKENS" --out "$OUT/eval"
+}
+
+stage_judge() {
+    # One held-out (test split) video and its prompt, judged greedily, as JSON + an HTML critique.
+    local video prompt
+    { read -r video; read -r prompt; } < <("$PY" - "$TOY/pointwise.jsonl" <<'PYEOF'
+import json, os, sys
+path = sys.argv[1]
+with open(path) as f:
+    rec = next(r for r in map(json.loads, f) if r.get("split") == "test")
+print(os.path.join(os.path.dirname(path), rec["video"]))
+print(rec["prompt"])
+PYEOF
+    )
+    # Written to a temporary name first: a killed run leaves no judgment.json that looks finished.
+    "$COT_RM" judge --model "$(final_model)" "$video" --prompt "$prompt" \
+        --max-new-tokens "$MAX_NEW_TOKENS" --html "$OUT/critique.html" >"$OUT/judgment.json.tmp"
+    mv "$OUT/judgment.json.tmp" "$OUT/judgment.json"
+    echo "   $video: $OUT/judgment.json, $OUT/critique.html"
+}
+
+echo "tiny_cpu recipe: OUT=$OUT N=$N cot-rm=$COT_RM ${SKIP:+SKIP=\"$SKIP\"}"
+run_stage toyworld "toy world: $N procedural videos with exact defect labels"
+run_stage synth "synthesis: oracle critiques -> consistency filter -> select_frames traces (+ negatives)"
+run_stage sft "SFT cold start of a tiny random Qwen2.5-VL ($SFT_CONFIG)"
+run_stage grpo "GRPO with tool rollouts (stage 2)"
+run_stage eval "eval: held-out toy test pairs (metrics.json, report.md)"
+run_stage judge "judge: one held-out video -> HTML critique"
+echo
+echo "Done. Outputs under $OUT/: sft/ (checkpoint), eval/metrics.json, critique.html"
