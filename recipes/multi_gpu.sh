@@ -1,0 +1,160 @@
+# The 8-GPU pipeline shared by qwen2_5_vl_7b.sh and qwen3_vl_8b.sh (sourced after they set FAMILY,
+# SFT_CONFIG, BASE_MODEL, TEACHER_MODEL, OUT): one body, so the two models cannot drift apart.
+#
+#   synth (vLLM-served teacher) -> sft (ZeRO-3, accelerate) -> grpo (when built)
+#        -> eval (public benchmarks) -> serve (when built)
+#
+# NOT yet run on 8 GPUs here (like the configs it launches). Nothing is downloaded by cot-rm: fetch
+# the models (`hf download ...`) and the benchmarks (README, "Public benchmarks") yourself.
+#
+# Environment (all optional):
+#   POINTWISE     your labelled videos, pointwise JSONL (README, "Data formats"); default data/pointwise.jsonl
+#   PAIRS         pairwise labels over those videos for the head's Bradley-Terry loss; default: the config's
+#   TEACHER_PORT  port of the local vLLM teacher (8000); TEACHER_TP its tensor-parallel size (8)
+#   OPENAI_API_KEY / VLLM_API_KEY  only from the environment, never written to a file: set both to the
+#                 same value to make the teacher endpoint require a key
+#   NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT, GPUS_PER_NODE   multi-node SFT (defaults: one node)
+#   BENCH_DIR     where the public benchmarks were unpacked (data/benchmarks)
+#   SKIP          stages to skip, e.g. SKIP="synth grpo"
+
+POINTWISE=${POINTWISE:-data/pointwise.jsonl}
+PAIRS=${PAIRS:-}
+TEACHER_PORT=${TEACHER_PORT:-8000}
+TEACHER_TP=${TEACHER_TP:-8}
+TEACHER_WAIT_S=${TEACHER_WAIT_S:-1800}  # loading a 72B model from disk takes minutes
+NNODES=${NNODES:-1}
+NODE_RANK=${NODE_RANK:-0}
+MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
+MASTER_PORT=${MASTER_PORT:-29500}
+GPUS_PER_NODE=${GPUS_PER_NODE:-8}
+BENCH_DIR=${BENCH_DIR:-data/benchmarks}
+SERVE_PORT=${SERVE_PORT:-8080}
+SKIP=${SKIP:-}
+# GRPO (stage 2) is not in this version; its config is to be configs/<model>/grpo.yaml. Set
+# GRPO_CONFIG to it once it exists (the stage says so and skips while it is unset).
+GRPO_CONFIG=${GRPO_CONFIG:-}
+
+source recipes/lib.sh
+
+SFT_DATA=$OUT/sft_data.jsonl
+SFT_OUT=$OUT/sft
+
+# Multi-node: every node runs SFT; data synthesis, eval and serving run on node 0 only, and the
+# other nodes wait for node 0's synthesis marker (OUT must be on a filesystem all nodes share).
+if [[ $NODE_RANK != 0 ]]; then
+    SKIP="$SKIP synth grpo eval serve"
+fi
+
+TEACHER_PID=
+stop_teacher() {
+    if [[ -n $TEACHER_PID ]]; then
+        kill "$TEACHER_PID" 2>/dev/null || true
+        wait "$TEACHER_PID" 2>/dev/null || true
+        TEACHER_PID=
+    fi
+}
+trap stop_teacher EXIT  # never leave the teacher holding the GPUs, whatever way the recipe ends
+
+stage_synth() {
+    [[ -f $POINTWISE ]] || { echo "no labelled videos at $POINTWISE: set POINTWISE (README, Data formats)" >&2; exit 2; }
+    # The teacher is a large VLM behind vLLM's OpenAI-compatible server, on this node's GPUs.
+    vllm serve "$TEACHER_MODEL" --port "$TEACHER_PORT" --tensor-parallel-size "$TEACHER_TP" \
+        >"$OUT/teacher.log" 2>&1 &
+    TEACHER_PID=$!
+    echo "   teacher $TEACHER_MODEL (pid $TEACHER_PID, log $OUT/teacher.log): waiting for /health"
+    local waited=0
+    until curl -sf "http://localhost:$TEACHER_PORT/health" >/dev/null; do
+        kill -0 "$TEACHER_PID" 2>/dev/null || { echo "the teacher exited: see $OUT/teacher.log" >&2; exit 1; }
+        ((waited += 10)) && ((waited <= TEACHER_WAIT_S)) || { echo "teacher not up after ${TEACHER_WAIT_S}s" >&2; exit 1; }
+        sleep 10
+    done
+    # The published frame settings (see the header of $SFT_CONFIG): 16 frames at 448x448, tool frames
+    # at twice the pixels, VR-Thinker's budgets. No --restart: a killed run resumes.
+    "$COT_RM" synthesize --input "$POINTWISE" --teacher "openai:http://localhost:$TEACHER_PORT/v1#$TEACHER_MODEL" \
+        --splits train,val --negatives prompt_swap,shuffle,reverse,drop --family "$FAMILY" \
+        --frames 16 --max-pixels 200704 --tool-max-pixels 401408 \
+        --max-tool-calls 3 --max-frames-per-call 8 --memory-window 1 --out "$SFT_DATA"
+    stop_teacher  # free the GPUs for SFT
+}
+
+stage_sft() {
+    if [[ $NODE_RANK != 0 ]]; then
+        until [[ -f $OUT/.done/synth ]]; do echo "   waiting for node 0's synthesis ($OUT/.done/synth)"; sleep 60; done
+    fi
+    local overrides=(model.base="$BASE_MODEL" data.train="$SFT_DATA" train.output_dir="$SFT_OUT")
+    if [[ -n $PAIRS ]]; then overrides+=(data.pairs="$PAIRS" data.eval_pairs="$PAIRS"); fi
+    # ZeRO-3 shards weights, grads and Adam states over all processes; num_processes counts ALL of them.
+    # A killed run resumes from its newest checkpoint in $SFT_OUT.
+    accelerate launch --config_file configs/accelerate/zero3.yaml \
+        --num_machines "$NNODES" --num_processes $((NNODES * GPUS_PER_NODE)) \
+        --machine_rank "$NODE_RANK" --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT" \
+        -m cot_rm.cli sft --config "$SFT_CONFIG" "${overrides[@]}"
+}
+
+stage_grpo() {
+    if ! available grpo; then
+        echo "   skipped: cot-rm grpo is not built yet (eval and serve use the SFT checkpoint)"
+        STAGE_NOT_RUN=1
+        return 0
+    fi
+    if [[ -z $GRPO_CONFIG ]]; then
+        echo "   skipped: cot-rm grpo is built, but GRPO_CONFIG is not set (see the top of this file)"
+        STAGE_NOT_RUN=1
+        return 0
+    fi
+    # Keys follow the SFT config's layout; check `cot-rm grpo --help` when it lands.
+    accelerate launch --config_file configs/accelerate/zero3.yaml \
+        --num_machines "$NNODES" --num_processes $((NNODES * GPUS_PER_NODE)) \
+        --machine_rank "$NODE_RANK" --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT" \
+        -m cot_rm.cli grpo --config "$GRPO_CONFIG" model.base="$SFT_OUT" train.output_dir="$OUT/grpo"
+}
+
+final_model() {
+    if [[ -f "$OUT/.done/grpo" ]]; then echo "$OUT/grpo"; else echo "$SFT_OUT"; fi
+}
+
+# eval_bench BENCH DATA [extra args]: one public benchmark, with its own marker, so a finished
+# benchmark is not redone when a later one fails. A benchmark whose file is absent is skipped with
+# where to get it (README, "Public benchmarks"), and the eval stage stays unfinished.
+eval_bench() {
+    local bench=$1 data=$2
+    shift 2
+    if [[ -f $OUT/.done/eval-$bench ]]; then echo "   $bench: already done"; return 0; fi
+    if [[ ! -f $data ]]; then
+        echo "   $bench: skipped, $data not found (README, 'Public benchmarks', says where to get it)"
+        STAGE_NOT_RUN=1
+        return 0
+    fi
+    echo "   $bench: $data"
+    # Greedy, the checkpoint's own frame sampling; judgments are cached in the out folder (resumable).
+    "$COT_RM" eval --model "$(final_model)" --bench "$bench" --data "$data" "$@" --out "$OUT/eval/$bench"
+    mkdir -p "$OUT/.done"
+    : >"$OUT/.done/eval-$bench"
+}
+
+stage_eval() {
+    eval_bench videogen-rewardbench "$BENCH_DIR/videogen-rewardbench/videogen-rewardbench.csv"
+    eval_bench genai-bench "$BENCH_DIR/genai-bench/test_v1.jsonl"
+    eval_bench mj-bench-video "$BENCH_DIR/mj-bench-video/test.json"
+    # Videos are saved as ROOT/{video_name}.mp4, as VideoScore2's own scripts do.
+    eval_bench videoscore-bench-v2 "$BENCH_DIR/videoscore-bench-v2/test.json" --root "$BENCH_DIR/videoscore-bench-v2/videos"
+}
+
+stage_serve() {
+    if ! available serve; then
+        echo "   skipped: cot-rm serve is not built yet; judge locally meanwhile: cot-rm judge --model $(final_model) VIDEO --prompt ..."
+        STAGE_NOT_RUN=1
+        return 0
+    fi
+    # Runs until stopped, so it never writes a marker; flags to be checked against `cot-rm serve --help`.
+    "$COT_RM" serve --model "$(final_model)" --port "$SERVE_PORT"
+    STAGE_NOT_RUN=1
+}
+
+echo "$(basename "$0"): OUT=$OUT base=$BASE_MODEL teacher=$TEACHER_MODEL node $NODE_RANK of $NNODES ${SKIP:+SKIP=\"$SKIP\"}"
+mkdir -p "$OUT"
+run_stage synth "synthesis: $TEACHER_MODEL (vLLM) critiques -> consistency filter -> select_frames traces"
+run_stage sft "SFT cold start, ZeRO-3 on $((NNODES * GPUS_PER_NODE)) GPUs ($SFT_CONFIG)"
+run_stage grpo "GRPO with tool rollouts (stage 2)"
+run_stage eval "eval: public benchmarks (VideoGen-RewardBench, GenAI-Bench, MJ-Bench-Video, VideoScore-Bench-v2)"
+run_stage serve "serve: judge API and interactive page"

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# qwen3_vl_8b.sh: the full pipeline for Qwen3-VL-8B-Instruct on 8 GPUs (80 GB each): synthesis with a vLLM-served
+# teacher, SFT with DeepSpeed ZeRO-3, GRPO and serving once built, evaluation on the public benchmarks.
+# The stages live in recipes/multi_gpu.sh (shared with the other model's recipe); its header lists the
+# environment variables (data, ports, multi-node, benchmarks). CPU twin: recipes/tiny_cpu.sh.
+#
+# Usage (from anywhere; it runs from the repo root):
+#   POINTWISE=data/pointwise.jsonl PAIRS=data/pairs.jsonl recipes/qwen3_vl_8b.sh
+#   SKIP="synth" recipes/qwen3_vl_8b.sh                       # SFT data already made
+#   NNODES=2 NODE_RANK=$RANK MASTER_ADDR=node0 recipes/qwen3_vl_8b.sh   # on each node
+# Rerunning skips the stages that finished ($OUT/.done/NAME); delete a marker to redo its stage.
+set -euo pipefail
+cd "$(dirname "$0")/.."  # config paths are relative to the repo root
+
+OUT=${OUT:-runs/qwen3_vl_8b}                    # the config's own output paths
+FAMILY=qwen3_vl                             # frame sizing at synthesis (patch size differs per family)
+SFT_CONFIG=configs/qwen3_vl_8b/sft.yaml
+# The model to fine-tune: a hub id (download it first: hf download Qwen/Qwen3-VL-8B-Instruct) or a local folder.
+BASE_MODEL=${BASE_MODEL:-Qwen/Qwen3-VL-8B-Instruct}
+# The teacher that writes the critiques, served by vLLM on this node (a local folder works too).
+TEACHER_MODEL=${TEACHER_MODEL:-Qwen/Qwen2.5-VL-72B-Instruct}
+
+source recipes/multi_gpu.sh
