@@ -65,3 +65,17 @@ PYEOF
         *) echo "cannot tell whether 'cot-rm $1' is built (exit $rc)" >&2; exit "$rc" ;;
     esac
 }
+
+# grpo_ready WHY: 0 when the GRPO stage can run; else says why it is skipped (WHY: what the later
+# stages use instead) and marks the stage as not run, so a later run does it.
+grpo_ready() {
+    if ! available grpo; then
+        echo "   skipped: cot-rm grpo is not built yet ($1)"
+    elif [[ -z $GRPO_CONFIG ]]; then
+        echo "   skipped: cot-rm grpo is built, but GRPO_CONFIG is not set (see the top of this file)"
+    else
+        return 0
+    fi
+    STAGE_NOT_RUN=1
+    return 1
+}

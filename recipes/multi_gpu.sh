@@ -92,16 +92,7 @@ stage_sft() {
 }
 
 stage_grpo() {
-    if ! available grpo; then
-        echo "   skipped: cot-rm grpo is not built yet (eval and serve use the SFT checkpoint)"
-        STAGE_NOT_RUN=1
-        return 0
-    fi
-    if [[ -z $GRPO_CONFIG ]]; then
-        echo "   skipped: cot-rm grpo is built, but GRPO_CONFIG is not set (see the top of this file)"
-        STAGE_NOT_RUN=1
-        return 0
-    fi
+    grpo_ready "eval and serve use the SFT checkpoint" || return 0
     # Keys follow the SFT config's layout; check `cot-rm grpo --help` when it lands.
     accelerate launch --config_file configs/accelerate/zero3.yaml \
         --num_machines "$NNODES" --num_processes $((NNODES * GPUS_PER_NODE)) \

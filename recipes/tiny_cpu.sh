@@ -62,16 +62,7 @@ stage_sft() {
 }
 
 stage_grpo() {
-    if ! available grpo; then
-        echo "   skipped: cot-rm grpo is not built yet (eval and judge use the SFT checkpoint)"
-        STAGE_NOT_RUN=1
-        return 0
-    fi
-    if [[ -z $GRPO_CONFIG ]]; then
-        echo "   skipped: cot-rm grpo is built, but GRPO_CONFIG is not set (see the top of this file)"
-        STAGE_NOT_RUN=1
-        return 0
-    fi
+    grpo_ready "eval and judge use the SFT checkpoint" || return 0
     # Starts from the SFT checkpoint; the keys follow the SFT config's layout (check `cot-rm grpo --help`).
     "$COT_RM" grpo --config "$GRPO_CONFIG" model.base="$SFT_OUT" train.output_dir="$OUT/grpo"
 }
