@@ -83,6 +83,18 @@ class RolloutMedia:
     videos: list[Video]
     images: list[Any]  # PIL tool images of the rounds still in the window, in placeholder order
     image_refs: list[dict]  # {"video": path, "frame": n} for each of `images`
+    inputs: dict[str, torch.Tensor] = field(default_factory=dict)  # their processed tensors (shared)
+
+
+def collate_media(media: Sequence[RolloutMedia]) -> dict[str, torch.Tensor]:
+    """The vision kwargs of a batch of rollouts' final sequences (row order): pixel_values_videos,
+    video_grid_thw (+ second_per_grid_ts), pixel_values + image_grid_thw when any image remains.
+    Add `processing.mm_token_type_ids(processor, input_ids)` for the forward."""
+    out: dict[str, list[torch.Tensor]] = {}
+    for m in media:
+        for k, v in m.inputs.items():
+            out.setdefault(k, []).append(v)
+    return {k: torch.cat(v) for k, v in out.items()}
 
 
 @dataclass
@@ -200,6 +212,7 @@ class Rollouts:
         tok = processor.tokenizer
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.convert_tokens_to_ids(IM_END)
         self.im_end_id = tok.convert_tokens_to_ids(IM_END)
+        self.media_ids = {processor.image_token_id, processor.video_token_id}
         self.query_ids = self._tokens("\n" + reward_token)  # after a turn that ended with <|im_end|>
         self.cut_query_ids = self._tokens(IM_END + "\n" + reward_token)  # after a cut turn
         base = protocol.render(processor, _DUMMY, family, spec)
@@ -292,6 +305,11 @@ class Rollouts:
     # -------------------------------------------------------------------------------- one turn
 
     def _advance(self, s: _State, ids: list[int], logps: list[float] | None, last: bool) -> None:
+        if self.media_ids.intersection(ids):
+            raise ValueError(
+                "the policy generated an <|image_pad|>/<|video_pad|> token, which no image backs: add the "
+                "image/video (and reward) token ids to the generation config's suppress_tokens"
+            )
         stopped = bool(ids) and ids[-1] == self.im_end_id
         shown = s.full_rounds(self.spec.memory_window)
         s.segs.append(_Seg("gen", ids, logps=logps, full_rounds=shown))
@@ -404,12 +422,15 @@ class Rollouts:
             ids, mask, logps = ids + query, mask + [0] * len(query), logps + [0.0] * len(query)
             images = [p for seg in shown for p in seg.images]
             refs = [x for seg in shown for x in seg.refs]
+            tensors = dict(s.prompt.video_inputs)
+            for k in ("pixel_values", "image_grid_thw") if shown else ():
+                tensors[k] = torch.cat([seg.image_inputs[k] for seg in shown])
             out["prompt_ids"].append(list(s.prompt.ids))
             out["completion_ids"].append(ids)
             out["tool_mask"].append(mask)
             out["logprobs"].append(logps)
             out["completions"].append(s.messages)
-            out["media"].append(RolloutMedia([s.prompt.video], images, refs))
+            out["media"].append(RolloutMedia([s.prompt.video], images, refs, tensors))
             out["key_hints"].append({"videos": [s.prompt.video_key],
                                      "images": [_image_key(x, s.tool_px) for x in refs]})  # fmt: skip
             out["results"].append(s.result)

@@ -278,3 +278,78 @@ def test_sampling_object_rows(processor, sample_mp4):
     r = {**row(sample_mp4), "sampling": replace(SAMPLING, family="qwen3_vl")}  # family follows the model
     batch = rollouts(processor, [[FINAL]]).run([r])
     assert batch.media[0].videos[0].sampling.family == FAMILY
+
+
+def test_window_with_an_error_round_in_between(processor, sample_mp4):
+    spec = JudgeSpec(memory_window=1)
+    script = [call([1, 5]), '<think>x</think><tool_call>{"name": bad</tool_call>', call([2]), FINAL]
+    batch = rollouts(processor, [script], spec).run([row(sample_mp4)])
+    assert batch.prompt_ids[0] + batch.completion_ids[0] == reference_ids(processor, batch, 0, spec)
+    # turn 1 saw frames 1 and 5; turn 2 already saw them as placeholders (the error round is the window)
+    assert batch.stale_turns == [[1]] and batch.media[0].image_refs == [
+        {"video": str(sample_mp4), "frame": 2}
+    ]
+
+
+def test_qwen3_vl_ids_equal_the_rendered_conversation(tiny_qwen3vl_dir, sample_mp4):
+    proc = AutoProcessor.from_pretrained(str(tiny_qwen3vl_dir))
+    spec = JudgeSpec(memory_window=1)
+    script = [call([1, 5]), call([2]), FINAL]
+    gen = scripted(proc, [script])
+    r = R.Rollouts(proc, "qwen3_vl", spec, REWARD_TOKEN, gen, max_turn_tokens=200)
+    batch = r.run([{**row(sample_mp4), "sampling": replace(SAMPLING, family="qwen3_vl").to_dict()}])
+    video = batch.media[0].videos[0]
+    msgs = P.judgment_conversation("a red square", video, spec=spec, video_ref=video.path)
+    msgs = P.apply_memory_window(msgs + batch.completions[0], spec.memory_window)
+    text = P.render(proc, msgs, "qwen3_vl", spec) + REWARD_TOKEN
+    enc = encode(proc, [text], videos=[video], images=batch.media[0].images)
+    assert batch.prompt_ids[0] + batch.completion_ids[0] == enc["input_ids"][0].tolist()
+    assert batch.stale_turns == [[1]] and len(batch.media[0].images) == 1
+
+
+def test_hf_generator_after_a_tool_round_and_media_rebuild_the_inputs(tiny_qwen25vl_dir, sample_mp4):
+    """Turn 0 scripted (a valid call), later turns by the real model with tool images in context; the
+    media of each rollout rebuild exactly the vision inputs of its final sequence."""
+    from cot_rm.modeling import ThinkThenScore
+    from cot_rm.processing import mm_token_type_ids
+
+    model = ThinkThenScore.from_base(tiny_qwen25vl_dir).eval()
+    proc, spec = model.processor, JudgeSpec(memory_window=1)
+    im_end = proc.tokenizer.convert_tokens_to_ids(R.IM_END)
+    cfg = GenerationConfig(do_sample=False, eos_token_id=[im_end], pad_token_id=proc.tokenizer.pad_token_id)
+    hf, first = R.hf_turn_generator(model.vlm, cfg), scripted(proc, [[call([1, 5])], [call([2])]])
+    seen = []
+
+    def hybrid(batch):
+        seen.append(batch)
+        return first(batch) if len(seen) == 1 else hf(batch)
+
+    r = R.Rollouts(proc, FAMILY, spec, REWARD_TOKEN, hybrid, max_completion_length=300, max_turn_tokens=60)
+    batch = r.run([row(sample_mp4)], num_generations=2)
+    assert len(seen) >= 2 and seen[1].inputs["image_grid_thw"].shape[0] == 3  # frames 1, 5 and 2
+    assert seen[1].key_hints["images"] == [f"{sample_mp4}|{f}|{PX}" for f in (1, 5, 2)]
+    assert batch.tool_calls == [1, 1] and all(len(c) <= 300 for c in batch.completion_ids)
+    for i in range(2):
+        video = batch.media[i].videos[0]
+        msgs = P.judgment_conversation("a red square", video, spec=spec, video_ref=video.path)
+        text = P.render(proc, P.apply_memory_window(msgs + batch.completions[i], 1), FAMILY, spec)
+        ref = encode(proc, [text + (R.IM_END if batch.truncated[i] else "") + REWARD_TOKEN], videos=[video],
+                     images=batch.media[i].images)  # fmt: skip
+        media = R.collate_media(batch.media[i : i + 1])
+        assert set(media) == {k for k in ref if k not in ("input_ids", "attention_mask", "mm_token_type_ids")}
+        assert all(torch.equal(media[k], ref[k]) for k in media)
+        if not batch.truncated[i]:  # a cut turn's text is decoded, so only its ids are compared
+            assert batch.prompt_ids[i] + batch.completion_ids[i] == ref["input_ids"][0].tolist()
+    t = batch.padded(proc.tokenizer.pad_token_id)
+    ids = torch.cat([t["prompt_ids"], t["completion_ids"]], 1)
+    mask = torch.cat([t["prompt_mask"], t["completion_mask"]], 1)
+    with torch.no_grad():
+        out = model.vlm(input_ids=ids, attention_mask=mask, mm_token_type_ids=mm_token_type_ids(proc, ids),
+                        **R.collate_media(batch.media))  # fmt: skip
+    assert out.logits.shape[:2] == ids.shape and torch.isfinite(out.logits).all()
+
+
+def test_generated_media_token_is_a_config_error(processor, sample_mp4):
+    r = rollouts(processor, [["<think>a</think><|image_pad|>"]])
+    with pytest.raises(ValueError, match="suppress_tokens"):
+        r.run([row(sample_mp4)])
