@@ -305,6 +305,8 @@ class Rollouts:
     # -------------------------------------------------------------------------------- one turn
 
     def _advance(self, s: _State, ids: list[int], logps: list[float] | None, last: bool) -> None:
+        if logps is not None and len(logps) != len(ids):
+            raise ValueError(f"generate_turn returned {len(logps)} log-probs for {len(ids)} tokens")
         if self.media_ids.intersection(ids):
             raise ValueError(
                 "the policy generated an <|image_pad|>/<|video_pad|> token, which no image backs: add the "
