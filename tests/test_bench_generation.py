@@ -59,6 +59,7 @@ def test_ratios_and_the_markdown_section(bench):
     ratios = res["summary"]["ratios"]
     assert set(ratios) == {"vllm_vs_hf_batched", "vllm_vs_hf_batch1", "hf_batched_vs_hf_batch1"}
     assert all(v > 0 and math.isfinite(v) for v in ratios.values())
+    assert set(res["summary"]["ratios_best"]) == set(ratios)
     tps = {k: v["tokens_per_s"] for k, v in res["summary"]["modes"].items()}
     assert math.isclose(ratios["vllm_vs_hf_batched"], tps["vllm"] / tps["hf_batched"])
     text = md.read_text()
