@@ -204,6 +204,8 @@ class RewardOutput(ModelOutput):
     log_var: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     hidden: torch.Tensor | None = None
+    log_probs: torch.Tensor | None = None  # token_logps=True: [B, T-1] log p(token t+1), 0 where unlabelled
+    entropy: torch.Tensor | None = None  # token_logps=True: [B, T-1] (when the fused head computes it)
 
 
 class ThinkThenScore(nn.Module):
@@ -353,6 +355,22 @@ class ThinkThenScore(nn.Module):
         """The HF `...ForConditionalGeneration` (under PEFT, with the LoRA layers injected)."""
         return _unwrap(self.vlm)
 
+    # What TRL's GRPOTrainer reads from the model it trains (see docs/grpo_design.md section 1).
+    @property
+    def generation_config(self):
+        return self.base_vlm.generation_config
+
+    @property
+    def name_or_path(self) -> str:
+        return str(getattr(self.base_vlm, "name_or_path", "") or self.config.base_model)
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return bool(getattr(self.base_vlm, "is_gradient_checkpointing", False))
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.base_vlm.gradient_checkpointing_disable()
+
     def add_model_tags(self, tags) -> None:  # TRL tags the model card of the VLM it trains
         self.base_vlm.add_model_tags(tags)
 
@@ -387,19 +405,43 @@ class ThinkThenScore(nn.Module):
         *,
         return_logits: bool = True,
         return_hidden: bool = False,
+        token_logps: bool = False,
+        detach_head_input: bool = False,
         **inputs: Any,
     ) -> RewardOutput:
         """One pass: rewards at the last `<|reward|>` of each row; LM logits (and loss with `labels`).
 
         `inputs`: the processor's vision tensors (`pixel_values_videos`, `video_grid_thw`,
         `second_per_grid_ts`, `mm_token_type_ids`, `pixel_values`, `image_grid_thw`, ...).
+        `token_logps=True` (GRPO): per-token log-probs (and entropies) of the tokens labelled in `labels`
+        through TRL's fused LM head (`trl.trainer.utils.add_fused_lm_head(model.base_vlm, ...)` first, which
+        sets the temperature), no logits. `detach_head_input`: the head's loss does not reach the VLM.
         """
         num_items = inputs.pop("num_items_in_batch", None)
+        if token_logps:
+            if labels is None:
+                raise ValueError("token_logps=True needs labels (-100 where no log-prob is wanted)")
+            with self.capture_hidden() as box:
+                out = self.base_vlm(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    labels=labels,
+                    fused_lm_head=True,
+                    **inputs,
+                )
+            at_reward = self._at_reward(box["hidden"], input_ids, attention_mask)
+            with torch.autocast(at_reward.device.type, enabled=False):  # the head keeps its own dtype (fp32)
+                rewards, log_var = self.head.forward_dist(
+                    at_reward.detach() if detach_head_input else at_reward
+                )
+            return RewardOutput(
+                rewards=rewards, log_var=log_var, log_probs=out.log_probs, entropy=out.entropy
+            )
         hidden = self.base_vlm.model(
             input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **inputs
         ).last_hidden_state  # [B, T, H], after the final norm
         at_reward = self._at_reward(hidden, input_ids, attention_mask)  # [B, H]
-        rewards, log_var = self.head.forward_dist(at_reward)
+        rewards, log_var = self.head.forward_dist(at_reward.detach() if detach_head_input else at_reward)
         logits = loss = None
         if return_logits or labels is not None:
             logits = self.base_vlm.lm_head(hidden)  # [B, T, V]

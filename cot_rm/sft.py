@@ -31,7 +31,28 @@ from cot_rm import losses
 HEAD_KEYS = ("head_target", "head_mask", "pair_index", "pair_label", "pair_mask")
 
 
-class CotRmSFTTrainer(SFTTrainer):
+class CotRmSaveMixin:
+    """cot-rm checkpoints for a Trainer of `ThinkThenScore` (shared by the SFT and GRPO trainers)."""
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        # Checkpoints are cot-rm checkpoints (VLM or adapter + head + processor + cot_rm.json); under
+        # ZeRO-3 the Trainer passes the gathered full state.
+        if self.args.should_save:
+            model = self.accelerator.unwrap_model(self.model)
+            model.save_pretrained(output_dir or self.args.output_dir, state_dict=state_dict)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        from cot_rm.modeling import ThinkThenScore
+
+        model = model or self.model
+        saved = ThinkThenScore.from_pretrained(resume_from_checkpoint, is_trainable=True)
+        model.load_state_dict(saved.state_dict(), strict=True)
+
+    def create_model_card(self, *args, **kwargs) -> None:
+        return None  # the checkpoint's cot_rm.json and report.json describe the run
+
+
+class CotRmSFTTrainer(CotRmSaveMixin, SFTTrainer):
     """SFTTrainer for `ThinkThenScore`: video batches from `SFTCollator`, LM + head losses, cot-rm saving."""
 
     def __init__(self, model, args: SFTConfig, loss_args, vision_cache=None, **kwargs):
@@ -73,39 +94,31 @@ class CotRmSFTTrainer(SFTTrainer):
         return (loss, out) if return_outputs else loss
 
     def head_losses(self, rewards, log_var, head: dict) -> tuple[torch.Tensor, torch.Tensor, float | None]:
-        la = self.loss_args
-        if la.point_loss == "mse":
-            point = losses.mse_loss(rewards, head["head_target"], head["head_mask"])
-        else:  # the head predicts a mean and a log-variance per dimension
-            point = losses.gaussian_nll_loss(rewards, log_var, head["head_target"], head["head_mask"])
-        index = head["pair_index"]
-        if index.numel() == 0:
-            return point, rewards.sum() * 0.0, None
-        r_a, r_b = rewards[index[:, 0]], rewards[index[:, 1]]  # [P, D]
-        if la.pair_loss == "bt_ties":
-            pair = losses.bt_ties_loss(r_a, r_b, head["pair_label"], self.log_theta, head["pair_mask"])
-        else:
-            pair = losses.bt_margin_loss(r_a, r_b, head["pair_label"], la.margin, head["pair_mask"])
-        decided = head["pair_mask"] & (head["pair_label"] != 0)
-        acc = losses.pairwise_accuracy(r_a.detach(), r_b.detach(), head["pair_label"], decided)
-        return point, pair, float(acc) if decided.any() else None
+        return head_losses(rewards, log_var, head, self.loss_args, self.log_theta)
 
-    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
-        # Checkpoints are cot-rm checkpoints (VLM or adapter + head + processor + cot_rm.json); under
-        # ZeRO-3 the Trainer passes the gathered full state.
-        if self.args.should_save:
-            model = self.accelerator.unwrap_model(self.model)
-            model.save_pretrained(output_dir or self.args.output_dir, state_dict=state_dict)
 
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        from cot_rm.modeling import ThinkThenScore
+def head_losses(
+    rewards, log_var, head: dict, la, log_theta: float
+) -> tuple[torch.Tensor, torch.Tensor, float | None]:
+    """(pointwise loss, pairwise loss, pairwise accuracy or None) of head outputs [B, D].
 
-        model = model or self.model
-        saved = ThinkThenScore.from_pretrained(resume_from_checkpoint, is_trainable=True)
-        model.load_state_dict(saved.state_dict(), strict=True)
-
-    def create_model_card(self, *args, **kwargs) -> None:
-        return None  # the checkpoint's cot_rm.json and report.json describe the run
+    `head`: head_target/head_mask [B, D], pair_index [P, 2], pair_label/pair_mask [P, D]; `la`: an object
+    with point_loss, pair_loss, margin (the SFT LossArgs or the GRPO head section)."""
+    if la.point_loss == "mse":
+        point = losses.mse_loss(rewards, head["head_target"], head["head_mask"])
+    else:  # the head predicts a mean and a log-variance per dimension
+        point = losses.gaussian_nll_loss(rewards, log_var, head["head_target"], head["head_mask"])
+    index = head["pair_index"]
+    if index.numel() == 0:
+        return point, rewards.sum() * 0.0, None
+    r_a, r_b = rewards[index[:, 0]], rewards[index[:, 1]]  # [P, D]
+    if la.pair_loss == "bt_ties":
+        pair = losses.bt_ties_loss(r_a, r_b, head["pair_label"], log_theta, head["pair_mask"])
+    else:
+        pair = losses.bt_margin_loss(r_a, r_b, head["pair_label"], la.margin, head["pair_mask"])
+    decided = head["pair_mask"] & (head["pair_label"] != 0)
+    acc = losses.pairwise_accuracy(r_a.detach(), r_b.detach(), head["pair_label"], decided)
+    return point, pair, float(acc) if decided.any() else None
 
 
 def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
