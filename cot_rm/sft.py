@@ -246,9 +246,7 @@ def _last_checkpoint(out: Path) -> str | None:
         try:
             json.loads((path / "trainer_state.json").read_text())
         except (OSError, ValueError):
-            print(
-                f"cot-rm sft: skipping {path}: incomplete (no readable trainer_state.json)", file=sys.stderr
-            )
+            print(f"skipping {path}: incomplete (no readable trainer_state.json)", file=sys.stderr)
             continue
         return str(path)
     return None
