@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
 ACCELERATE = [p for p in CONFIGS if p.parent.name == "accelerate"]
 SFT = [p for p in CONFIGS if p.name == "sft.yaml"]
+GRPO = [p for p in CONFIGS if p.name == "grpo.yaml"]
 TINY = ROOT / "configs/tiny/sft.yaml"
 
 
@@ -55,7 +56,9 @@ def test_configs_found():
         "configs/accelerate/zero2.yaml",
         "configs/accelerate/zero3.yaml",
     } <= names
-    assert set(CONFIGS) == set(ACCELERATE) | set(SFT), "a YAML this test does not know how to load"
+    assert set(CONFIGS) == set(ACCELERATE) | set(SFT) | set(GRPO), (
+        "a YAML this test does not know how to load"
+    )
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=rel)
@@ -65,7 +68,8 @@ def test_yaml_opens_with_what_hardware_launch(path):
     assert any(line.startswith("# Hardware:") for line in lines)
     launch = launch_line(path)
     assert rel(path) in launch, f"{rel(path)}: the launch command must name this file"
-    assert "cot-rm sft" in launch or "-m cot_rm.cli sft" in launch
+    stage = "grpo" if path.name == "grpo.yaml" else "sft"
+    assert f"cot-rm {stage}" in launch or f"-m cot_rm.cli {stage}" in launch
 
 
 @pytest.mark.parametrize("path", SFT, ids=rel)
@@ -81,6 +85,17 @@ def test_sft_yaml_loads(path):
     assert args.learning_rate == cfg.train["learning_rate"] and args.max_length == cfg.data.max_length
     # What is saved beside a run reads back to the same config.
     assert config_from_dict(SFTRunConfig, dump_config(cfg)) == cfg
+
+
+@pytest.mark.parametrize("path", GRPO, ids=rel)
+def test_grpo_yaml_loads(path):
+    import trl
+
+    from cot_rm.grpo_config import GRPORunConfig
+
+    cfg = load_config(GRPORunConfig, path, [])
+    check_trl_args(trl.GRPOConfig, cfg.train)
+    assert config_from_dict(GRPORunConfig, dump_config(cfg)) == cfg
 
 
 @pytest.mark.parametrize("path", [p for p in SFT if "accelerate launch" in launch_line(p)], ids=rel)
