@@ -1,10 +1,10 @@
 """`cot-rm demo`: run what this version has, end to end, on a CPU, and say plainly what it lacks.
 
 Today: the toy world (real videos with exact defect labels), data synthesis with the oracle teacher
-(anchored critiques, consistency filter, select_frames traces, deliberate negatives), and the SFT
-cold start of a tiny random Qwen2.5-VL built locally (configs/tiny/sft.yaml), which ends with a
-report: the LM loss trend, the parse rate of greedy judgments on held-out videos and the head's
-pairwise accuracy on held-out pairs.
+(anchored critiques, consistency filter, select_frames traces, deliberate negatives), the SFT cold
+start of a tiny random Qwen2.5-VL built locally (configs/tiny/sft.yaml), which ends with a report (the
+LM loss trend, the parse rate of greedy judgments on held-out videos, the head's pairwise accuracy on
+held-out pairs), then GRPO from that checkpoint (configs/tiny/grpo.yaml) into OUT/grpo.
 """
 
 from __future__ import annotations
@@ -14,11 +14,7 @@ import json
 import time
 from pathlib import Path
 
-NOT_YET = [
-    ("grpo", "GRPO with tool rollouts and the co-trained head"),
-    ("eval", "benchmarks and metrics"),
-    ("judge / serve", "local judging, HTML critiques, the vLLM-served judge API"),
-]
+NOT_YET = [("serve", "the vLLM-served judge API and its interactive page")]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,6 +26,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--sft-steps", type=int, default=None, help="stop SFT after this many steps (default: the config's)"
     )
+    p.add_argument("--grpo-config", default="configs/tiny/grpo.yaml", help="GRPO config (paths redirected)")
+    p.add_argument(
+        "--grpo-steps", type=int, default=None, help="stop GRPO after this many steps (default: the config's)"
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -40,16 +40,23 @@ def main(args: argparse.Namespace) -> int:
 
     print("  " + json.dumps(build(out / "toy", ToyConfig(n=args.n, seed=0))))
 
-    _step("2/3 synthesis: oracle critiques -> consistency filter -> select_frames traces (+ negatives)")
+    _step("2/4 synthesis: oracle critiques -> consistency filter -> select_frames traces (+ negatives)")
     summary = _synthesize(out)
     print(f"  kept {summary['accepted']}, rejected {summary['rejected']}, with tool calls "
           f"{summary['with_tool_calls']}; SFT data: {summary['output']}")  # fmt: skip
 
-    _step("3/3 SFT cold start of a tiny random Qwen2.5-VL (LM + head), then judged held-out videos")
+    _step("3/4 SFT cold start of a tiny random Qwen2.5-VL (LM + head), then judged held-out videos")
     report = _sft(out, args.config, args.sft_steps)
     print("  " + json.dumps(report))
 
-    print(f"\nDone in {time.time() - t0:.0f} s. Outputs under {out}/.")
+    _step("4/4 GRPO from the SFT checkpoint: select_frames rollouts, rewards, the head co-trained")
+    print("  " + json.dumps(_grpo(out, args.grpo_config, args.grpo_steps)))
+
+    print(
+        f"\nDone in {time.time() - t0:.0f} s. Outputs under {out}/: toy/, sft_data.jsonl, sft/ (checkpoint +"
+    )
+    print("report.json), grpo/ (checkpoint + trainer_state.json). Judge a video with it:")
+    print(f"  cot-rm judge --model {out / 'grpo'} VIDEO.mp4 --prompt TEXT --html critique.html")
     print("Not in this version yet (nothing below was run):")
     for name, what in NOT_YET:
         print(f"  - {name}: {what}")
@@ -83,6 +90,27 @@ def _sft(out: Path, config: str, steps: int | None) -> dict:
     model, trainer, _, _ = build(cfg)
     trainer.train()
     return finish(model, trainer, cfg)
+
+
+def _grpo(out: Path, config: str, steps: int | None) -> dict:
+    from cot_rm.config import load_config
+    from cot_rm.grpo import build
+    from cot_rm.grpo_config import GRPORunConfig
+
+    overrides = [f"model.checkpoint={out / 'sft'}", f"data.train={out / 'sft_data.jsonl'}",
+                 f"data.pairs={out / 'toy' / 'pairs.jsonl'}", f"train.output_dir={out / 'grpo'}"]  # fmt: skip
+    if steps is not None:
+        overrides.append(f"train.max_steps={steps}")
+    cfg = load_config(GRPORunConfig, config, overrides)
+    _, trainer, _ = build(cfg)
+    trainer.train()
+    trainer.save_model(str(out / "grpo"))
+    trainer.save_state()  # trainer_state.json: the log history with `reward`
+    rewards = [h["reward"] for h in trainer.state.log_history if "reward" in h]
+    k = max(1, len(rewards) // 5)
+    return {"checkpoint": str(out / "grpo"), "steps": trainer.state.global_step,
+            "reward_first_fifth": round(sum(rewards[:k]) / k, 4) if rewards else None,
+            "reward_last_fifth": round(sum(rewards[-k:]) / k, 4) if rewards else None}  # fmt: skip
 
 
 def _step(msg: str) -> None:

@@ -32,9 +32,11 @@ def test_unbuilt_command_says_so_instead_of_pretending():
         assert "not available yet" in out.stderr and out.stdout == ""
 
 
-def test_demo_runs_toy_world_synthesis_and_sft(tmp_path):
+def test_demo_runs_toy_world_synthesis_sft_and_grpo(tmp_path):
     demo = tmp_path / "demo"
-    out = _run("-m", "cot_rm.cli", "demo", "--out", str(demo), "--n", "40", "--sft-steps", "2")
+    out = _run(
+        "-m", "cot_rm.cli", "demo", "--out", str(demo), "--n", "40", "--sft-steps", "2", "--grpo-steps", "1"
+    )
     assert out.returncode == 0, out.stderr
     assert (demo / "toy" / "pointwise.jsonl").exists()
     summary = json.loads((demo / "sft_data.summary.json").read_text())
@@ -42,7 +44,9 @@ def test_demo_runs_toy_world_synthesis_and_sft(tmp_path):
     assert (demo / "sft" / "cot_rm.json").exists() and (demo / "sft" / "head.safetensors").exists()
     report = json.loads((demo / "sft" / "report.json").read_text())
     assert {"lm_loss_first", "parse_rate", "head_pairwise_accuracy"} <= set(report)
-    assert "Not in this version yet" in out.stdout and "grpo" in out.stdout
+    state = json.loads((demo / "grpo" / "trainer_state.json").read_text())
+    assert any("reward" in h for h in state["log_history"]) and (demo / "grpo" / "cot_rm.json").exists()
+    assert "Not in this version yet" in out.stdout and "serve" in out.stdout
 
 
 def test_video_cache_bench_appends_a_measured_section(tmp_path):
