@@ -1,7 +1,7 @@
 # The 8-GPU pipeline shared by qwen2_5_vl_7b.sh and qwen3_vl_8b.sh (sourced after they set FAMILY,
 # SFT_CONFIG, BASE_MODEL, TEACHER_MODEL, OUT): one body, so the two models cannot drift apart.
 #
-#   synth (vLLM-served teacher) -> sft (ZeRO-3, accelerate) -> grpo (when built)
+#   synth (vLLM-served teacher) -> sft (ZeRO-3, accelerate) -> grpo (with GRPO_CONFIG)
 #        -> eval (public benchmarks) -> serve (when built)
 #
 # NOT yet run on 8 GPUs here (like the configs it launches). Nothing is downloaded by cot-rm: fetch
@@ -30,8 +30,8 @@ GPUS_PER_NODE=${GPUS_PER_NODE:-8}
 BENCH_DIR=${BENCH_DIR:-data/benchmarks}
 SERVE_PORT=${SERVE_PORT:-8080}
 SKIP=${SKIP:-}
-# GRPO (stage 2) is not in this version; its config is to be configs/<model>/grpo.yaml. Set
-# GRPO_CONFIG to it once it exists (the stage says so and skips while it is unset).
+# GRPO (stage 2) runs only with HF-generate rollouts so far (configs/tiny/grpo.yaml); the 7B/8B configs
+# wait for the vLLM rollout backend. Set GRPO_CONFIG to a config of yours to run it here anyway.
 GRPO_CONFIG=${GRPO_CONFIG:-}
 
 source recipes/lib.sh
@@ -93,11 +93,12 @@ stage_sft() {
 
 stage_grpo() {
     grpo_ready "eval and serve use the SFT checkpoint" || return 0
-    # Keys follow the SFT config's layout; check `cot-rm grpo --help` when it lands.
+    # From the SFT checkpoint on the same traces and pairs (`cot-rm grpo --help` lists every key).
     accelerate launch --config_file configs/accelerate/zero3.yaml \
         --num_machines "$NNODES" --num_processes $((NNODES * GPUS_PER_NODE)) \
         --machine_rank "$NODE_RANK" --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT" \
-        -m cot_rm.cli grpo --config "$GRPO_CONFIG" model.base="$SFT_OUT" train.output_dir="$OUT/grpo"
+        -m cot_rm.cli grpo --config "$GRPO_CONFIG" model.checkpoint="$SFT_OUT" data.train="$SFT_DATA" \
+        train.output_dir="$OUT/grpo"
 }
 
 final_model() {

@@ -3,13 +3,13 @@
 # The CPU twin of qwen2_5_vl_7b.sh / qwen3_vl_8b.sh: the same stages and commands, a tiny random
 # Qwen2.5-VL built locally instead of a 7B model, and the oracle teacher instead of a served VLM.
 #
-#   toyworld -> synth (oracle teacher) -> sft (configs/tiny/sft.yaml) -> grpo (when built)
+#   toyworld -> synth (oracle teacher) -> sft (configs/tiny/sft.yaml) -> grpo (configs/tiny/grpo.yaml)
 #            -> eval (toy test pairs) -> judge (one HTML critique)
 #
 # Usage (from anywhere; it runs from the repo root):
 #   recipes/tiny_cpu.sh
 #   SKIP="synth sft" recipes/tiny_cpu.sh               # skip stages by name
-#   N=24 SFT_ARGS="train.max_steps=2" recipes/tiny_cpu.sh   # smaller still (the test does this)
+#   N=24 SFT_ARGS="train.max_steps=2" GRPO_ARGS="train.max_steps=1" recipes/tiny_cpu.sh   # the test's sizes
 # Rerunning skips the stages that finished ($OUT/.done/NAME); delete a marker to redo its stage.
 set -euo pipefail
 cd "$(dirname "$0")/.."  # config paths and cot-rm's defaults are relative to the repo root
@@ -23,9 +23,9 @@ SFT_ARGS=${SFT_ARGS:-}
 EVAL_LIMIT=${EVAL_LIMIT:-64}               # test pairs judged by `cot-rm eval` (greedy, CPU)
 MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-512}      # per assistant turn, for eval and judge
 SKIP=${SKIP:-}
-# GRPO (stage 2) is not in this version. Once it is, its CPU config is to be configs/tiny/grpo.yaml:
-# set GRPO_CONFIG to it (the stage says so and skips while it is unset).
-GRPO_CONFIG=${GRPO_CONFIG:-}
+GRPO_CONFIG=${GRPO_CONFIG:-configs/tiny/grpo.yaml}
+# Extra GRPO key=value overrides, e.g. "train.max_steps=2".
+GRPO_ARGS=${GRPO_ARGS:-}
 
 source recipes/lib.sh
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false  # nothing is downloaded: the model is built here
@@ -63,8 +63,11 @@ stage_sft() {
 
 stage_grpo() {
     grpo_ready "eval and judge use the SFT checkpoint" || return 0
-    # Starts from the SFT checkpoint; the keys follow the SFT config's layout (check `cot-rm grpo --help`).
-    "$COT_RM" grpo --config "$GRPO_CONFIG" model.base="$SFT_OUT" train.output_dir="$OUT/grpo"
+    local extra=()
+    read -r -a extra <<<"$GRPO_ARGS"
+    # From the SFT checkpoint, on the same traces (video, prompt, sampling, label scores) and pairs.
+    "$COT_RM" grpo --config "$GRPO_CONFIG" model.checkpoint="$SFT_OUT" data.train="$SFT_DATA" \
+        data.pairs="$TOY/pairs.jsonl" train.output_dir="$OUT/grpo" "${extra[@]}"
 }
 
 # The model the later stages judge with: GRPO's when that stage finished, else SFT's.
