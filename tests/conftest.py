@@ -64,6 +64,17 @@ def tiny_qwen25vl_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_rm(tiny_qwen25vl_dir, tmp_path_factory) -> Path:
+    """A saved think-then-score checkpoint (untrained head) on the tiny Qwen2.5-VL: what eval,
+    benchmarks and probes load with --model. Read-only: a test that changes it copies it first."""
+    from cot_rm.modeling import ThinkThenScore
+
+    path = tmp_path_factory.mktemp("rm") / "ckpt"
+    ThinkThenScore.from_base(tiny_qwen25vl_dir).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def tiny_qwen3vl_dir(tmp_path_factory) -> Path:
     from cot_rm.tiny import build_tiny_checkpoint
 

@@ -235,15 +235,6 @@ def test_jsonl_paths_relative_to_root(tmp_path):
 # -------------------------------------------------------------------------------- end to end
 
 
-@pytest.fixture(scope="module")
-def tiny_rm(tiny_qwen25vl_dir, tmp_path_factory) -> Path:
-    from cot_rm.modeling import ThinkThenScore
-
-    path = tmp_path_factory.mktemp("rm") / "ckpt"
-    ThinkThenScore.from_base(tiny_qwen25vl_dir).save_pretrained(path)
-    return path
-
-
 def test_cot_rm_eval_on_videogen_rewardbench(tiny_rm, tmp_path, capsys):
     from conftest import write_mp4
 

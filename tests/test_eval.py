@@ -312,15 +312,6 @@ def test_predictions_and_model_are_exclusive(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_rm(tiny_qwen25vl_dir, tmp_path_factory) -> Path:
-    from cot_rm.modeling import ThinkThenScore
-
-    path = tmp_path_factory.mktemp("rm") / "ckpt"
-    ThinkThenScore.from_base(tiny_qwen25vl_dir).save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def bench(tmp_path_factory) -> Path:
     from conftest import write_mp4
 

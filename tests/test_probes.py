@@ -95,15 +95,6 @@ def test_delta_stats_hand_computed():
 # -------------------------------------------------------------------------------- end to end
 
 
-@pytest.fixture(scope="module")
-def tiny_rm(tiny_qwen25vl_dir, tmp_path_factory) -> Path:
-    from cot_rm.modeling import ThinkThenScore
-
-    path = tmp_path_factory.mktemp("rm") / "ckpt"
-    ThinkThenScore.from_base(tiny_qwen25vl_dir).save_pretrained(path)
-    return path
-
-
 def test_probes_end_to_end(tiny_rm, tmp_path, capsys):
     from conftest import write_mp4
 
