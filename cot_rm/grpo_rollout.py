@@ -202,7 +202,7 @@ class Rollouts:
     def __init__(self, processor, family: str, spec: JudgeSpec, reward_token: str,
                  generate_turn: TurnGenerator, max_completion_length: int = 1024,
                  max_turn_tokens: int = 512, stale_turns: str = "mask", frame_cache=None,
-                 default_tool_max_pixels: int = 224 * 224):  # fmt: skip
+                 default_tool_max_pixels: int = protocol.TOOL_MAX_PIXELS):  # fmt: skip
         if stale_turns not in STALE_POLICIES:
             raise ValueError(f"stale_turns must be one of {STALE_POLICIES}, got {stale_turns!r}")
         self.processor, self.family, self.spec = processor, family, spec

@@ -49,7 +49,7 @@ class Judge:
     """Judges videos with a `ThinkThenScore` model the way it was trained (greedy by default;
     `temperature` > 0 samples, with `top_p`)."""
 
-    def __init__(self, model, sampling: Sampling, spec: JudgeSpec, tool_max_pixels: int = 224 * 224,
+    def __init__(self, model, sampling: Sampling, spec: JudgeSpec, tool_max_pixels: int = protocol.TOOL_MAX_PIXELS,
                  max_new_tokens: int = 512, batch_size: int = 8, cache=None, name: str | None = None,
                  temperature: float = 0.0, top_p: float = 1.0):  # fmt: skip
         self.model, self.sampling, self.spec = model, sampling, spec

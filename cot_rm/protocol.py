@@ -27,6 +27,9 @@ from typing import Any, Protocol
 
 PROTOCOL_VERSION = "cot-rm/1"
 TOOL_NAME = "select_frames"
+# Pixels of each frame the tool returns, unless a trace or a caller says otherwise (frames at higher
+# resolution than the first turn's video is the point of the tool).
+TOOL_MAX_PIXELS = 224 * 224
 DEFAULT_DIMENSIONS = ("visual_quality", "text_alignment", "physical_consistency", "overall")
 DIMENSION_HELP = {
     "visual_quality": "clarity, sharpness, noise, flicker, blockiness and colour banding of the frames",

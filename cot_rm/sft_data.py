@@ -153,13 +153,13 @@ class SFTCollator:
         messages = row["messages"][:2] if head_only else row["messages"]
         frames = [c["image"]["frame"] for m in messages if m["role"] == "tool" for c in m["content"]
                   if c.get("type") == "image"]  # fmt: skip
-        images = read_frames_at(row["video"], frames, row.get("tool_max_pixels", 224 * 224), self.family)
+        tool_px = row.get("tool_max_pixels", protocol.TOOL_MAX_PIXELS)
+        images = read_frames_at(row["video"], frames, tool_px, self.family)
         text = protocol.render(
             self.processor, messages, self.family, self._spec(row), add_generation_prompt=head_only
         )
         text += self.reward_token
         key = f"{row['video']}|{json.dumps(sampling.to_dict(), sort_keys=True)}"
-        tool_px = row.get("tool_max_pixels", 224 * 224)
         return _Seq(
             text,
             video,

@@ -22,7 +22,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from cot_rm.protocol import PROTOCOL_VERSION, JudgeSpec
+from cot_rm.protocol import PROTOCOL_VERSION, TOOL_MAX_PIXELS, JudgeSpec
 from cot_rm.schema import PointwiseRecord, read_jsonl
 from cot_rm.video import Sampling, VideoError, read_frames_at, read_video_numpy, sample_indices
 
@@ -36,7 +36,7 @@ class SynthConfig:
     seed: int = 0
     batch_size: int = 16
     first_turn: Sampling = Sampling(fps=None, num_frames=8, max_pixels=112 * 112)  # K uniform low-res frames
-    tool_max_pixels: int = 224 * 224  # tool results: the cited frames at higher resolution
+    tool_max_pixels: int = TOOL_MAX_PIXELS  # tool results: the cited frames at higher resolution
     teacher_frames: int = 16
     teacher_max_pixels: int = 448 * 448
     rationale_free_p: float = 0.2
@@ -239,7 +239,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frames", type=int, default=8, help="K uniform frames in the first turn")
     p.add_argument("--max-pixels", type=int, default=112 * 112, help="first-turn pixels per frame")
     p.add_argument(
-        "--tool-max-pixels", type=int, default=224 * 224, help="pixels of frames returned by the tool"
+        "--tool-max-pixels", type=int, default=TOOL_MAX_PIXELS, help="pixels of frames returned by the tool"
     )
     p.add_argument("--family", default="qwen2_5_vl", choices=["qwen2_5_vl", "qwen3_vl"])
     p.add_argument("--drop-at", type=float, default=2.0, help="drop when any dimension is off by this much")

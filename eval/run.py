@@ -22,10 +22,9 @@ import os
 import sys
 from pathlib import Path
 
+from cot_rm.protocol import TOOL_MAX_PIXELS  # pinned and recorded with the results
 from eval import metrics
 from eval.benchmarks import BENCHES, BenchError
-
-TOOL_MAX_PIXELS = 224 * 224  # select_frames images: the Judge's default, pinned here and recorded
 
 
 class EvalError(Exception):
