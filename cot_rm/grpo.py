@@ -428,7 +428,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from cot_rm.config import ConfigError, check_trl_args, config_from_args, save_config
     from cot_rm.grpo_config import GRPORunConfig
-    from cot_rm.sft import _last_checkpoint
+    from cot_rm.sft import last_checkpoint
 
     try:
         cfg = config_from_args(GRPORunConfig, args)
@@ -442,7 +442,7 @@ def main(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "run_config.yaml")
         print(f"cot-rm grpo: {len(rows)} rows from {cfg.model.checkpoint} -> {out}", file=sys.stderr)
-    resume = _last_checkpoint(out)
+    resume = last_checkpoint(out)
     if resume is not None:
         print(f"cot-rm grpo: resuming from {resume}", file=sys.stderr)
     trainer.train(resume_from_checkpoint=resume)

@@ -213,7 +213,7 @@ def main(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "run_config.yaml")
         print(f"cot-rm sft: {len(examples)} examples ({len(traces)} traces) -> {out}", file=sys.stderr)
-    resume = _last_checkpoint(out)
+    resume = last_checkpoint(out)
     if resume is not None:
         # The collator draws rationale-dropout masks from (seed, its call count): continue the count where
         # the killed run stood, so the resumed run sees the batches an uninterrupted run would.
@@ -227,7 +227,7 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _last_checkpoint(out: Path) -> str | None:
+def last_checkpoint(out: Path) -> str | None:
     """The newest COMPLETE checkpoint-N folder of a killed run (None on a fresh run).
 
     The Trainer writes trainer_state.json last, so a folder without a readable one was cut short by the
