@@ -134,14 +134,18 @@ def varlen_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=
     ):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, **kwargs)  # fmt: skip
-    starts = (position_ids[0] == 0).nonzero().flatten().tolist() + [query.shape[2]]
+    starts = (position_ids[0] == 0).nonzero().flatten().tolist()
+    if not starts or starts[0] != 0:
+        raise ValueError("varlen_sdpa: a packed row must start at text position 0")
+    lengths = [b - a for a, b in zip(starts, starts[1:] + [query.shape[2]])]
     groups = query.shape[1] // key.shape[1]  # grouped-query attention: repeat the kv heads
     key, value = key.repeat_interleave(groups, 1), value.repeat_interleave(groups, 1)
+    # split, not slices: a slice's backward writes into a zero tensor of the whole row, once per sequence
+    # (quadratic in the number of sequences); split's backward is one cat.
     outs = [
-        F.scaled_dot_product_attention(query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], is_causal=True,
-                                       dropout_p=dropout if module.training else 0.0, scale=scaling)
-        for a, b in zip(starts[:-1], starts[1:])
-        if b > a
+        F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout if module.training else 0.0,
+                                       scale=scaling)
+        for q, k, v in zip(*(t.split(lengths, 2) for t in (query, key, value)), strict=True)
     ]  # fmt: skip
     return torch.cat(outs, 2).transpose(1, 2).contiguous(), None  # [1, N, heads, d], as sdpa returns
 
