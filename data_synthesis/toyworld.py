@@ -53,7 +53,7 @@ import numpy as np
 from cot_rm.schema import PairRecord, PointwiseRecord, write_jsonl
 from cot_rm.video_writer import write_video
 
-from .toyworld_plan import DEFECT_TYPES, plan_video, prompt_for
+from .toyworld_plan import DEFECT_TYPES, DIMENSION_OF, VISIBLE_TYPES, plan_video, prompt_for
 from .toyworld_render import render
 
 DIMENSIONS = tuple(DEFECT_TYPES)  # visual_quality, text_alignment, physical_consistency
@@ -111,8 +111,12 @@ class ToyConfig:
     videos_per_prompt: int = 4
     cross_pairs_per_prompt: int = 2
     workers: int = 1
+    defect_types: tuple[str, ...] | None = None  # None: all; else the random defects come from these
 
     def __post_init__(self):
+        unknown = sorted(set(self.defect_types or ()) - set(DIMENSION_OF))
+        if unknown or self.defect_types == ():
+            raise ValueError(f"unknown defect types {unknown}; known: {', '.join(DIMENSION_OF)}")
         if self.n < 1 or self.seed < 0 or self.videos_per_prompt < 1 or self.cross_pairs_per_prompt < 0:
             raise ValueError("need n >= 1, seed >= 0, videos_per_prompt >= 1, cross_pairs_per_prompt >= 0")
         if self.height % 2 or self.width % 2 or min(self.height, self.width) < 32:
@@ -129,7 +133,8 @@ def make_video(out_dir: str, cfg: ToyConfig, index: int) -> PointwiseRecord:
     spec, prompt, split = prompt_for(np.random.default_rng([cfg.seed, 0, p]), p)
     vseed = video_seed(cfg.seed, index)
     rng = np.random.default_rng(vseed)
-    scene, fps = plan_video(rng, spec, split, cfg.height, cfg.width)
+    types = frozenset(cfg.defect_types) if cfg.defect_types else None
+    scene, fps = plan_video(rng, spec, split, cfg.height, cfg.width, types=types)
     frames, defects = render(scene, rng)
     rel = f"videos/{index:06d}.mp4"
     encode(Path(out_dir) / rel, frames, fps)
@@ -266,6 +271,10 @@ def _size(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(f"size must be N or HxW (even numbers), got {text!r}") from None
 
 
+def _types(text: str) -> tuple[str, ...]:
+    return VISIBLE_TYPES if text == "visible" else tuple(t.strip() for t in text.split(",") if t.strip())
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder (videos/, pointwise.jsonl, pairs.jsonl)")
     parser.add_argument("--n", type=int, default=200, help="number of videos (default 200)")
@@ -276,12 +285,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--cross-pairs", type=int, default=2, help="cross-prompt pairs per prompt (default 2)"
     )
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: cores)")
+    parser.add_argument(
+        "--defect-types",
+        type=_types,
+        default=None,
+        help="draw random defects only from these: comma-separated types, or 'visible' (the types a tiny "
+        f"random vision tower sees best: {','.join(VISIBLE_TYPES)}); default: all",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
 def main(args: argparse.Namespace) -> int:
     try:
-        cfg = ToyConfig(args.n, args.seed, *args.size, args.videos_per_prompt, args.cross_pairs, args.workers)
+        cfg = ToyConfig(args.n, args.seed, *args.size, args.videos_per_prompt, args.cross_pairs, args.workers,
+                        args.defect_types)  # fmt: skip
     except ValueError as err:
         print(f"cot-rm toyworld: {err}", file=sys.stderr)
         return 2

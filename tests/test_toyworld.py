@@ -15,7 +15,7 @@ import pytest
 from cot_rm.schema import PairRecord, PointwiseRecord, read_jsonl
 from cot_rm.video import probe
 from data_synthesis.toyworld import ToyConfig, build, encode, overall_score, scores_from_defects
-from data_synthesis.toyworld_plan import DEFECT_TYPES, HELD_OUT, SPLIT_CYCLE, plan_video
+from data_synthesis.toyworld_plan import DEFECT_TYPES, HELD_OUT, SPLIT_CYCLE, VISIBLE_TYPES, plan_video
 from data_synthesis.toyworld_render import BACKGROUNDS, COLOURS, RADIUS, SHAPES, WALL_COLOURS, render, sdf
 
 META_KEYS = {"spec", "fps", "num_frames", "height", "width", "seed", "prompt_id", "defects", "frame_defects"}
@@ -174,6 +174,29 @@ def test_cli_writes_the_three_outputs(tmp_path):
     assert read_jsonl(out / "pairs.jsonl") and probe(records[0].video)["height"] == 48
     bad = subprocess.run([*cmd, "--size", "63"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "even" in bad.stderr
+
+
+def test_defect_types_limit_the_random_defects(tmp_path):
+    types = ("flicker", "wrong_colour", "freeze")
+    out = build(tmp_path / "few", ToyConfig(n=24, seed=3, defect_types=types), progress=False)
+    drawn = {d["type"] for r in read_jsonl(tmp_path / "few" / "pointwise.jsonl") for d in r.meta["defects"]}
+    assert out["videos"] == 24 and drawn and drawn <= set(types)
+    # Without a subset the same seed draws from every type.
+    every = [r.meta["defects"] for r in _records(tmp_path / "all", 24, 3)]
+    assert {d["type"] for ds in every for d in ds} - set(types)
+    with pytest.raises(ValueError, match="unknown defect types"):
+        ToyConfig(defect_types=("flicker", "sparkle"))
+    cmd = [sys.executable, "-m", "cot_rm.cli", "toyworld", "--out", str(tmp_path / "vis"), "--n", "12"]
+    proc = subprocess.run([*cmd, "--workers", "1", "--defect-types", "visible"], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    drawn = {d["type"] for r in read_jsonl(tmp_path / "vis" / "pointwise.jsonl") for d in r.meta["defects"]}
+    assert drawn and drawn <= set(VISIBLE_TYPES)
+
+
+def _records(out: Path, n: int, seed: int) -> list[PointwiseRecord]:
+    build(out, ToyConfig(n=n, seed=seed), progress=False)
+    return read_jsonl(out / "pointwise.jsonl")
 
 
 # ---- each defect, visible where annotated and nowhere else --------------------------------------------------
