@@ -81,30 +81,51 @@ class Judge:
         convs, failed = [], {}
         for rid, path, prompt in items:
             try:
-                video = read_video(path, self.sampling, self.cache)
+                convs.append(self.open(rid, path, prompt))
             except VideoError as err:
                 failed[rid] = str(err)
-                continue
-            convs.append(
-                _Conv(rid, path, video, protocol.judgment_conversation(prompt, video, spec=self.spec))
-            )
-        for _ in range(self.spec.max_tool_calls + 1):
+        for _ in range(self.rounds):
             active = [c for c in convs if c.result is None]
             if not active:
                 break
             for conv, text in zip(active, self._generate(active), strict=True):
-                self._advance(conv, text)
+                self.advance(conv, text)
+        done = {j["id"]: j for j in self.close(convs)}
+        return [done.get(rid) or video_error_record(rid, failed[rid], self.name) for rid, _, _ in items]
+
+    # The steps of one judgment, for drivers that generate elsewhere (`cot_rm.serve` asks vLLM):
+    # open -> (generate a turn on `context(conv)`, advance) at most `rounds` times -> close.
+    @property
+    def rounds(self) -> int:
+        """Assistant turns a judgment may take: one per allowed tool call, plus the answer."""
+        return self.spec.max_tool_calls + 1
+
+    def open(self, rid: str, path: str, prompt: str) -> _Conv:
+        """A new judgment of the video at `path` (raises `VideoError` when it cannot be read)."""
+        video = read_video(path, self.sampling, self.cache)
+        return _Conv(rid, path, video, protocol.judgment_conversation(prompt, video, spec=self.spec))
+
+    def context(self, conv: _Conv) -> list[dict]:
+        """The messages the model sees for its next turn (the memory window applied)."""
+        return protocol.apply_memory_window(conv.messages, self.spec.memory_window)
+
+    def advance(self, conv: _Conv, text: str) -> bool:
+        """Take one generated assistant turn (tool calls are served here); True once it is final."""
+        self._advance(conv, text)
+        return conv.result is not None
+
+    def close(self, convs: list[_Conv]) -> list[dict]:
+        """Score finished (or budget-spent) judgments with the head, in one batched pass; their JSON."""
         for conv in convs:
             if conv.result is None:
                 conv.result = ParseError("missing_answer", "tool budget spent without an answer")
         scores = self._score(convs) if convs else []
-        done = {c.id: self._record(c, s) for c, s in zip(convs, scores, strict=True)}
-        return [done.get(rid) or video_error_record(rid, failed[rid], self.name) for rid, _, _ in items]
+        return [self._record(c, s) for c, s in zip(convs, scores, strict=True)]
 
     def _inputs(self, convs: list[_Conv], final: bool) -> dict:
         texts, videos, images = [], [], []
         for c in convs:
-            msgs = protocol.apply_memory_window(c.messages, self.spec.memory_window)
+            msgs = self.context(c)
             text = protocol.render(
                 self.processor, msgs, self.family, self.spec, add_generation_prompt=not final
             )
