@@ -62,6 +62,7 @@ from cot_rm.vision_cache import inner_vision_model
 
 SETTINGS = ("reuse", "recompute")
 PHASES = ("generation", "logps", "update", "other", "total")
+COLUMNS = (*PHASES, "tower")  # the tower's own seconds, inside generation and log-probs
 
 
 # ---- --random-init: the 7B shape on a GPU (or the tiny one), random weights, synthetic videos
@@ -143,13 +144,24 @@ class PhaseTimer:
 
 
 class TowerCounter:
-    """Vision-tower forward calls and the patch rows they encoded (a hook on the inner model's `visual`)."""
+    """Vision-tower forward calls, the patch rows they encoded and their seconds (hooks on `visual`)."""
 
-    def __init__(self, model):
-        self.calls = self.patches = 0
-        inner_vision_model(model).visual.register_forward_hook(self._hook)
+    def __init__(self, model, timer: PhaseTimer):
+        self.timer, self.calls, self.patches, self.seconds = timer, 0, 0, 0.0
+        visual = inner_vision_model(model).visual
+        visual.register_forward_pre_hook(self._start)
+        visual.register_forward_hook(self._stop)
 
-    def _hook(self, _module, args, _out) -> None:
+    def reset(self) -> None:
+        self.calls, self.patches, self.seconds = 0, 0, 0.0
+
+    def _start(self, _module, args) -> None:
+        self.timer.sync()
+        self.t0 = time.perf_counter()
+
+    def _stop(self, _module, args, _out) -> None:
+        self.timer.sync()
+        self.seconds += time.perf_counter() - self.t0
         self.calls += 1
         self.patches += int(args[0].shape[0]) if args else 0
 
@@ -170,7 +182,7 @@ def one_step(trainer, model, optimizer, row: dict, seed: int, timer: PhaseTimer,
     group = [dict(row) for _ in range(trainer.num_generations)]  # TRL's sampler repeats each row G times
     set_seed(seed)  # the same sampling draws in both settings
     timer.reset()
-    tower.calls = tower.patches = 0
+    tower.reset()
     timer.sync()
     t0 = time.perf_counter()
     trainer.training_step(model, group, None)
@@ -186,7 +198,7 @@ def one_step(trainer, model, optimizer, row: dict, seed: int, timer: PhaseTimer,
         "update": (t1 - t0) - a["prepare"] - a["loss_forward"] + (t2 - t1),  # backward + AdamW step
         # rewards, advantages, padding (preparation) and the loss terms around the log-prob forward
         "other": a["prepare"] - a["generation"] - a["logps_nograd"] + a["loss_forward"] - a["logps_grad"],
-        "total": t2 - t0, "logps_calls": timer.logps_calls, "tower_calls": tower.calls, "tower_patches": tower.patches,
+        "total": t2 - t0, "logps_calls": timer.logps_calls, "tower_calls": tower.calls, "tower_patches": tower.patches, "tower": tower.seconds,
         "rollouts": len(batch.completion_ids), "completion_tokens": sum(map(len, batch.completion_ids)),
         "policy_tokens": sum(map(sum, batch.tool_mask)), "tool_calls": sum(batch.tool_calls),
         "completions": [list(c) for c in batch.completion_ids],
@@ -201,8 +213,8 @@ def summarize(steps: dict[str, list[dict]], warmup: int) -> dict:
     timed = {s: v[warmup:] for s, v in steps.items()}
     settings = {}
     for s, rows in timed.items():
-        settings[s] = {f"{p}_s_median": statistics.median(r[p] for r in rows) for p in PHASES}
-        settings[s] |= {f"{p}_s_sum": sum(r[p] for r in rows) for p in PHASES}
+        settings[s] = {f"{p}_s_median": statistics.median(r[p] for r in rows) for p in COLUMNS}
+        settings[s] |= {f"{p}_s_sum": sum(r[p] for r in rows) for p in COLUMNS}
         for key in (
             "tower_calls",
             "tower_patches",
@@ -214,8 +226,8 @@ def summarize(steps: dict[str, list[dict]], warmup: int) -> dict:
             settings[s][key] = sum(r[key] for r in rows)
     a, b = timed["recompute"], timed["reuse"]
     # recompute / reuse per phase: of the sums over the timed groups, and the median of per-group ratios
-    ratios = {p: settings["recompute"][f"{p}_s_sum"] / settings["reuse"][f"{p}_s_sum"] for p in PHASES}
-    paired = {p: statistics.median(x[p] / y[p] for x, y in zip(a, b) if y[p] > 0) for p in PHASES}
+    ratios = {p: settings["recompute"][f"{p}_s_sum"] / settings["reuse"][f"{p}_s_sum"] for p in COLUMNS}
+    paired = {p: statistics.median(x[p] / y[p] for x, y in zip(a, b) if y[p] > 0) for p in COLUMNS}
     same = sum(x == y for r, q in zip(a, b) for x, y in zip(r["completions"], q["completions"]))
     return {"settings": settings, "ratios_recompute_over_reuse": ratios, "ratios_paired_median": paired,
             "identical_rollouts": same, "rollouts": settings["reuse"]["rollouts"], "timed_groups": len(b)}  # fmt: skip
@@ -225,13 +237,13 @@ def section(res: dict) -> str:
     s, inp = res["summary"], res["inputs"]
     st, r, rp = s["settings"], s["ratios_recompute_over_reuse"], s["ratios_paired_median"]
     rows = "\n".join(
-        f"| {name} | " + " | ".join(f"{v[f'{p}_s_median']:.3f}" for p in PHASES)
+        f"| {name} | " + " | ".join(f"{v[f'{p}_s_median']:.3f}" for p in COLUMNS)
         + f" | {v['tower_calls']} | {v['completion_tokens']:,} | {v['tool_calls']} |"
         for name, v in st.items()
     )  # fmt: skip
-    ratio_row = "| recompute / reuse (sums) | " + " | ".join(f"{r[p]:.2f}x" for p in PHASES) + " | | | |"
+    ratio_row = "| recompute / reuse (sums) | " + " | ".join(f"{r[p]:.2f}x" for p in COLUMNS) + " | | | |"
     paired_row = (
-        "| recompute / reuse (paired median) | " + " | ".join(f"{rp[p]:.2f}x" for p in PHASES) + " | | | |"
+        "| recompute / reuse (paired median) | " + " | ".join(f"{rp[p]:.2f}x" for p in COLUMNS) + " | | | |"
     )
     loads = ", ".join(f"{a:.1f}/{b:.1f}" for a, b in res["loadavg_1min"])
     return f"""
@@ -245,13 +257,13 @@ def section(res: dict) -> str:
 
 Seconds per group (median over the timed groups); tower calls, completion tokens and tool calls summed over them:
 
-| setting | generation | log-probs | update | other | total | tower calls | completion tokens | tool calls |
-|---|---:|---:|---:|---:|---:|---:|---:|---:|
+| setting | generation | log-probs | update | other | total | of which the tower | tower calls | completion tokens | tool calls |
+|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|
 {rows}
 {ratio_row}
 {paired_row}
 
-**Reusing the group's visual features: {r["total"]:.2f}x faster per GRPO step than recomputing them** (generation {r["generation"]:.2f}x, log-probs {r["logps"]:.2f}x, update {r["update"]:.2f}x; sums over the timed groups).
+**Reusing the group's visual features: {r["total"]:.2f}x faster per GRPO step than recomputing them** (generation {r["generation"]:.2f}x, log-probs {r["logps"]:.2f}x, update {r["update"]:.2f}x; sums over the timed groups). The tower itself took {st["recompute"]["tower_s_sum"] / st["recompute"]["total_s_sum"]:.1%} of a recomputing step ({st["recompute"]["tower_s_sum"]:.2f} s over the timed groups) and {st["reuse"]["tower_s_sum"]:.2f} s with reuse.
 """
 
 
@@ -321,7 +333,8 @@ def main(argv: list[str] | None = None) -> int:
         trainer.create_optimizer()
         trainer.current_gradient_accumulation_steps = 1  # set by train(); the loss pass reads it
         model.train()
-        timer, tower = PhaseTimer(trainer, args.device), TowerCounter(model)
+        timer = PhaseTimer(trainer, args.device)
+        tower = TowerCounter(model, timer)
         steps: dict[str, list] = {s: [] for s in SETTINGS}
         loads = []
         for i in range(args.groups):
