@@ -407,6 +407,7 @@ class ThinkThenScore(nn.Module):
         return_hidden: bool = False,
         token_logps: bool = False,
         detach_head_input: bool = False,
+        reward_index: torch.Tensor | None = None,  # [B] in a packed batch's one row (cot_rm.packing)
         **inputs: Any,
     ) -> RewardOutput:
         """One pass: rewards at the last `<|reward|>` of each row; LM logits (and loss with `labels`).
@@ -429,7 +430,7 @@ class ThinkThenScore(nn.Module):
                     fused_lm_head=True,
                     **inputs,
                 )
-            at_reward = self._at_reward(box["hidden"], input_ids, attention_mask)
+            at_reward = self._at_reward(box["hidden"], input_ids, attention_mask, reward_index)
             with torch.autocast(at_reward.device.type, enabled=False):  # the head keeps its own dtype (fp32)
                 rewards, log_var = self.head.forward_dist(
                     at_reward.detach() if detach_head_input else at_reward
@@ -440,7 +441,7 @@ class ThinkThenScore(nn.Module):
         hidden = self.base_vlm.model(
             input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **inputs
         ).last_hidden_state  # [B, T, H], after the final norm
-        at_reward = self._at_reward(hidden, input_ids, attention_mask)  # [B, H]
+        at_reward = self._at_reward(hidden, input_ids, attention_mask, reward_index)  # [B, H]
         rewards, log_var = self.head.forward_dist(at_reward.detach() if detach_head_input else at_reward)
         logits = loss = None
         if return_logits or labels is not None:
@@ -455,9 +456,10 @@ class ThinkThenScore(nn.Module):
         """Raw rewards [B, D] only: the vocabulary projection is skipped (wrap in inference_mode to judge)."""
         return self.forward(input_ids, return_logits=False, **inputs).rewards
 
-    def _at_reward(self, hidden: torch.Tensor, input_ids: torch.Tensor, attention_mask) -> torch.Tensor:
-        pos = reward_positions(input_ids, self.reward_token_id, attention_mask).to(hidden.device)
-        return hidden[torch.arange(hidden.shape[0], device=hidden.device), pos]  # [B, H]
+    def _at_reward(self, hidden: torch.Tensor, input_ids: torch.Tensor, attention_mask, reward_index=None):
+        pos = reward_positions(input_ids, self.reward_token_id, attention_mask) if reward_index is None else reward_index  # fmt: skip
+        rows = torch.arange(len(hidden), device=hidden.device) if reward_index is None else 0  # packed: row 0
+        return hidden[rows, pos.to(hidden.device)]  # [B, H]
 
     def rewards_from_hidden(self, hidden: torch.Tensor, input_ids: torch.Tensor, attention_mask=None):
         """Head scores [B, D] from final hidden states [B, T, H] computed elsewhere (e.g. `capture_hidden`)."""

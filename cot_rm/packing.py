@@ -47,7 +47,8 @@ VARLEN_SDPA = "cot_rm_varlen_sdpa"
 def pack_batch(batch: dict[str, Any], model, rope_index=None) -> dict[str, Any]:
     """A padded batch (`SFTCollator` output) -> the same sequences packed into one row.
 
-    Adds `position_ids` [4, 1, N], `reward_index` [B], `seq_lengths` [B]; drops `attention_mask`.
+    Adds `position_ids` [4, 1, N], `reward_index` [B] (when `model` is a ThinkThenScore: pass the unwrapped
+    model, not a DDP / DeepSpeed wrapper), `seq_lengths` [B]; drops `attention_mask`.
     `rope_index`: the inner model's `get_rope_index` (taken from `model`, a ThinkThenScore or HF model).
     """
     ids, mask = batch["input_ids"], batch["attention_mask"].bool()
@@ -79,31 +80,22 @@ def pack_batch(batch: dict[str, Any], model, rope_index=None) -> dict[str, Any]:
     return packed
 
 
-def packed_forward(
-    model: ThinkThenScore,
-    packed: dict[str, Any],
-    *,
-    return_logits: bool = True,
-    detach_head_input: bool = False,
-) -> RewardOutput:
-    """`ThinkThenScore.forward` on a packed batch: rewards [B, D] at each sequence's `<|reward|>`,
-    logits [1, N, V] over the packed row (LM loss: `cot_rm.sft.lm_loss(out.logits, packed["labels"])`)."""
-    skip = {"labels", "reward_index", "seq_lengths", "attention_mask"}
-    inputs = {k: v for k, v in packed.items() if k not in skip and isinstance(v, torch.Tensor)}
-    inputs = {k: v for k, v in inputs.items() if k in _MODEL_KEYS}
-    hidden = model.base_vlm.model(
-        attention_mask=None, use_cache=False, **inputs
-    ).last_hidden_state  # [1, N, H]
-    at_reward = hidden[0, packed["reward_index"].to(hidden.device)]  # [B, H]
-    rewards, log_var = model.head.forward_dist(at_reward.detach() if detach_head_input else at_reward)
-    logits = model.base_vlm.lm_head(hidden) if return_logits else None
-    return RewardOutput(rewards=rewards, log_var=log_var, logits=logits)
+def model_inputs(packed: dict[str, Any]) -> dict[str, Any]:
+    """The forward kwargs of a packed batch for `ThinkThenScore` (or a DDP / DeepSpeed wrapper of it):
+    no attention mask (the text positions carry the boundaries), `reward_index` for the head."""
+    inputs = {k: packed[k] for k in MODEL_KEYS if k in packed}
+    return {**inputs, "attention_mask": None, "reward_index": packed["reward_index"]}
 
 
-_MODEL_KEYS = frozenset({
-    "input_ids", "position_ids", "mm_token_type_ids", "pixel_values", "pixel_values_videos",
-    "image_grid_thw", "video_grid_thw", "second_per_grid_ts",
-})  # fmt: skip
+def packed_forward(model, packed: dict[str, Any], **kwargs: Any) -> RewardOutput:
+    """`ThinkThenScore.forward` on a packed batch: rewards [B, D] at each sequence's `<|reward|>`, logits
+    [1, N, V] over the row (LM loss: `cot_rm.sft.lm_loss(out.logits, packed["labels"])`). `kwargs`: the
+    forward's own (return_logits, detach_head_input, ...)."""
+    return model(**model_inputs(packed), **kwargs)
+
+
+MODEL_KEYS = ("input_ids", "position_ids", "mm_token_type_ids", "pixel_values", "pixel_values_videos",
+              "image_grid_thw", "video_grid_thw", "second_per_grid_ts")  # fmt: skip
 
 
 def _inner(model):
