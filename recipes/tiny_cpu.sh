@@ -17,6 +17,8 @@ cd "$(dirname "$0")/.."  # config paths and cot-rm's defaults are relative to th
 OUT=${OUT:-runs/recipe_tiny}
 N=${N:-400}                                # toy-world videos (the demo's size)
 SEED=${SEED:-0}                            # toy-world seed: same seed, same bytes
+# Extra `cot-rm toyworld` flags, e.g. "--defect-types visible".
+TOY_ARGS=${TOY_ARGS:-}
 SFT_CONFIG=configs/tiny/sft.yaml
 # Extra SFT key=value overrides, space-separated, e.g. "train.max_steps=2 data.eval_limit=2".
 SFT_ARGS=${SFT_ARGS:-}
@@ -37,7 +39,9 @@ SFT_OUT=$OUT/sft
 
 stage_toyworld() {
     # Deterministic, so a rerun after a kill rewrites the same files.
-    "$COT_RM" toyworld --out "$TOY" --n "$N" --seed "$SEED" --no-progress
+    local extra=()
+    read -r -a extra <<<"$TOY_ARGS"
+    "$COT_RM" toyworld --out "$TOY" --n "$N" --seed "$SEED" --no-progress "${extra[@]}"
 }
 
 stage_synth() {
@@ -109,4 +113,8 @@ run_stage grpo "GRPO with tool rollouts (stage 2)"
 run_stage eval "eval: held-out toy test pairs (metrics.json, report.md)"
 run_stage judge "judge: one held-out video -> HTML critique"
 echo
-echo "Done. Outputs under $OUT/: sft/ (checkpoint), eval/metrics.json, critique.html"
+echo "Done in ${SECONDS} s. Outputs under $OUT/:"
+echo "  toy/ (videos, pointwise.jsonl, pairs.jsonl)   sft_data.jsonl (synthesised traces)"
+echo "  sft/ (checkpoint + report.json)   grpo/ (checkpoint + trainer_state.json)"
+echo "  eval/ (metrics.json, report.md, predictions.jsonl)   judgment.json + critique.html (open in a browser)"
+echo "Judge your own video: $COT_RM judge --model $(final_model) VIDEO.mp4 --prompt TEXT --html critique.html"
