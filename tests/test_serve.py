@@ -259,3 +259,125 @@ def test_media_paths_resolve_inside_the_root_only(media):
         with pytest.raises(ClientError) as err:
             resolve_media(ref, root)
         assert err.value.status == status, ref
+
+
+# ------------------------------------------------------------------------- the page, in Chromium
+
+
+class _Chromium:
+    """Headless Chromium driven over the DevTools protocol on a pipe (fd 3 in, fd 4 out): no driver
+    package needed. `call` sends one command (to the page's session once attached) and returns its result."""
+
+    def __init__(self, exe: str, profile: Path):
+        cmd_r, self._cmd_w = os.pipe()
+        self._out_r, out_w = os.pipe()
+        hi_r, hi_w = _dup_high(cmd_r), _dup_high(out_w)
+        for fd in (cmd_r, out_w):
+            os.close(fd)
+
+        def child():
+            os.dup2(hi_r, 3)
+            os.dup2(hi_w, 4)
+
+        self.proc = subprocess.Popen(
+            [
+                exe,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--remote-debugging-pipe",
+                f"--user-data-dir={profile}",
+                "--window-size=1200,1600",
+                "about:blank",
+            ],  # fmt: skip
+            pass_fds=(3, 4),
+            preexec_fn=child,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        os.close(hi_r)
+        os.close(hi_w)
+        self._buf, self._id, self.session = b"", 0, None
+
+    def call(self, method: str, params: dict | None = None, timeout_s: float = 60) -> dict:
+        self._id += 1
+        msg = {"id": self._id, "method": method, "params": params or {}}
+        if self.session is not None and not method.startswith("Target."):
+            msg["sessionId"] = self.session
+        os.write(self._cmd_w, json.dumps(msg).encode() + b"\0")
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            while b"\0" in self._buf:
+                raw, self._buf = self._buf.split(b"\0", 1)
+                reply = json.loads(raw)
+                if reply.get("id") == self._id:
+                    if "error" in reply:
+                        raise RuntimeError(f"{method}: {reply['error']}")
+                    return reply["result"]
+            self._buf += os.read(self._out_r, 1 << 20)
+        raise TimeoutError(method)
+
+    def js(self, expression: str):
+        res = self.call("Runtime.evaluate", {"expression": expression, "returnByValue": True})
+        return res["result"].get("value")
+
+    def close(self) -> None:
+        try:
+            self.call("Browser.close", timeout_s=10)
+        except (OSError, RuntimeError, TimeoutError):
+            pass
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        os.close(self._cmd_w)
+        os.close(self._out_r)
+
+
+def _dup_high(fd: int) -> int:
+    import fcntl
+
+    return fcntl.fcntl(fd, fcntl.F_DUPFD, 50)  # above 3 and 4, which the child rebinds
+
+
+def test_the_page_uploads_judges_and_shows_the_result(server, media, tmp_path):
+    from test_report_html import _chromium
+
+    browser = _Chromium(_chromium(), tmp_path / "profile")
+    try:
+        target = browser.call("Target.createTarget", {"url": "about:blank"})["targetId"]
+        browser.session = browser.call("Target.attachToTarget", {"targetId": target, "flatten": True})[
+            "sessionId"
+        ]
+        browser.call("Page.enable")
+        browser.call("Page.navigate", {"url": server + "/"})
+        for _ in range(100):
+            if browser.js("document.readyState") == "complete" and browser.js(
+                "!!document.getElementById('file')"
+            ):
+                break
+            time.sleep(0.1)
+        root = browser.call("DOM.getDocument")["root"]["nodeId"]
+        node = browser.call("DOM.querySelector", {"nodeId": root, "selector": "#file"})["nodeId"]
+        browser.call("DOM.setFileInputFiles", {"nodeId": node, "files": [str(media["clip"])]})
+        browser.js(f"document.getElementById('prompt').value = {json.dumps(PROMPT)}")
+        browser.js(f"document.getElementById('apikey').value = {json.dumps(KEY)}")
+        browser.js("document.getElementById('submit').click()")
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and not browser.js("document.body.dataset.done || ''"):
+            assert "error" not in (browser.js("document.getElementById('status').className") or "")
+            time.sleep(0.25)
+        assert browser.js("document.getElementById('status').textContent") == "done"
+        dims = browser.js(
+            "[...document.querySelectorAll('#score-table tr[data-dim]')].map(r => r.dataset.dim)"
+        )
+        assert dims == ["visual_quality", "text_alignment", "physical_consistency", "overall"]
+        cells = browser.js(
+            "[...document.querySelectorAll('#score-table tr[data-dim] td:nth-child(2)')].map(c => c.textContent)"
+        )
+        assert all(float(c) == float(c) for c in cells)  # numbers, shown
+        assert browser.js("document.querySelectorAll('#turns .turn').length") >= 1
+        report = browser.js("document.getElementById('report').srcdoc")
+        assert report.count("data:image/jpeg;base64,") >= 4  # the sampled frames strip (+ any cited ones)
+    finally:
+        browser.close()
