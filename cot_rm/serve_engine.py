@@ -25,6 +25,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -43,13 +44,14 @@ NOT_FOR_VLLM = {"head.safetensors", "cot_rm.json", "report.json", "trainer_state
 
 
 def default_vllm_python() -> str:
-    """$COT_RM_VLLM_PYTHON, else .venv-vllm beside the working directory or the package."""
+    """$COT_RM_VLLM_PYTHON, else .venv-vllm beside the working directory or the package, else this
+    interpreter (a GPU install has vLLM in the main environment: the `gpu` extra)."""
     if os.environ.get(VLLM_PYTHON_ENV):
         return os.environ[VLLM_PYTHON_ENV]
     for root in (Path.cwd(), Path(__file__).resolve().parents[1]):
         if (root / ".venv-vllm" / "bin" / "python").exists():
             return str(root / ".venv-vllm" / "bin" / "python")
-    return "python"
+    return sys.executable
 
 
 def engine_view(ckpt: Path, work: Path) -> Path:

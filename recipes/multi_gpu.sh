@@ -138,8 +138,8 @@ stage_serve() {
         STAGE_NOT_RUN=1
         return 0
     fi
-    # Runs until stopped, so it never writes a marker; flags to be checked against `cot-rm serve --help`.
-    "$COT_RM" serve --model "$(final_model)" --port "$SERVE_PORT"
+    # Runs until stopped, so it never writes a marker. recipes/serve.sh says how it shares the GPU.
+    MODEL="$(final_model)" PORT="$SERVE_PORT" MEDIA_ROOT="${MEDIA_ROOT:-$PWD}" COT_RM="$COT_RM" recipes/serve.sh
     STAGE_NOT_RUN=1
 }
 
