@@ -100,9 +100,17 @@ def run(args: argparse.Namespace, settings, work: Path) -> int:
     async def on_startup():
         holder["prepare"] = asyncio.create_task(prepare())
 
+    def cleanup():
+        if engine is not None:
+            engine.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
     async def on_shutdown():
         if (served := holder.get("served")) is not None:
             await served.stop()
+        # Here, not only after server.run(): uvicorn re-raises SIGTERM/SIGINT once it has shut down,
+        # which ends the process before any code after run() (the engine would go by PDEATHSIG alone).
+        await asyncio.to_thread(cleanup)
 
     class _Lazy:  # the app needs the ServedJudge before it exists: look it up per call
         def __getattr__(self, name):
@@ -115,7 +123,5 @@ def run(args: argparse.Namespace, settings, work: Path) -> int:
     try:
         server.run()
     finally:
-        if engine is not None:
-            engine.stop()
-        shutil.rmtree(work, ignore_errors=True)
+        cleanup()
     return 1 if status["failed"] or not status["ready"] else 0
