@@ -139,7 +139,7 @@ stage_serve() {
         return 0
     fi
     # Runs until stopped, so it never writes a marker. recipes/serve.sh says how it shares the GPU.
-    MODEL="$(final_model)" PORT="$SERVE_PORT" MEDIA_ROOT="${MEDIA_ROOT:-$PWD}" COT_RM="$COT_RM" recipes/serve.sh
+    COT_RM="$COT_RM" MODEL="$(final_model)" PORT="$SERVE_PORT" MEDIA_ROOT="${MEDIA_ROOT:-$PWD}" recipes/serve.sh
     STAGE_NOT_RUN=1
 }
 

@@ -18,7 +18,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-MODEL=${MODEL:?set MODEL to a cot-rm checkpoint folder (e.g. runs/demo/grpo)}
+MODEL=${MODEL:?set MODEL to a checkpoint folder (e.g. runs/demo/grpo)}
 MEDIA_ROOT=${MEDIA_ROOT:?set MEDIA_ROOT to the folder whose videos may be judged by path}
 PORT=${PORT:-8000}
 HOST=${HOST:-127.0.0.1}
