@@ -359,7 +359,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--score-batch-size", type=int, default=8, help="judgments per head pass (default 8)")
     parser.add_argument("--served-model-name", default=None, help="model name on /v1 (default: folder name)")
     parser.add_argument("--device", default="auto", help="the head's device: auto, cpu, cuda, cuda:1 ...")
-    parser.add_argument("--dtype", default="auto", help="auto: bf16 on GPU, float32 on CPU (head and engine)")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                        help="auto: bf16 on GPU, float32 on CPU (head and engine)")  # fmt: skip
     parser.add_argument("--vllm-python", default=None,
                         help="interpreter with vLLM (default: $COT_RM_VLLM_PYTHON, else .venv-vllm)")  # fmt: skip
     parser.add_argument("--vllm-port", type=int, default=0, help="the engine's internal port (default: free)")
