@@ -29,6 +29,7 @@ import argparse
 import contextlib
 import datetime as dt
 import functools
+import hashlib
 import json
 import os
 import platform
@@ -201,12 +202,16 @@ def one_step(trainer, model, optimizer, row: dict, seed: int, timer: PhaseTimer,
         "total": t2 - t0, "logps_calls": timer.logps_calls, "tower_calls": tower.calls, "tower_patches": tower.patches, "tower": tower.seconds,
         "rollouts": len(batch.completion_ids), "completion_tokens": sum(map(len, batch.completion_ids)),
         "policy_tokens": sum(map(sum, batch.tool_mask)), "tool_calls": sum(batch.tool_calls),
-        "completions": [list(c) for c in batch.completion_ids],
+        "completions": [_digest(c) for c in batch.completion_ids],  # to compare the settings' rollouts
     }  # fmt: skip
     if trainer.vision_cache is not None:
         stats = trainer.vision_cache.stats()
         step |= {"cache_hits": stats["hits"], "cache_misses": stats["misses"]}
     return step
+
+
+def _digest(ids) -> str:
+    return hashlib.blake2b(json.dumps(list(ids)).encode(), digest_size=8).hexdigest()
 
 
 def summarize(steps: dict[str, list[dict]], warmup: int) -> dict:
