@@ -72,10 +72,9 @@ def write_random(work: Path, args, device: torch.device) -> tuple[Path, Path]:
     model_dir, ckpt = write_model_dir(work / "model", args.random_init), work / "ckpt"
     px = args.resolution**2
     sampling = Sampling(fps=None, num_frames=args.frames, min_pixels=px, max_pixels=px, family="qwen2_5_vl")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # only the head is kept
     with random_init_loader(device):
-        model = ThinkThenScore.from_base(
-            model_dir, freeze_vision=True, sampling=sampling, torch_dtype=torch.bfloat16
-        )
+        model = ThinkThenScore.from_base(model_dir, freeze_vision=True, sampling=sampling, torch_dtype=dtype)
     # The folder gets the head, processor and cot_rm.json; the VLM is built from config.json at load.
     ckpt.mkdir(parents=True, exist_ok=True)
     from safetensors.torch import save_file
