@@ -249,7 +249,8 @@ def section(res: dict) -> str:
     paired_row = (
         "| recompute / reuse (paired median) | " + " | ".join(f"{rp[p]:.2f}x" for p in COLUMNS) + " | | | |"
     )
-    loads = ", ".join(f"{a:.1f}/{b:.1f}" for a, b in res["loadavg_1min"])
+    flat = [x for pair in res["loadavg_1min"] for x in pair]
+    loads = f"{min(flat):.1f}-{max(flat):.1f} (first {flat[0]:.1f}, last {flat[-1]:.1f})"
     return f"""
 ## grpo_step — {dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")} ({res["device"]})
 
@@ -257,7 +258,7 @@ def section(res: dict) -> str:
 - Command: `{res["command"]}`
 - Model: `{inp["model"]}` ({inp["dtype"]}, {inp["params"] / 1e6:,.1f} M parameters, tower frozen); `{inp["config"]}`'s shape: {inp["num_generations"]} rollouts per group, max {inp["max_turn_tokens"]} tokens a turn, {inp["max_completion_length"]} a rollout, temperature {inp["temperature"]}, HF generate; learning rate 0
 - {inp["groups"]} groups (one prompt + video each, from `{inp["data"]}`), each run in both settings back to back, order alternating; the first {inp["warmup"]} left out: {s["timed_groups"]} timed groups, {s["rollouts"]} rollouts per setting; {s["identical_rollouts"]}/{s["rollouts"]} rollouts identical in both settings
-- Load average (1 min) before/after: {loads}
+- Load average (1 min) over the groups: {loads}
 
 Seconds per group (median over the timed groups); tower calls, completion tokens and tool calls summed over them:
 
