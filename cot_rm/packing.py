@@ -25,6 +25,11 @@ With sdpa the block-diagonal mask is dense ([N, N] booleans, attention over all 
 masked): packing saves the pads in every linear layer but attention scales as N^2 instead of sum(L_i^2).
 `varlen_sdpa` ("cot_rm_varlen_sdpa", `use_varlen_sdpa(model)`) runs sdpa per sequence instead, so the
 attention cost is the padded batch's without its pads; a GPU would use `flash_attention_2` the same way.
+bench/sft_packing.py measures the three (bench/RESULTS.md): only the varlen attention makes packing pay.
+
+In a trainer: `use_varlen_sdpa(model)` once (sdpa models), then per step
+`out, labels = sft_forward(model, inputs, labels, packing=True, unwrapped=...)` and the usual losses on
+`out.logits` / `labels` and `out.rewards` (one row per sequence, in batch order: the pair indices hold).
 """
 
 from __future__ import annotations
@@ -92,6 +97,16 @@ def packed_forward(model, packed: dict[str, Any], **kwargs: Any) -> RewardOutput
     [1, N, V] over the row (LM loss: `cot_rm.sft.lm_loss(out.logits, packed["labels"])`). `kwargs`: the
     forward's own (return_logits, detach_head_input, ...)."""
     return model(**model_inputs(packed), **kwargs)
+
+
+def sft_forward(model, inputs: dict[str, Any], labels: torch.Tensor, *, packing: bool, unwrapped=None):
+    """The SFT step's forward, padded or packed: (outputs with rewards [B, D] and logits, the labels aligned with
+    those logits) for `cot_rm.sft.lm_loss`. `inputs`: the collator's batch without labels, head targets and key
+    hints; `unwrapped`: the ThinkThenScore under `model` when `model` is a DDP / DeepSpeed wrapper."""
+    if not packing:
+        return model(**inputs, return_logits=True), labels
+    packed = pack_batch({**inputs, "labels": labels}, unwrapped if unwrapped is not None else model)
+    return packed_forward(model, packed, return_logits=True), packed["labels"]
 
 
 MODEL_KEYS = ("input_ids", "position_ids", "mm_token_type_ids", "pixel_values", "pixel_values_videos",

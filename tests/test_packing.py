@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cot_rm.modeling import ThinkThenScore
-from cot_rm.packing import IGNORE, VARLEN_SDPA, pack_batch, packed_forward, use_varlen_sdpa
+from cot_rm.packing import IGNORE, VARLEN_SDPA, pack_batch, packed_forward, sft_forward, use_varlen_sdpa
 from cot_rm.processing import encode
 from cot_rm.sft import lm_loss
 from cot_rm.tiny import REWARD_TOKEN
@@ -118,3 +118,14 @@ def test_packed_gradients_equal_padded(ckpt, batch):
     assert grads[0].keys() == grads[1].keys() and any("head" in n for n in grads[0])
     for name in grads[0]:
         torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-5, rtol=1e-3, msg=name)
+
+
+def test_sft_forward_padded_and_packed_agree(model, batch):
+    inputs = {k: batch[k] for k in MODEL_KEYS if k in batch}
+    with torch.no_grad():
+        (padded, labels), (packed, packed_labels) = (
+            sft_forward(model, inputs, batch["labels"], packing=p) for p in (False, True)
+        )
+    assert packed_labels.shape == (1, int(batch["attention_mask"].sum())) and labels is batch["labels"]
+    torch.testing.assert_close(packed.rewards, padded.rewards, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(lm_loss(packed.logits, packed_labels), lm_loss(padded.logits, labels))
