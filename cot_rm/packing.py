@@ -68,7 +68,7 @@ def pack_batch(batch: dict[str, Any], model, rope_index=None) -> dict[str, Any]:
                               **vision)  # fmt: skip
     lengths = mask.sum(-1)  # [B]
     starts = torch.cumsum(lengths, 0) - lengths  # [B] each sequence's offset in the packed row
-    text = torch.cat([torch.arange(int(n)) for n in lengths]).to(ids.device)  # [N]
+    text = torch.cat([torch.arange(n) for n in lengths.tolist()]).to(ids.device)  # [N], one host sync
     packed = {k: v for k, v in batch.items() if k not in (*TOKEN_KEYS, "attention_mask")}
     for key in TOKEN_KEYS:
         if key in batch:
