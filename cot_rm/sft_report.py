@@ -35,7 +35,9 @@ def finish(model, trainer, cfg, skip_judging: bool = False) -> dict:
         cfg.data.pairs,
     )
     model.save_pretrained(out)
-    report = {"checkpoint": str(out), **lm_trend(trainer.state.log_history)}
+    history = trainer.state.log_history
+    runtime = next((h["train_runtime"] for h in reversed(history) if "train_runtime" in h), None)
+    report = {"checkpoint": str(out), "train_seconds": runtime and round(runtime), **lm_trend(history)}
     if not skip_judging and cfg.data.eval_pairs:
         report.update(judged_report(model, cfg, sampling))
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
