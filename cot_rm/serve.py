@@ -9,14 +9,16 @@ language model and loads the checkpoint's head here, then serves on PORT:
 - `GET /v1/models`, `POST /v1/chat/completions` (streaming too): proxied to vLLM, so the OpenAI client
   works against this one URL;
 - `POST /v1/judge`: JSON `{"video": path-or-URL, "prompt": text}` or a multipart upload (`file` +
-  `prompt`) -> the Judgment JSON of DESIGN.md (greedy: the same request gives the same scores);
+  `prompt`) -> the Judgment JSON of DESIGN.md (greedy: the same request gives the same scores); an
+  http(s) URL is downloaded into the server's temp folder (same size limit as uploads) first;
   `?stream=1` answers NDJSON events instead (each turn as it arrives, then the judgment);
   `?report=1` adds `report_html` (`cot_rm.report`'s page: the critique beside its cited frames);
 - `GET /`: the interactive page.
 
-Bad input gets a 4xx with `{"error": ...}`; a full queue gets 503 with Retry-After. Paths must lie
-under `--allowed-media-root` after resolving `..` and symlinks. With `--api-key` (or $COT_RM_API_KEY)
-every /v1 route wants `Authorization: Bearer KEY`.
+Bad input gets a 4xx with `{"error": ...}`; a full queue gets 503 with Retry-After. Paths and file://
+URLs (chat requests' media too) must lie under `--allowed-media-root` after resolving `..` and
+symlinks (`cot_rm.serve_media`). With `--api-key` (or $COT_RM_API_KEY) every /v1 route wants
+`Authorization: Bearer KEY`.
 """
 
 from __future__ import annotations
@@ -32,11 +34,18 @@ import uuid
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 from fastapi import Request  # at module level: FastAPI resolves the routes' annotations here
 
 from cot_rm.serve_judge import Admission, Busy, EngineError, ServedJudge
+from cot_rm.serve_media import (
+    ClientError,
+    check_chat_media,
+    check_video,
+    fetch_video,
+    is_remote,
+    resolve_media,
+)
 
 PROG = "cot-rm serve"
 API_KEY_ENV = "COT_RM_API_KEY"
@@ -46,48 +55,15 @@ RETRY_AFTER_S = 2
 ENGINE_ONLY_FIELDS = ("media_io_kwargs", "mm_processor_kwargs", "chat_template", "chat_template_kwargs")
 
 
-class ClientError(Exception):
-    """A request the server refuses: HTTP `status` and a message for the caller."""
-
-    def __init__(self, status: int, message: str, headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.message, self.headers = status, message, headers or {}
-
-
 @dataclass
 class Settings:
     media_root: Path  # resolved
-    upload_dir: Path
+    upload_dir: Path  # uploads and downloads, deleted once judged
     api_key: str | None = None
-    max_upload_bytes: int = 200 * 2**20
+    max_upload_bytes: int = 200 * 2**20  # uploads and http(s) downloads alike
     model_name: str = "cot-rm"
-
-
-def resolve_media(ref: str, root: Path) -> Path:
-    """A path or file:// URL -> the real file under `root`, or the ClientError to answer."""
-    if ref.startswith("file://"):
-        ref = unquote(urlparse(ref).path)
-    elif "://" in ref:
-        raise ClientError(
-            400, "video: give a path or a file:// URL under the allowed media root, or upload the file"
-        )
-    real = Path(os.path.realpath(ref))  # `..` and symlinks resolved before the check
-    if real != root and root not in real.parents:
-        raise ClientError(403, f"video: {ref!r} is outside the allowed media root")
-    if not real.exists():
-        raise ClientError(404, f"video: {ref!r}: no such file")
-    if not real.is_file():
-        raise ClientError(400, f"video: {ref!r} is not a file")
-    return real
-
-
-def check_video(path: Path, label: str) -> None:
-    from cot_rm.video import VideoError, probe
-
-    try:
-        probe(path)
-    except VideoError as err:
-        raise ClientError(415, f"video: {label}: {err.reason}") from None
+    media_urls: bool = True  # fetch http(s) videos for /v1/judge; let chat requests name them
+    fetch_timeout_s: float = 60.0
 
 
 def create_app(settings: Settings, served: ServedJudge | None, engine_url: str, ready=lambda: True,
@@ -178,6 +154,9 @@ def create_app(settings: Settings, served: ServedJudge | None, engine_url: str, 
     async def chat(request: Request):
         authorize(request)
         body = await json_object(request)
+        # Local media must lie under the root as /v1/judge's do (the engine checks too, but only its
+        # own way): refused here with a 4xx, or rewritten to the real file the engine then loads.
+        check_chat_media(body, settings.media_root, settings.media_urls)
         require_ready()
         for key in ENGINE_ONLY_FIELDS:
             body.pop(key, None)
@@ -209,10 +188,11 @@ def create_app(settings: Settings, served: ServedJudge | None, engine_url: str, 
     @app.post("/v1/judge")
     async def judge(request: Request, stream: int = 0, report: int = 0):
         authorize(request)
-        path, prompt, label, upload = await judge_input(request)
+        source, prompt, label, upload = await judge_input(request)
         try:
+            if isinstance(source, Path):
+                await asyncio.to_thread(check_video, source, label)
             require_ready()
-            await asyncio.to_thread(check_video, path, label)
             slot = admission.slot()
             try:
                 await slot.__aenter__()
@@ -221,6 +201,16 @@ def create_app(settings: Settings, served: ServedJudge | None, engine_url: str, 
         except BaseException:
             _remove(upload)
             raise
+        path = source
+        if isinstance(source, str):  # an http(s) URL, fetched inside the slot (the queue bounds downloads)
+            try:
+                path = upload = await fetch_video(source, settings.upload_dir, settings.max_upload_bytes,
+                                                  settings.fetch_timeout_s)  # fmt: skip
+                await asyncio.to_thread(check_video, path, label)
+            except BaseException:
+                await slot.__aexit__(None, None, None)
+                _remove(upload)
+                raise
         rid = label
 
         async def run(on_event=None) -> dict:
@@ -273,8 +263,9 @@ def create_app(settings: Settings, served: ServedJudge | None, engine_url: str, 
             raise ClientError(400, f"the body must be a JSON object, not {type(body).__name__}")
         return body
 
-    async def judge_input(request: Request) -> tuple[Path, str, str, Path | None]:
-        """(video path, prompt, label, upload to delete afterwards) from JSON or a multipart form."""
+    async def judge_input(request: Request) -> tuple[Path | str, str, str, Path | None]:
+        """(video path or http(s) URL to fetch, prompt, label, upload to delete afterwards) from JSON or
+        a multipart form."""
         ctype = request.headers.get("content-type", "")
         if ctype.startswith("multipart/form-data"):
             return await upload_input(request)
@@ -284,9 +275,13 @@ def create_app(settings: Settings, served: ServedJudge | None, engine_url: str, 
             raise ClientError(400, "prompt: a non-empty string is required")
         video = body.get("video")
         if not isinstance(video, str) or not video.strip():
-            raise ClientError(400, "video: a path or file:// URL (string) is required, or upload a file")
-        real = resolve_media(video.strip(), settings.media_root)
-        return real, prompt, video.strip(), None
+            raise ClientError(400, "video: a path or URL (string) is required, or upload a file")
+        video = video.strip()
+        if is_remote(video):
+            if not settings.media_urls:
+                raise ClientError(400, "video: URLs are turned off on this server (--no-media-urls)")
+            return video, prompt, video, None
+        return resolve_media(video, settings.media_root), prompt, video, None
 
     async def upload_input(request: Request):
         declared = request.headers.get("content-length")
@@ -354,7 +349,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-queue", type=int, default=64, help="requests in progress before 503 (default 64)"
     )
-    parser.add_argument("--max-upload-mb", type=float, default=200, help="largest upload (default 200 MB)")
+    parser.add_argument("--max-upload-mb", type=float, default=200,
+                        help="largest upload or http(s) download (default 200 MB)")  # fmt: skip
+    parser.add_argument("--media-urls", action=argparse.BooleanOptionalAction, default=True,
+                        help="fetch http(s) video URLs given to /v1/judge and pass them on in chat "
+                        "requests (default on; the server then fetches any URL a caller names)")  # fmt: skip
+    parser.add_argument("--fetch-timeout", type=float, default=60,
+                        help="seconds for one http(s) video download, all of it (default 60)")  # fmt: skip
     parser.add_argument("--max-new-tokens", type=int, default=512, help="per assistant turn (default 512)")
     parser.add_argument("--score-batch-size", type=int, default=8, help="judgments per head pass (default 8)")
     parser.add_argument("--served-model-name", default=None, help="model name on /v1 (default: folder name)")
@@ -388,5 +389,6 @@ def main(args: argparse.Namespace) -> int:
     work = Path(tempfile.mkdtemp(prefix="cot-rm-serve-"))
     (work / "uploads").mkdir()
     settings = Settings(root, work / "uploads", api_key, int(args.max_upload_mb * 2**20),
-                        args.served_model_name or args.model.resolve().name)  # fmt: skip
+                        args.served_model_name or args.model.resolve().name, args.media_urls,
+                        args.fetch_timeout)  # fmt: skip
     return run(args, settings, work)

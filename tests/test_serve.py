@@ -38,6 +38,7 @@ def _free_port() -> int:
 def media(tmp_path_factory) -> dict[str, Path]:
     """An allowed root with a clip, a text file named .mp4 and a symlink out; a clip outside it."""
     from conftest import write_mp4
+    from PIL import Image
 
     base = tmp_path_factory.mktemp("serve_media")
     root, outside = base / "allowed", base / "outside"
@@ -47,7 +48,20 @@ def media(tmp_path_factory) -> dict[str, Path]:
     out_clip = write_mp4(outside / "secret.mp4", num_frames=8, fps=8)
     (root / "notes.mp4").write_text("not a video at all\n")
     (root / "link.mp4").symlink_to(out_clip)
+    Image.new("RGB", (56, 56), "red").save(root / "frame.png")
+    Image.new("RGB", (56, 56), "blue").save(outside / "secret.png")
+    (root / "link.png").symlink_to(outside / "secret.png")
     return {"root": root, "clip": clip, "outside": out_clip}
+
+
+@pytest.fixture(scope="module")
+def site(media, tmp_path_factory):
+    """A local http server with clip.mp4, notes.mp4 (text) and big.mp4 (over the 1 MB limit)."""
+    from test_serve_media import media_site
+
+    s = media_site(tmp_path_factory.mktemp("site"), media["clip"], too_big_bytes=2 * 2**20)
+    yield s.url
+    s.close()
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +183,7 @@ def test_bad_inputs_get_their_4xx_and_the_server_stays_healthy(server, media):
         "empty prompt": (400, {"video": str(clip), "prompt": "  "}),
         "missing video": (400, {"prompt": PROMPT}),
         "non-object body": (400, [str(clip), PROMPT]),
-        "remote URL": (400, {"video": "http://example.invalid/a.mp4", "prompt": PROMPT}),
+        "other scheme": (400, {"video": "ftp://example.invalid/a.mp4", "prompt": PROMPT}),
     }
     for name, (status, body) in cases.items():
         resp = _judge(server, body)
@@ -189,6 +203,38 @@ def test_bad_inputs_get_their_4xx_and_the_server_stays_healthy(server, media):
         assert resp.status_code == 401 and "error" in resp.json()
     assert httpx.get(server + "/health").status_code == 200
     assert _judge(server, {"video": str(clip), "prompt": PROMPT}).status_code == 200
+
+
+def test_an_http_video_url_is_fetched_and_judged_like_the_file(server, media, site):
+    by_path = _judge(server, {"video": str(media["clip"]), "prompt": PROMPT}).json()
+    resp = _judge(server, {"video": f"{site}/clip.mp4", "prompt": PROMPT})
+    assert resp.status_code == 200, resp.text
+    j = resp.json()
+    assert j["id"] == f"{site}/clip.mp4" and j["rationale"] == by_path["rationale"]
+    assert all(abs(j["scores"][d] - v) < 1e-3 for d, v in by_path["scores"].items())
+    for status, name in ((415, "notes.mp4"), (404, "nope.mp4"), (413, "big.mp4")):
+        resp = _judge(server, {"video": f"{site}/{name}", "prompt": PROMPT})
+        assert resp.status_code == status and "error" in resp.json(), (name, resp.status_code, resp.text)
+    assert httpx.get(server + "/health").status_code == 200
+
+
+def test_chat_media_paths_are_checked_before_the_engine(server, media):
+    root = media["root"]
+    model = httpx.get(server + "/v1/models", headers=AUTH).json()["data"][0]["id"]
+
+    def chat(url: str) -> httpx.Response:
+        msgs = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                             {"type": "text", "text": "What colour?"}]}]  # fmt: skip
+        body = {"model": model, "messages": msgs, "max_tokens": 4, "temperature": 0}
+        return httpx.post(server + "/v1/chat/completions", json=body, headers=AUTH, timeout=120)
+
+    for url, status in [(f"file://{media['outside'].parent}/secret.png", 403), (str(root / "link.png"), 403),
+                        (f"{root}/../outside/secret.png", 403), (f"file://{root}/none.png", 404)]:  # fmt: skip
+        resp = chat(url)
+        assert resp.status_code == status and "error" in resp.json(), (url, resp.status_code, resp.text)
+    resp = chat(str(root / "frame.png"))  # a plain path under the root: sent on as the real file:// URL
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["usage"]["prompt_tokens"] > 8  # the image's tokens are in the prompt
 
 
 def test_32_concurrent_judgments_all_answered(server, media):
