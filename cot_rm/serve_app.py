@@ -11,17 +11,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shutil
-import socket
 import sys
 from pathlib import Path
 
 PROG = "cot-rm serve"
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _log(msg: str) -> None:
@@ -52,7 +45,7 @@ def run(args: argparse.Namespace, settings, work: Path) -> int:
 
     from cot_rm.rm_config import CotRmConfig
     from cot_rm.serve import create_app
-    from cot_rm.serve_engine import Engine, EngineSettings, default_vllm_python
+    from cot_rm.serve_engine import Engine, EngineSettings, default_vllm_python, free_port
     from cot_rm.serve_judge import ServedJudge
 
     config = CotRmConfig.load(args.model)
@@ -63,7 +56,7 @@ def run(args: argparse.Namespace, settings, work: Path) -> int:
         dtype = {"auto": "auto", "float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}[
             args.dtype
         ]
-        es = EngineSettings(python=args.vllm_python or default_vllm_python(), port=args.vllm_port or _free_port(),
+        es = EngineSettings(python=args.vllm_python or default_vllm_python(), port=args.vllm_port or free_port(),
                             allowed_media_root=str(settings.media_root), served_model_name=settings.model_name,
                             family=config.family, max_model_len=args.max_model_len,
                             max_num_seqs=max(8, min(args.max_queue, 256)), dtype=dtype,

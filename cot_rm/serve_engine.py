@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -98,45 +99,42 @@ class EngineSettings:
     )
 
 
-class Engine:
-    """The vLLM OpenAI server as a child process (its own process group, killed with us)."""
+def free_port() -> int:
+    """A port nothing listens on right now (the OS picks it; a tiny race with other binders)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
-    def __init__(self, ckpt: Path, settings: EngineSettings, work: Path | None = None):
-        self.settings = settings
-        self.work = Path(work or tempfile.mkdtemp(prefix="cot-rm-serve-"))
-        self.log_path = self.work / "vllm.log"
-        self.ckpt, self.proc = ckpt, None
+
+def engine_env(cpu_kv_cache_gib: int = 1, **overrides: str) -> dict[str, str]:
+    """The environment a vLLM server starts in: no PYTHONPATH (our venv's packages must not shadow
+    vLLM's torch), no usage reports, a small CPU KV cache unless the caller's environment sets one."""
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    env.update(VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1", TOKENIZERS_PARALLELISM="false")
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cpu_kv_cache_gib))  # GiB (CPU builds); ignored on GPU
+    env.update(overrides)
+    return env
+
+
+class EngineProcess:
+    """A vLLM OpenAI server as a child process: its own process group (stopped as a whole: vLLM forks
+    an engine-core process), killed with us (PDEATHSIG), its output in a log file."""
+
+    def __init__(self, port: int, log_path: Path):
+        self.port, self.log_path = port, Path(log_path)
+        self.proc: subprocess.Popen | None = None
         self.command: list[str] = []
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.settings.port}"
+        return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> None:
-        s = self.settings
-        model = engine_view(self.ckpt, self.work)
-        template = self.work / "chat_template.jinja"
-        template.write_text(protocol.chat_template(s.family))
-        dtype = s.dtype
-        if dtype == "auto":
-            dtype = "auto" if _has_cuda_hint() else "float32"
-        self.command = [
-            s.python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
-            "--served-model-name", s.served_model_name, "--host", "127.0.0.1", "--port", str(s.port),
-            "--chat-template", str(template), "--enable-auto-tool-choice", "--tool-call-parser", "hermes",
-            "--limit-mm-per-prompt", json.dumps(s.mm_limits), "--allowed-local-media-path",
-            s.allowed_media_root, "--max-model-len", str(s.max_model_len), "--max-num-seqs",
-            str(s.max_num_seqs), "--dtype", dtype, "--seed", str(s.seed), *s.extra_args,
-        ]  # fmt: skip
-        if dtype == "float32" and "--enforce-eager" not in self.command:
-            self.command.append("--enforce-eager")  # CPU: no graph capture, start-up stays ~1 min
-        env = dict(os.environ)
-        env.pop("PYTHONPATH", None)  # our venv's packages must not shadow vLLM's torch
-        env.update(VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1", TOKENIZERS_PARALLELISM="false")
-        env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB (CPU builds); ignored on GPU
+    def launch(self, command: list[str], env: dict[str, str], cwd: Path) -> None:
+        self.command = command
         with open(self.log_path, "wb") as log:  # a file, not a pipe: a full pipe would stall the engine
-            self.proc = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, env=env, cwd=str(self.work),
+            self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, env=env, cwd=str(cwd),
                                          start_new_session=True, preexec_fn=_die_with_parent)  # fmt: skip
 
     def healthy(self) -> bool:
@@ -147,17 +145,19 @@ class Engine:
             return False
 
     def wait_healthy(self, timeout_s: float) -> None:
+        """Poll /health; fail fast, with the log tail, if the process dies or time runs out."""
         start = time.monotonic()
         while time.monotonic() - start < timeout_s:
             if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"the vLLM engine exited ({self.proc.returncode}) before it was ready; "
-                                   f"log tail:\n{self.log_tail()}")  # fmt: skip
+                raise RuntimeError(f"the vLLM engine exited ({self.proc.returncode}) before it was ready\n"
+                                   f"{self._context()}")  # fmt: skip
             if self.healthy():
                 return
             time.sleep(1.0)
-        raise RuntimeError(
-            f"the vLLM engine is not ready after {timeout_s:.0f} s; log tail:\n{self.log_tail()}"
-        )
+        raise RuntimeError(f"the vLLM engine is not ready after {timeout_s:.0f} s\n{self._context()}")
+
+    def _context(self) -> str:
+        return f"command: {' '.join(self.command)}\nlog tail ({self.log_path}):\n{self.log_tail()}"
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -169,15 +169,51 @@ class Engine:
             return "(no log)"
 
     def stop(self, grace_s: float = 20.0) -> None:
-        if self.proc is not None and self.proc.poll() is None:
+        """SIGTERM the process group, SIGKILL after `grace_s`; then sweep the group once more (the
+        engine core may outlive its parent)."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
             _signal_group(self.proc, signal.SIGTERM)
             try:
                 self.proc.wait(grace_s)
             except subprocess.TimeoutExpired:
                 _signal_group(self.proc, signal.SIGKILL)
                 self.proc.wait(10)
-        if self.proc is not None:
-            _signal_group(self.proc, signal.SIGKILL)  # the engine core may outlive its parent
+        _signal_group(self.proc, signal.SIGKILL)
+
+
+class Engine(EngineProcess):
+    """`cot-rm serve`'s engine: vLLM's OpenAI server for a checkpoint's language model."""
+
+    def __init__(self, ckpt: Path, settings: EngineSettings, work: Path | None = None):
+        self.settings = settings
+        self.work = Path(work or tempfile.mkdtemp(prefix="cot-rm-serve-"))
+        self.ckpt = ckpt
+        super().__init__(settings.port, self.work / "vllm.log")
+
+    def start(self) -> None:
+        s = self.settings
+        model = engine_view(self.ckpt, self.work)
+        template = self.work / "chat_template.jinja"
+        template.write_text(protocol.chat_template(s.family))
+        dtype = s.dtype
+        if dtype == "auto":
+            dtype = "auto" if _has_cuda_hint() else "float32"
+        command = [
+            s.python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
+            "--served-model-name", s.served_model_name, "--host", "127.0.0.1", "--port", str(s.port),
+            "--chat-template", str(template), "--enable-auto-tool-choice", "--tool-call-parser", "hermes",
+            "--limit-mm-per-prompt", json.dumps(s.mm_limits), "--allowed-local-media-path",
+            s.allowed_media_root, "--max-model-len", str(s.max_model_len), "--max-num-seqs",
+            str(s.max_num_seqs), "--dtype", dtype, "--seed", str(s.seed), *s.extra_args,
+        ]  # fmt: skip
+        if dtype == "float32" and "--enforce-eager" not in command:
+            command.append("--enforce-eager")  # CPU: no graph capture, start-up stays ~1 min
+        self.launch(command, engine_env(), self.work)
+
+    def stop(self, grace_s: float = 20.0) -> None:
+        super().stop(grace_s)
         shutil.rmtree(self.work / "engine_model", ignore_errors=True)
 
 
