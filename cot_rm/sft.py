@@ -27,6 +27,7 @@ from transformers import set_seed
 from trl import SFTConfig, SFTTrainer
 
 from cot_rm import losses
+from cot_rm.packing import sft_forward, use_varlen_sdpa
 
 HEAD_KEYS = ("head_target", "head_mask", "pair_index", "pair_label", "pair_mask")
 
@@ -55,7 +56,7 @@ class CotRmSaveMixin:
 class CotRmSFTTrainer(CotRmSaveMixin, SFTTrainer):
     """SFTTrainer for `ThinkThenScore`: video batches from `SFTCollator`, LM + head losses, cot-rm saving."""
 
-    def __init__(self, model, args: SFTConfig, loss_args, vision_cache=None, **kwargs):
+    def __init__(self, model, args: SFTConfig, loss_args, vision_cache=None, packing: bool = False, **kwargs):
         args.remove_unused_columns = False  # the collator needs the raw example column
         if args.ddp_find_unused_parameters is None and model.config.freeze_vision:
             # TRL turns it on for VLMs (a text-only batch leaves the tower without grads); with the tower
@@ -64,6 +65,7 @@ class CotRmSFTTrainer(CotRmSaveMixin, SFTTrainer):
         args.dataset_kwargs = {**(args.dataset_kwargs or {}), "skip_prepare_dataset": True}
         super().__init__(model=model, args=args, **kwargs)
         self.loss_args = loss_args
+        self.packing = packing  # padding-free rows (cot_rm/packing.py); the collator still pads
         self.vision_cache = vision_cache  # installed on the model: a frozen tower's features, reused
         self.log_theta = math.log(loss_args.tie_theta)
         # Every term is a per-micro-batch mean, so the Trainer divides by the accumulation steps:
@@ -79,7 +81,8 @@ class CotRmSFTTrainer(CotRmSaveMixin, SFTTrainer):
         skipped = inputs.pop("skipped_too_long", 0)
         hints = self.vision_cache is not None and keys  # not bool(cache): an empty cache has len 0
         with self.vision_cache.key_hints(**keys) if hints else contextlib.nullcontext():
-            out = model(**inputs, return_logits=True)
+            out, labels = sft_forward(model, inputs, labels, packing=self.packing,
+                                      unwrapped=self.accelerator.unwrap_model(model))  # fmt: skip
         lm = lm_loss(out.logits, labels)
         point, pair, acc = self.head_losses(out.rewards, out.log_var, head)
         la = self.loss_args
@@ -171,11 +174,14 @@ def build(cfg):
 
         # Host memory: a 16-frame 448x448 video is ~15 MB of 7B features; 8 GiB holds ~550 of them.
         cache = VisionFeatureCache(model, max_items=None, max_bytes=8 << 30, device="cpu").install()
+    if d.packing and m.attn_implementation == "sdpa":
+        use_varlen_sdpa(model)  # else transformers builds one dense [N, N] mask: 3x slower than padding
     trainer = CotRmSFTTrainer(
         model,
         args,
         cfg.loss,
         cache,
+        d.packing,
         data_collator=collator,
         train_dataset=dataset,
         processing_class=model.processor,

@@ -155,6 +155,13 @@ class DataArgs:
             "(truncating would cut the answer and the reward token); null: no limit"
         ),
     )
+    packing: bool = field(
+        default=False,
+        metadata=meta(
+            "padding-free batches: each micro-batch's sequences in one row, attention per sequence "
+            "(cot_rm/packing.py; sdpa or flash_attention_2; 1.85x tokens/s on the tiny model, bench/RESULTS.md)"
+        ),
+    )
 
     def __post_init__(self):
         require(
@@ -254,6 +261,11 @@ class SFTRunConfig:
                     "train.output_dir is required (checkpoints, logs, config)",
                 ),
                 (not owned, f"keys owned by another section: {', '.join(owned)}"),
+                (
+                    not self.data.packing or self.model.attn_implementation in ("sdpa", "flash_attention_2"),
+                    f"data.packing needs model.attn_implementation sdpa or flash_attention_2, not "
+                    f"{self.model.attn_implementation}",
+                ),
                 (
                     self.data.pairs is None or self.loss.head_weight > 0,
                     "data.pairs is set but loss.head_weight is 0: the pairs would be loaded and never used",

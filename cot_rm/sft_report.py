@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from cot_rm import losses
+from cot_rm.packing import use_varlen_sdpa
 from cot_rm.processing import encode
 from cot_rm.protocol import JudgeSpec
 from cot_rm.schema import read_jsonl
@@ -24,6 +25,8 @@ from cot_rm.video import Sampling
 def finish(model, trainer, cfg, skip_judging: bool = False) -> dict:
     out = Path(trainer.args.output_dir)
     model.eval()
+    if getattr(trainer, "packing", False) and cfg.model.attn_implementation == "sdpa":
+        use_varlen_sdpa(model, False)  # judge and save with transformers' own sdpa
     collator = trainer.data_collator
     traces = load_traces(cfg.data.train, None)
     sampling = Sampling.from_dict({**traces[0]["sampling"], "family": model.config.family})

@@ -281,3 +281,15 @@ def test_reused_vision_features_train_exactly_like_the_tower(data, tmp_path):
     assert steps[-1]["vision_cache_hit_rate"] > 0  # later batches reuse earlier batches' videos
     assert all("vision_cache_hit_rate" not in h for h in steps_plain)
     assert reuse.vision_cache.stats()["hits"] > 0
+
+
+def test_packed_batches_train_like_padded_ones(data, tmp_path):
+    common = ["train.max_steps=3", "train.per_device_train_batch_size=3"]
+    _, padded = _train_in_process(data, tmp_path / "padded", *common)
+    model, packed = _train_in_process(data, tmp_path / "packed", *common, "data.packing=true")
+    steps = [[h for h in t.state.log_history if "lm_loss" in h] for t in (padded, packed)]
+    assert len(steps[0]) == len(steps[1]) == 3
+    for key in ("lm_loss", "loss", "head_point_loss", "head_pair_loss"):
+        assert [h[key] for h in steps[1]] == pytest.approx([h[key] for h in steps[0]], abs=1e-4), key
+    text = model.base_vlm.model.language_model.config
+    assert text._attn_implementation == "cot_rm_varlen_sdpa"  # the per-sequence attention, not a dense mask
