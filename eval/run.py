@@ -91,6 +91,7 @@ def main(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / name).write_text(json.dumps(result, indent=2) + "\n")
     write_report(args.out)
+    print((args.out / "report.md").read_text(encoding="utf-8"))  # the metrics, as tables
     print(f"cot-rm eval: wrote {args.out / name} and report.md", file=sys.stderr)
     return 0
 

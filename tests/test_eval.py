@@ -174,6 +174,7 @@ def test_predictions_file_metrics(tmp_path):
     assert pt["krcc"] == pytest.approx(1 / 3) and pt["n"] == 4
     assert res["parse_failure_rate"] == 1 / 16  # one of 16 judged slots (2 per pair, 1 per video)
     assert "| overall |" in (tmp_path / "out" / "report.md").read_text()
+    assert "| overall |" in out.stdout  # the metrics are printed too
 
 
 @pytest.mark.parametrize(
