@@ -4,7 +4,8 @@
 replaces what it cannot do for video (docs/grpo_design.md):
 
 - rollouts: `_generate` runs `cot_rm.grpo_rollout.Rollouts` on the stashed dataset rows (video, prompt,
-  sampling, ...; TRL's `prompt` column is the generation prompt text), HF generate backend;
+  sampling, ...; TRL's `prompt` column is the generation prompt text), HF generate or vLLM
+  (`cot_rm.grpo_vllm`: server or colocate, weights synced before each generation, the head never sent);
 - log-probs: `_get_per_token_logps_and_entropies` calls `ThinkThenScore(token_logps=True)` with each
   chunk's video and tool images (`collate_media`), through TRL's fused LM head (temperature-scaled);
   tool-result and query tokens are out of the loss through `tool_mask`;
@@ -41,8 +42,8 @@ from cot_rm.sft import CotRmSaveMixin, head_losses
 from cot_rm.sft_data import PREF
 
 VLLM_TODO = (
-    "rollout.backend {!r}: the vLLM rollout backends (colocate and server, docs/grpo_design.md section 3) "
-    "are the GPU path and are not built yet; use rollout.backend: hf"
+    "use_vllm: TRL's vLLM generation is image-only; set rollout.backend: vllm_server or vllm_colocate instead "
+    "(cot_rm.grpo_vllm, docs/grpo_design.md)"
 )
 
 
@@ -104,8 +105,8 @@ class CotRmGRPOTrainer(CotRmSaveMixin, GRPOTrainer):
                 f"beta={args.beta}: CotRmGRPOTrainer needs beta=0 (ThinkThenScore has no reference-model path; "
                 "TRL would load one from the base model's name)"
             )
-        if args.use_vllm or run.rollout.backend != "hf":
-            raise NotImplementedError(VLLM_TODO.format("vllm" if args.use_vllm else run.rollout.backend))
+        if args.use_vllm:  # TRL's own vLLM path is image-only: ours goes through rollout.backend
+            raise NotImplementedError(VLLM_TODO)
         self.run_cfg, self.spec, self.vision_cache, self.units = run, spec, vision_cache, units
         # TRL reads `ids[-1]` for truncation: here the last id is always the query token. Mask through tool_mask.
         self.mask_truncated = args.mask_truncated_completions
@@ -133,6 +134,18 @@ class CotRmGRPOTrainer(CotRmSaveMixin, GRPOTrainer):
             max_completion_length=args.max_completion_length, max_turn_tokens=run.rollout.max_turn_tokens,
             stale_turns=run.rollout.stale_turns, frame_cache=frame_cache,
         )  # fmt: skip
+        self.vllm_generate, self.vllm_sync, self._vllm_synced_step = None, None, None
+        if run.rollout.backend != "hf":
+            from cot_rm.grpo_vllm import build_backend
+
+            self.vllm_generate, self.vllm_sync = build_backend(
+                run.rollout,
+                model,
+                self.generation_config,
+                args.output_dir,
+                args.seed,
+                self.accelerator.device,
+            )
         self.log_theta = math.log(run.head.tie_theta)
         self._rows, self._batch, self._mm, self._head_out, self._rewards_per_func = (
             None,
@@ -155,7 +168,15 @@ class CotRmGRPOTrainer(CotRmSaveMixin, GRPOTrainer):
     # --------------------------------------------------------------------------------- rollouts
 
     def _turn_generator(self, unwrapped):
-        return hf_turn_generator(unwrapped.vlm, self.generation_config, self.vision_cache)
+        if self.vllm_generate is None:
+            return hf_turn_generator(unwrapped.vlm, self.generation_config, self.vision_cache)
+        if self._vllm_synced_step != self.state.global_step:  # new weights since the last rollouts
+            if self.accelerator.is_main_process:
+                stats = self.vllm_sync(unwrapped)
+                self._metrics["train"]["vllm/sync_s"].append(stats.get("save_s", 0.0) + stats["reload_s"])
+            self.accelerator.wait_for_everyone()
+            self._vllm_synced_step = self.state.global_step
+        return self.vllm_generate
 
     def _generate_and_score_completions(self, inputs):
         self._rows = inputs
@@ -391,8 +412,6 @@ def build(cfg):
     from cot_rm.rewards import build_rewards
 
     m, d = cfg.model, cfg.data
-    if cfg.rollout.backend != "hf":
-        raise NotImplementedError(VLLM_TODO.format(cfg.rollout.backend))
     args = GRPOConfig(**cfg.train)
     set_seed(args.seed)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[m.dtype]
@@ -418,7 +437,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from cot_rm.grpo_config import GRPORunConfig
 
     p.description = (
-        "Stage 2: GRPO of an SFT checkpoint with multi-turn select_frames rollouts (HF generate) and the "
+        "Stage 2: GRPO of an SFT checkpoint with multi-turn select_frames rollouts (HF generate or vLLM) and the "
         "regression head co-trained. Resumes from the newest checkpoint in train.output_dir. Example: "
         "cot-rm grpo --config configs/tiny/grpo.yaml train.max_steps=2"
     )
@@ -434,7 +453,14 @@ def main(args: argparse.Namespace) -> int:
         cfg = config_from_args(GRPORunConfig, args)
         check_trl_args(GRPOConfig, cfg.train)
         model, trainer, rows = build(cfg)
-    except (ConfigError, FileNotFoundError, ValueError, NotImplementedError) as err:
+    except (
+        ConfigError,
+        FileNotFoundError,
+        ValueError,
+        NotImplementedError,
+        ImportError,
+        RuntimeError,
+    ) as err:
         print(f"cot-rm grpo: {err}", file=sys.stderr)
         return 2
     out = Path(trainer.args.output_dir)

@@ -17,6 +17,7 @@ from cot_rm.config import check_choices, meta, require
 from cot_rm.sft_config import DTYPES, PAIR_LOSSES, POINT_LOSSES
 
 BACKENDS = ("hf", "vllm_colocate", "vllm_server")
+SYNC_MODES = ("disk", "nccl")
 STALE_POLICIES = ("mask", "keep")  # cot_rm.grpo_rollout.STALE_POLICIES (torch-free here)
 OWNED_TRL_KEYS = {
     "use_vllm": "rollout.backend",
@@ -88,8 +89,35 @@ class RolloutArgs:
     backend: str = field(
         default="hf",
         metadata=meta(
-            "hf: transformers generate (built); vllm_colocate / vllm_server: not built yet", choices=BACKENDS
+            "hf: transformers generate; vllm_server: a vLLM server at vllm_url (cot_rm.grpo_vllm, qwen2_5_vl); "
+            "vllm_colocate: vllm.LLM in-process (GPU, vllm importable, untested)",
+            choices=BACKENDS,
         ),
+    )
+    vllm_url: str | None = field(
+        default=None,
+        metadata=meta(
+            "vllm_server: base URL of a vLLM server on the policy's LM, started with VLLM_SERVER_DEV_MODE=1 and "
+            "cot_rm.grpo_vllm.SERVER_FLAGS (--enable-scale-out --trust-request-mm-kwargs ...)"
+        ),
+    )
+    vllm_sync: str = field(
+        default="disk",
+        metadata=meta(
+            "vllm_server weight sync: disk (safetensors + reload_weights; the server must read vllm_sync_dir) "
+            "or nccl (vLLM's NCCL weight transfer through TRL's client; CUDA)",
+            choices=SYNC_MODES,
+        ),
+    )
+    vllm_sync_dir: str | None = field(
+        default=None, metadata=meta("disk sync folder (null: <train.output_dir>/vllm_sync)")
+    )
+    vllm_timeout_s: float = field(default=600.0, metadata=meta("vllm_server: seconds per request"))
+    vllm_gpu_memory_utilization: float = field(
+        default=0.3, metadata=meta("vllm_colocate: GPU memory fraction for the engine")
+    )
+    vllm_max_model_len: int | None = field(
+        default=None, metadata=meta("vllm_colocate: context length (null: the model's)")
     )
     max_turn_tokens: int = field(default=512, metadata=meta("most new tokens per assistant turn"))
     stale_turns: str = field(
@@ -102,7 +130,15 @@ class RolloutArgs:
 
     def __post_init__(self):
         check_choices(self)
-        require([(self.max_turn_tokens >= 1, f"max_turn_tokens must be >= 1, got {self.max_turn_tokens}")])
+        require(
+            [
+                (self.max_turn_tokens >= 1, f"max_turn_tokens must be >= 1, got {self.max_turn_tokens}"),
+                (
+                    self.backend != "vllm_server" or bool(self.vllm_url),
+                    "rollout.vllm_url is required with backend vllm_server",
+                ),
+            ]
+        )
 
 
 @dataclass

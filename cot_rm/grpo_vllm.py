@@ -451,3 +451,29 @@ def check_vllm_version() -> str:
         except PackageNotFoundError:
             continue
     raise ImportError(f"vLLM is not importable here; install vllm{VLLM_VERSION_RANGE} (the colocate backend)")
+
+
+# ------------------------------------------------------------------------------------ trainer
+
+
+def build_backend(rollout, model, gen_cfg, output_dir: str, seed: int | None, device=None):
+    """(turn generator, weight sync) for `GRPORunConfig.rollout` (backend vllm_server or vllm_colocate)."""
+    processor, family = model.processor, model.config.family
+    sampling = sampling_from_generation_config(gen_cfg, processor)
+    if rollout.backend == "vllm_server":
+        gen = VLLMServerTurnGenerator(rollout.vllm_url, processor, family, sampling, seed=seed,
+                                      timeout_s=rollout.vllm_timeout_s)  # fmt: skip
+        if rollout.vllm_sync == "nccl":
+            return gen, NCCLWeightSync(rollout.vllm_url, device)
+        folder = rollout.vllm_sync_dir or str(Path(output_dir) / "vllm_sync")
+        return gen, DiskWeightSync(rollout.vllm_url, folder, timeout_s=rollout.vllm_timeout_s)
+    if rollout.backend == "vllm_colocate":
+        check_vllm_version()
+        from vllm import LLM
+
+        llm = LLM(model=model.name_or_path, gpu_memory_utilization=rollout.vllm_gpu_memory_utilization,
+                  max_model_len=rollout.vllm_max_model_len, enforce_eager=False, seed=seed or 0,
+                  distributed_executor_backend="external_launcher", logprobs_mode="processed_logprobs",
+                  limit_mm_per_prompt={"video": 1, "image": 32})  # fmt: skip
+        return VLLMColocateTurnGenerator(llm, processor, family, sampling, seed=seed), ColocateWeightSync(llm)
+    raise ValueError(f"not a vLLM backend: {rollout.backend!r}")

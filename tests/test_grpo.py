@@ -120,9 +120,12 @@ def test_beta_nonzero_and_vllm_are_refused(ckpt, data, tmp_path):
     with pytest.raises(ValueError, match="beta=0.04"):
         grpo.build(cfg)
     cfg = run_config(ckpt, data, tmp_path)
-    cfg.rollout.backend = "vllm_colocate"
-    with pytest.raises(NotImplementedError, match="not built yet"):
+    cfg.rollout.backend = "vllm_colocate"  # GPU only: vLLM is not importable in the trainer env here
+    with pytest.raises(ImportError, match="vLLM is not importable"):
         grpo.build(cfg)
+    cfg.rollout.backend = "vllm_server"  # the URL is required (tests/test_grpo_vllm.py runs a server)
+    with pytest.raises(ValueError, match="vllm_url"):
+        cfg.rollout.__post_init__()
 
 
 def test_tool_frames_reach_the_loss_pass_and_head_is_detached(trainer, monkeypatch):
