@@ -132,11 +132,23 @@ async def one_pass(url: str, items: list[dict], mode: str, timeout_s: float) -> 
     judgments = {}
     for item, (r, _) in zip(items, results, strict=True):
         j = r.json() if r.status_code == 200 else {}
-        judgments[item["id"]] = {k: j.get(k) for k in ("scores", "rationale", "parse_error", "tool_calls")}
+        judgments[item["id"]] = digest(j)
     return {"mode": mode, "seconds": seconds, "videos_per_min": 60 * len(items) / seconds,
             "latencies_s": [lat for _, lat in results], "statuses": [r.status_code for r, _ in results],
             "judged": after["judged"] - before["judged"], "head_passes": after["head_passes"] - before["head_passes"],
             "loadavg_1min": [load0, load1], "judgments": judgments}  # fmt: skip
+
+
+def digest(j: dict) -> dict:
+    """What a pass keeps of a judgment: scores and parse error as they are, the critique and the tool
+    calls as digests (enough to compare the modes; the JSON stays small)."""
+    import hashlib
+
+    def sha(x) -> str:
+        return hashlib.sha1(json.dumps(x, sort_keys=True).encode()).hexdigest()[:16]
+
+    return {"scores": j.get("scores"), "parse_error": j.get("parse_error"), "rationale_sha1": sha(j.get("rationale")),
+            "tool_calls_sha1": sha(j.get("tool_calls")), "n_tool_calls": len(j.get("tool_calls") or [])}  # fmt: skip
 
 
 def summarize(passes: list[dict], items: list[dict]) -> dict:
@@ -157,8 +169,8 @@ def summarize(passes: list[dict], items: list[dict]) -> dict:
     for p in passes:
         for vid, j in p["judgments"].items():
             r = ref[vid]
-            same_text += j["rationale"] == r["rationale"]
-            same_turns += j["tool_calls"] == r["tool_calls"]
+            same_text += j["rationale_sha1"] == r["rationale_sha1"]
+            same_turns += j["tool_calls_sha1"] == r["tool_calls_sha1"]
             if j["scores"] and r["scores"]:
                 diffs += [abs(j["scores"][d] - r["scores"][d]) for d in r["scores"]]
     total = len(passes) * len(items)
