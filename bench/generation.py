@@ -271,6 +271,16 @@ def summarize(inp: dict, hf: dict, vl: dict) -> dict:
             "versions": {**hf["versions"], **{f"vllm_{k}": v for k, v in vl["versions"].items()}}}  # fmt: skip
 
 
+def publish(res: dict, text: str, out: str | None, results_md: str, append: bool = True) -> None:
+    """Every bench's ending: the full results as JSON (`--out`), the section appended to RESULTS.md."""
+    if out:
+        Path(out).write_text(json.dumps(res, indent=1) + "\n")
+    if append:
+        with Path(results_md).open("a") as f:
+            f.write(text)
+    print(text)
+
+
 def machine() -> str:
     try:
         out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
@@ -375,12 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         vl = run_worker("vllm", args.vllm_python, work, args.timeout)
     res = {"command": command, "machine": machine(), "inputs": inp, "summary": summarize(inp, hf, vl)}
     text = section(res, command)
-    if args.out:
-        Path(args.out).write_text(json.dumps(res, indent=1))
-    if not args.no_append:
-        with Path(args.results_md).open("a") as f:
-            f.write(text)
-    print(text)
+    publish(res, text, args.out, args.results_md, append=not args.no_append)
     return 0
 
 

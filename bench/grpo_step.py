@@ -52,7 +52,7 @@ import transformers
 import trl
 from transformers import set_seed
 
-from bench.generation import machine
+from bench.generation import machine, publish
 from bench.sft_step import random_init_loader, write_model_dir, write_videos
 from cot_rm import grpo
 from cot_rm.config import check_trl_args, load_config
@@ -366,12 +366,7 @@ def main(argv: list[str] | None = None) -> int:
            "versions": {m.__name__: m.__version__ for m in (torch, transformers, trl)},
            "steps": steps, "summary": summarize(steps, args.warmup)}  # fmt: skip
     text = section(res)
-    if args.out:
-        Path(args.out).write_text(json.dumps(res, indent=1) + "\n")
-    if not args.no_append:
-        with Path(args.results_md).open("a") as f:
-            f.write(text)
-    print(text)
+    publish(res, text, args.out, args.results_md, append=not args.no_append)
     return 0
 
 

@@ -189,6 +189,13 @@ def machine() -> str:
     return gen_machine()
 
 
+def publish(*args, **kwargs) -> None:
+    sys.path.insert(0, str(ROOT / "bench"))
+    from generation import publish as gen_publish
+
+    gen_publish(*args, **kwargs)
+
+
 def versions() -> str:
     """torch / transformers here (the head), vLLM from the engine's venv's metadata (not imported)."""
     from importlib.metadata import version
@@ -282,12 +289,7 @@ def main(argv: list[str] | None = None) -> int:
                       "max_new_tokens": args.max_new_tokens, "items": items},
            "passes": passes, "summary": summarize(passes, items)}  # fmt: skip
     text = section(res)
-    if args.out:
-        Path(args.out).write_text(json.dumps(res, indent=1))
-    if not args.no_append:
-        with Path(args.results_md).open("a") as f:
-            f.write(text)
-    print(text)
+    publish(res, text, args.out, args.results_md, append=not args.no_append)
     return 0
 
 

@@ -49,7 +49,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch
 import transformers
 
-from bench.generation import machine
+from bench.generation import machine, publish
 from cot_rm.config import read_yaml
 from cot_rm.modeling import ThinkThenScore
 from cot_rm.packing import pack_batch, packed_forward, use_varlen_sdpa
@@ -301,12 +301,7 @@ def main(argv: list[str] | None = None) -> int:
            "vision_cache": cache.stats() if cache is not None else None,
            "summary": summarize(passes, shapes, warm)}  # fmt: skip
     text = section(res)
-    if args.out:
-        Path(args.out).write_text(json.dumps(res, indent=1) + "\n")
-    if not args.no_append:
-        with Path(args.results_md).open("a") as f:
-            f.write(text)
-    print(text)
+    publish(res, text, args.out, args.results_md, append=not args.no_append)
     return 0
 
 
