@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -420,3 +421,25 @@ def test_colocate_code_on_the_cpu_offline_engine(model, recorded, tiny_rm, tmp_p
     for batch, before, after in zip(recorded, out["before"], out["after"], strict=True):
         compare(model, batch, hf(batch), [tuple(x) for x in before], atol=LOGP_ATOL_COLOCATE)
         compare(policy, batch, hf_new(batch), [tuple(x) for x in after], atol=LOGP_ATOL_COLOCATE)
+
+
+def test_rollout_server_launcher_serves_the_lm_without_the_head(tiny_rm, tmp_path, monkeypatch):
+    from cot_rm import grpo_vllm_server
+
+    seen = {}
+    monkeypatch.setattr(
+        grpo_vllm_server.os, "execvpe", lambda exe, argv, env: seen.update(argv=argv, env=env)
+    )
+    grpo_vllm_server.main(["--model", str(tiny_rm), "--port", "8123", "--work", str(tmp_path), "--vllm-python",
+                           "PY", "--", "--dtype", "float32"])  # fmt: skip
+    argv, env = seen["argv"], seen["env"]
+    assert argv[:3] == ["PY", "-m", "vllm.entrypoints.openai.api_server"] and argv[-2:] == [
+        "--dtype",
+        "float32",
+    ]
+    assert all(flag in argv for flag in V.SERVER_FLAGS) and argv[argv.index("--port") + 1] == "8123"
+    view = Path(argv[argv.index("--model") + 1])
+    assert (view / "config.json").exists() and not (view / "head.safetensors").exists()
+    assert env["VLLM_SERVER_DEV_MODE"] == "1"
+    with pytest.raises(SystemExit):
+        grpo_vllm_server.main(["--model", str(tmp_path)])  # not a cot-rm checkpoint
