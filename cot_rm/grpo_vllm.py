@@ -97,6 +97,9 @@ def vllm_named_weights(model, include_vision: bool | None = None) -> Iterator[tu
     """
     vlm = model.vlm
     named = list(vlm.named_parameters())
+    if any(hasattr(p, "ds_id") for _, p in named):  # each rank holds a shard: gathering is collective
+        raise RuntimeError("vLLM weight sync sees ZeRO-3 shards, not weights: train GRPO with "
+                           "configs/accelerate/zero2.yaml (weights replicated; optimizer states sharded)")  # fmt: skip
     if include_vision is None:
         include_vision = any(p.requires_grad for n, p in named if ".visual." in f".{n}")
     with _merged(vlm):

@@ -1,8 +1,8 @@
 # The 8-GPU pipeline shared by qwen2_5_vl_7b.sh and qwen3_vl_8b.sh (sourced after they set FAMILY,
 # SFT_CONFIG, BASE_MODEL, TEACHER_MODEL, OUT): one body, so the two models cannot drift apart.
 #
-#   synth (vLLM-served teacher) -> sft (ZeRO-3, accelerate) -> grpo (with GRPO_CONFIG)
-#        -> eval (public benchmarks) -> serve (when built)
+#   synth (vLLM-served teacher) -> sft (ZeRO-3, accelerate) -> grpo (GRPO_CONFIG; vLLM rollout server
+#        on the last GPU when the config says backend: vllm_server) -> eval (public benchmarks) -> serve
 #
 # NOT yet run on 8 GPUs here (like the configs it launches). Nothing is downloaded by cot-rm: fetch
 # the models (`hf download ...`) and the benchmarks (README, "Public benchmarks") yourself.
@@ -13,7 +13,9 @@
 #   TEACHER_PORT  port of the local vLLM teacher (8000); TEACHER_TP its tensor-parallel size (8)
 #   OPENAI_API_KEY / VLLM_API_KEY  only from the environment, never written to a file: set both to the
 #                 same value to make the teacher endpoint require a key
-#   NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT, GPUS_PER_NODE   multi-node SFT (defaults: one node)
+#   NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT, GPUS_PER_NODE   multi-node SFT (defaults: one node);
+#                 GRPO, eval and serving run on node 0's GPUs
+#   ROLLOUT_PORT  port of GRPO's vLLM rollout server (8001; the config's rollout.vllm_url must match)
 #   BENCH_DIR     where the public benchmarks were unpacked (data/benchmarks)
 #   SKIP          stages to skip, e.g. SKIP="synth grpo"
 
@@ -21,7 +23,6 @@ POINTWISE=${POINTWISE:-data/pointwise.jsonl}
 PAIRS=${PAIRS:-}
 TEACHER_PORT=${TEACHER_PORT:-8000}
 TEACHER_TP=${TEACHER_TP:-8}
-TEACHER_WAIT_S=${TEACHER_WAIT_S:-1800}  # loading a 72B model from disk takes minutes
 NNODES=${NNODES:-1}
 NODE_RANK=${NODE_RANK:-0}
 MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
@@ -30,9 +31,10 @@ GPUS_PER_NODE=${GPUS_PER_NODE:-8}
 BENCH_DIR=${BENCH_DIR:-data/benchmarks}
 SERVE_PORT=${SERVE_PORT:-8080}
 SKIP=${SKIP:-}
-# GRPO (stage 2) runs only with HF-generate rollouts so far (configs/tiny/grpo.yaml); the 7B/8B configs
-# wait for the vLLM rollout backend. Set GRPO_CONFIG to a config of yours to run it here anyway.
+# The GRPO config (stage 2): set by the model's recipe; GRPO_CONFIG="" skips GRPO.
 GRPO_CONFIG=${GRPO_CONFIG:-}
+ROLLOUT_PORT=${ROLLOUT_PORT:-8001}
+SERVER_WAIT_S=${SERVER_WAIT_S:-1800}
 
 source recipes/lib.sh
 
@@ -45,36 +47,41 @@ if [[ $NODE_RANK != 0 ]]; then
     SKIP="$SKIP synth grpo eval serve"
 fi
 
-TEACHER_PID=
-stop_teacher() {
-    if [[ -n $TEACHER_PID ]]; then
-        kill "$TEACHER_PID" 2>/dev/null || true
-        wait "$TEACHER_PID" 2>/dev/null || true
-        TEACHER_PID=
+SERVER_PID=  # the background vLLM server of the running stage (teacher or rollouts)
+stop_server() {
+    if [[ -n $SERVER_PID ]]; then
+        kill "$SERVER_PID" 2>/dev/null || true
+        wait "$SERVER_PID" 2>/dev/null || true
+        SERVER_PID=
     fi
 }
-trap stop_teacher EXIT  # never leave the teacher holding the GPUs, whatever way the recipe ends
+trap stop_server EXIT  # never leave a server holding the GPUs, whatever way the recipe ends
+
+# wait_health URL LOG: until the background server answers URL/health (or dies, or SERVER_WAIT_S pass).
+wait_health() {
+    local url=$1 log=$2 waited=0
+    echo "   server pid $SERVER_PID (log $log): waiting for $url/health"
+    until curl -sf "$url/health" >/dev/null; do
+        kill -0 "$SERVER_PID" 2>/dev/null || { echo "the server exited: see $log" >&2; exit 1; }
+        ((waited += 10)) && ((waited <= SERVER_WAIT_S)) || { echo "server not up after ${SERVER_WAIT_S}s" >&2; exit 1; }
+        sleep 10
+    done
+}
 
 stage_synth() {
     [[ -f $POINTWISE ]] || { echo "no labelled videos at $POINTWISE: set POINTWISE (README, Data formats)" >&2; exit 2; }
     # The teacher is a large VLM behind vLLM's OpenAI-compatible server, on this node's GPUs.
     vllm serve "$TEACHER_MODEL" --port "$TEACHER_PORT" --tensor-parallel-size "$TEACHER_TP" \
         >"$OUT/teacher.log" 2>&1 &
-    TEACHER_PID=$!
-    echo "   teacher $TEACHER_MODEL (pid $TEACHER_PID, log $OUT/teacher.log): waiting for /health"
-    local waited=0
-    until curl -sf "http://localhost:$TEACHER_PORT/health" >/dev/null; do
-        kill -0 "$TEACHER_PID" 2>/dev/null || { echo "the teacher exited: see $OUT/teacher.log" >&2; exit 1; }
-        ((waited += 10)) && ((waited <= TEACHER_WAIT_S)) || { echo "teacher not up after ${TEACHER_WAIT_S}s" >&2; exit 1; }
-        sleep 10
-    done
+    SERVER_PID=$!
+    wait_health "http://localhost:$TEACHER_PORT" "$OUT/teacher.log"  # a 72B model loads for minutes
     # The published frame settings (see the header of $SFT_CONFIG): 16 frames at 448x448, tool frames
     # at twice the pixels, VR-Thinker's budgets. No --restart: a killed run resumes.
     "$COT_RM" synthesize --input "$POINTWISE" --teacher "openai:http://localhost:$TEACHER_PORT/v1#$TEACHER_MODEL" \
         --splits train,val --negatives prompt_swap,shuffle,reverse,drop --family "$FAMILY" \
         --frames 16 --max-pixels 200704 --tool-max-pixels 401408 \
         --max-tool-calls 3 --max-frames-per-call 8 --memory-window 1 --out "$SFT_DATA"
-    stop_teacher  # free the GPUs for SFT
+    stop_server  # free the GPUs for SFT
 }
 
 stage_sft() {
@@ -93,12 +100,24 @@ stage_sft() {
 
 stage_grpo() {
     grpo_ready "eval and serve use the SFT checkpoint" || return 0
+    local gpus=$GPUS_PER_NODE accel=configs/accelerate/zero3.yaml
+    if grep -qE '^ *backend: *vllm_server' "$GRPO_CONFIG"; then
+        # Rollouts from a vLLM server on the last GPU, the policy trained on the others; the weights
+        # reach the server through rollout.vllm_sync_dir each step (same host), read whole on rank 0,
+        # hence ZeRO-2 (ZeRO-3 would leave rank 0 a shard).
+        gpus=$((GPUS_PER_NODE - 1)) accel=configs/accelerate/zero2.yaml
+        CUDA_VISIBLE_DEVICES=$gpus "$PY" -m cot_rm.grpo_vllm_server --model "$SFT_OUT" --port "$ROLLOUT_PORT" \
+            -- --dtype bfloat16 --gpu-memory-utilization 0.9 >"$OUT/rollout_server.log" 2>&1 &
+        SERVER_PID=$!
+        wait_health "http://127.0.0.1:$ROLLOUT_PORT" "$OUT/rollout_server.log"
+    fi
     # From the SFT checkpoint on the same traces and pairs (`cot-rm grpo --help` lists every key).
-    accelerate launch --config_file configs/accelerate/zero3.yaml \
-        --num_machines "$NNODES" --num_processes $((NNODES * GPUS_PER_NODE)) \
-        --machine_rank "$NODE_RANK" --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT" \
+    # Node 0 only (the other nodes skip this stage). A killed run resumes from its newest checkpoint.
+    CUDA_VISIBLE_DEVICES=$(seq -s, 0 $((gpus - 1))) accelerate launch --config_file "$accel" \
+        --num_machines 1 --num_processes "$gpus" --main_process_port "$MASTER_PORT" \
         -m cot_rm.cli grpo --config "$GRPO_CONFIG" model.checkpoint="$SFT_OUT" data.train="$SFT_DATA" \
-        train.output_dir="$OUT/grpo"
+        train.output_dir="$OUT/grpo" rollout.vllm_url="http://127.0.0.1:$ROLLOUT_PORT"
+    stop_server
 }
 
 final_model() {

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # qwen2_5_vl_7b.sh: the full pipeline for Qwen2.5-VL-7B-Instruct on 8 GPUs (80 GB each): synthesis with a vLLM-served
-# teacher, SFT with DeepSpeed ZeRO-3, GRPO and serving once built, evaluation on the public benchmarks.
+# teacher, SFT with DeepSpeed ZeRO-3, GRPO (vLLM rollouts), serving, evaluation on the public benchmarks.
 # The stages live in recipes/multi_gpu.sh (shared with the other model's recipe); its header lists the
 # environment variables (data, ports, multi-node, benchmarks). CPU twin: recipes/tiny_cpu.sh.
 #
@@ -19,5 +19,8 @@ SFT_CONFIG=configs/qwen2_5_vl_7b/sft.yaml
 BASE_MODEL=${BASE_MODEL:-Qwen/Qwen2.5-VL-7B-Instruct}
 # The teacher that writes the critiques, served by vLLM on this node (a local folder works too).
 TEACHER_MODEL=${TEACHER_MODEL:-Qwen/Qwen2.5-VL-72B-Instruct}
+
+# Stage 2; GRPO_CONFIG="" skips it.
+GRPO_CONFIG=${GRPO_CONFIG-configs/qwen2_5_vl_7b/grpo.yaml}
 
 source recipes/multi_gpu.sh

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # qwen3_vl_8b.sh: the full pipeline for Qwen3-VL-8B-Instruct on 8 GPUs (80 GB each): synthesis with a vLLM-served
-# teacher, SFT with DeepSpeed ZeRO-3, GRPO and serving once built, evaluation on the public benchmarks.
+# teacher, SFT with DeepSpeed ZeRO-3, GRPO (HF rollouts: the vLLM backend refuses Qwen3-VL), serving, evaluation.
 # The stages live in recipes/multi_gpu.sh (shared with the other model's recipe); its header lists the
 # environment variables (data, ports, multi-node, benchmarks). CPU twin: recipes/tiny_cpu.sh.
 #
@@ -19,5 +19,8 @@ SFT_CONFIG=configs/qwen3_vl_8b/sft.yaml
 BASE_MODEL=${BASE_MODEL:-Qwen/Qwen3-VL-8B-Instruct}
 # The teacher that writes the critiques, served by vLLM on this node (a local folder works too).
 TEACHER_MODEL=${TEACHER_MODEL:-Qwen/Qwen2.5-VL-72B-Instruct}
+
+# Stage 2; GRPO_CONFIG="" skips it.
+GRPO_CONFIG=${GRPO_CONFIG-configs/qwen3_vl_8b/grpo.yaml}
 
 source recipes/multi_gpu.sh

@@ -443,3 +443,13 @@ def test_rollout_server_launcher_serves_the_lm_without_the_head(tiny_rm, tmp_pat
     assert env["VLLM_SERVER_DEV_MODE"] == "1"
     with pytest.raises(SystemExit):
         grpo_vllm_server.main(["--model", str(tmp_path)])  # not a cot-rm checkpoint
+
+
+def test_weight_sync_refuses_zero3_shards(tiny_rm):
+    from cot_rm.modeling import ThinkThenScore
+
+    policy = ThinkThenScore.from_pretrained(tiny_rm)
+    assert any(name.endswith("embed_tokens.weight") for name, _ in V.vllm_named_weights(policy))
+    next(policy.vlm.parameters()).ds_id = 0  # how DeepSpeed ZeRO-3 marks a partitioned parameter
+    with pytest.raises(RuntimeError, match="zero2.yaml"):
+        list(V.vllm_named_weights(policy))
