@@ -17,7 +17,8 @@ cd "$(dirname "$0")/.."  # config paths and cot-rm's defaults are relative to th
 OUT=${OUT:-runs/recipe_tiny}
 N=${N:-400}                                # toy-world videos (the demo's size)
 SEED=${SEED:-0}                            # toy-world seed: same seed, same bytes
-# Extra `cot-rm toyworld` flags, e.g. "--defect-types visible".
+# Extra `cot-rm toyworld` flags, e.g. "--defect-types visible" (only the defect types a random tiny
+# vision tower sees best; tried for the demo: no better head accuracy, and more looping critiques).
 TOY_ARGS=${TOY_ARGS:-}
 SFT_CONFIG=configs/tiny/sft.yaml
 # Extra SFT key=value overrides, space-separated, e.g. "train.max_steps=2 data.eval_limit=2".
