@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sft-steps", type=int, default=None, help="stop SFT after this many steps")
     p.add_argument("--grpo-steps", type=int, default=None, help="stop GRPO after this many steps")
     p.add_argument(
-        "--fresh", action="store_true", help="redo every stage (deletes OUT/.done; outputs are overwritten)"
+        "--fresh", action="store_true", help="start over: delete OUT (a folder an earlier demo wrote) first"
     )
 
 
@@ -38,7 +39,12 @@ def main(args: argparse.Namespace) -> int:
     for key, steps in (("SFT_ARGS", args.sft_steps), ("GRPO_ARGS", args.grpo_steps)):
         if steps is not None:  # appended to what the caller's environment already asks for
             env[key] = f"{env.get(key, '')} train.max_steps={steps}".strip()
-    if args.fresh:
-        for marker in (Path(env["OUT"]) / ".done").glob("*"):
-            marker.unlink()
+    out = Path(env["OUT"])
+    if args.fresh and out.exists():
+        # Markers alone are not enough: sft and grpo resume from what their folders already hold.
+        if not (out / ".done").is_dir():
+            print(f"cot-rm demo: --fresh: {out} has no .done/, so no demo wrote it; not deleting it",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+        shutil.rmtree(out)
     return subprocess.run(["bash", str(RECIPE)], env=env).returncode

@@ -46,6 +46,12 @@ def test_demo_is_the_tiny_cpu_recipe(tmp_path):
     again = subprocess.run([sys.executable, "-m", "cot_rm.cli", "demo", "--out", str(demo), "--n", "6", "--fresh"],
                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert again.returncode == 0 and "already done" not in again.stdout
+    stray = tmp_path / "mine"
+    stray.mkdir()
+    (stray / "keep.txt").write_text("not a demo folder")
+    refused = subprocess.run([sys.executable, "-m", "cot_rm.cli", "demo", "--out", str(stray), "--fresh"],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert refused.returncode == 2 and (stray / "keep.txt").exists()
 
 
 def test_video_cache_bench_appends_a_measured_section(tmp_path):
