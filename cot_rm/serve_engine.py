@@ -320,6 +320,9 @@ def chat_request(model: str, messages: list[dict], media_io_kwargs: dict, spec: 
         "temperature": temperature,
         "top_p": top_p,
         "media_io_kwargs": media_io_kwargs,
+        # cot_rm.video already sized every frame for the model: vLLM resizing again would upscale small
+        # clips past its own minimum and change the token count (seen: 12 video tokens against HF's 4).
+        "mm_processor_kwargs": {"do_resize": False},
         "skip_special_tokens": True,  # as the local judge decodes
     }
     if seed is not None:
