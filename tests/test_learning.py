@@ -84,6 +84,5 @@ def test_eval_of_the_sft_checkpoint_is_above_chance(demo):
     acc = {d: m["acc_without_ties"] for d, m in metrics["pairwise"].items()}
     print("\nSFT checkpoint, cot-rm eval (head, accuracy without ties):", acc)
     assert metrics["parse_failure_rate"] <= 0.1
-    assert acc["visual_quality"] >= 0.6 and all(a > 0.5 for a in acc.values()), (
-        acc
-    )  # measured 0.75 / 0.54-0.61
+    # Measured: visual_quality 0.75, text_alignment 0.61, physical_consistency 0.57, overall 0.54.
+    assert acc["visual_quality"] >= 0.6 and sum(acc.values()) / len(acc) > 0.55, acc
