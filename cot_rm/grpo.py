@@ -423,9 +423,9 @@ def build(cfg):
     rows, units = load_rows(d, model.config.sampling, spec.dimensions)
     cache = None
     if model.config.freeze_vision and m.reuse_vision_features:
-        from cot_rm.vision_cache import VisionFeatureCache
+        from cot_rm.vision_cache import training_cache
 
-        cache = VisionFeatureCache(model, max_items=None, max_bytes=8 << 30, device="cpu").install()
+        cache = training_cache(model)
     frames = None if d.frame_cache == "off" else FrameCache(d.frame_cache)
     trainer = CotRmGRPOTrainer(model, funcs, args, Dataset.from_list(rows), cfg, spec, vision_cache=cache,
                                units=units, frame_cache=frames)  # fmt: skip
@@ -445,9 +445,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from cot_rm.config import ConfigError, check_trl_args, config_from_args, save_config
+    from cot_rm.config import ConfigError, check_trl_args, config_from_args
     from cot_rm.grpo_config import GRPORunConfig
-    from cot_rm.sft import last_checkpoint
+    from cot_rm.sft import start_run
 
     try:
         cfg = config_from_args(GRPORunConfig, args)
@@ -463,14 +463,8 @@ def main(args: argparse.Namespace) -> int:
     ) as err:
         print(f"cot-rm grpo: {err}", file=sys.stderr)
         return 2
+    resume = start_run(trainer, cfg, "cot-rm grpo", f"{len(rows)} rows from {cfg.model.checkpoint}")
     out = Path(trainer.args.output_dir)
-    if trainer.is_world_process_zero():
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "run_config.yaml")
-        print(f"cot-rm grpo: {len(rows)} rows from {cfg.model.checkpoint} -> {out}", file=sys.stderr)
-    resume = last_checkpoint(out)
-    if resume is not None:
-        print(f"cot-rm grpo: resuming from {resume}", file=sys.stderr)
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(str(out))  # cot-rm checkpoint: VLM or adapter + head + processor + cot_rm.json
     trainer.save_state()  # trainer_state.json (log history with `reward`) beside the final model

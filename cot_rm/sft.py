@@ -170,10 +170,9 @@ def build(cfg):
     dataset = Dataset.from_dict({"example": [json.dumps(e) for e in examples]})
     cache = None
     if m.freeze_vision and m.reuse_vision_features:
-        from cot_rm.vision_cache import VisionFeatureCache
+        from cot_rm.vision_cache import training_cache
 
-        # Host memory: a 16-frame 448x448 video is ~15 MB of 7B features; 8 GiB holds ~550 of them.
-        cache = VisionFeatureCache(model, max_items=None, max_bytes=8 << 30, device="cpu").install()
+        cache = training_cache(model)
     if d.packing and m.attn_implementation == "sdpa":
         use_varlen_sdpa(model)  # else transformers builds one dense [N, N] mask: 3x slower than padding
     trainer = CotRmSFTTrainer(
@@ -203,7 +202,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from cot_rm.config import ConfigError, check_trl_args, config_from_args, save_config
+    from cot_rm.config import ConfigError, check_trl_args, config_from_args
     from cot_rm.sft_config import SFTRunConfig
     from cot_rm.sft_report import finish
 
@@ -214,23 +213,33 @@ def main(args: argparse.Namespace) -> int:
     except (ConfigError, FileNotFoundError, ValueError) as err:  # SchemaError is a ValueError
         print(f"cot-rm sft: {err}", file=sys.stderr)
         return 2
-    out = Path(trainer.args.output_dir)
-    if trainer.is_world_process_zero():
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "run_config.yaml")
-        print(f"cot-rm sft: {len(examples)} examples ({len(traces)} traces) -> {out}", file=sys.stderr)
-    resume = last_checkpoint(out)
+    resume = start_run(trainer, cfg, "cot-rm sft", f"{len(examples)} examples ({len(traces)} traces)")
     if resume is not None:
         # The collator draws rationale-dropout masks from (seed, its call count): continue the count where
         # the killed run stood, so the resumed run sees the batches an uninterrupted run would.
         trainer.data_collator.calls = _batches_before(trainer, resume)
-        print(f"cot-rm sft: resuming from {resume}", file=sys.stderr)
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_state()  # trainer_state.json (log history) beside the final model
     if trainer.is_world_process_zero():
         report = finish(model, trainer, cfg, skip_judging=args.no_report)
         print(json.dumps(report, indent=2))
     return 0
+
+
+def start_run(trainer, cfg, prog: str, what: str) -> str | None:
+    """Shared by `cot-rm sft` and `cot-rm grpo`: the output folder and its run_config.yaml (main
+    process), a line saying what trains where, and the checkpoint a killed run resumes from (or None)."""
+    from cot_rm.config import save_config
+
+    out = Path(trainer.args.output_dir)
+    if trainer.is_world_process_zero():
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "run_config.yaml")
+        print(f"{prog}: {what} -> {out}", file=sys.stderr)
+    resume = last_checkpoint(out)
+    if resume is not None:
+        print(f"{prog}: resuming from {resume}", file=sys.stderr)
+    return resume
 
 
 def last_checkpoint(out: Path) -> str | None:

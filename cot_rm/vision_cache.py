@@ -87,6 +87,12 @@ def inner_vision_model(model) -> torch.nn.Module:
     raise TypeError(f"{type(model).__name__}: no inner model with `visual` and `get_video_features`")
 
 
+def training_cache(model) -> VisionFeatureCache:
+    """The cache SFT and GRPO install on a frozen tower: in host memory, bounded by bytes (a 16-frame
+    448x448 video is ~15 MB of 7B features; 8 GiB holds ~550 of them)."""
+    return VisionFeatureCache(model, max_items=None, max_bytes=8 << 30, device="cpu").install()
+
+
 def trainable_vision_params(model) -> list[str]:
     """Names of vision-tower parameters (merger and deepstack mergers included) that require grad."""
     visual = inner_vision_model(model).visual
