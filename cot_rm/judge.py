@@ -122,14 +122,29 @@ class Judge:
         scores = self._score(convs) if convs else []
         return [self._record(c, s) for c, s in zip(convs, scores, strict=True)]
 
-    def _inputs(self, convs: list[_Conv], final: bool) -> dict:
+    @torch.inference_mode()
+    def score_video_only(self, items: Sequence[tuple[str, str, str]]) -> list[list[float]]:
+        """The head's raw outputs on the video and prompt alone, no critique generated: the
+        rationale-free input that SFT's rationale dropout trains. Set beside the judged scores, it shows
+        how much of the head's accuracy comes from the video and how much from reading the critique."""
+        convs = [self.open(rid, path, prompt) for rid, path, prompt in items]
+        raw = []
+        for start in range(0, len(convs), self.batch_size):
+            chunk = convs[start : start + self.batch_size]
+            raw += self.model.score(**self._inputs(chunk, final=False, reward=True)).tolist()
+        return raw
+
+    def _inputs(self, convs: list[_Conv], final: bool, reward: bool | None = None) -> dict:
+        """final: the conversation ends with the model's last turn (no generation prompt); reward:
+        append the query token the head reads (default: when final)."""
+        reward = final if reward is None else reward
         texts, videos, images = [], [], []
         for c in convs:
             msgs = self.context(c)
             text = protocol.render(
                 self.processor, msgs, self.family, self.spec, add_generation_prompt=not final
             )
-            texts.append(text + (self.model.config.reward_token if final else ""))
+            texts.append(text + (self.model.config.reward_token if reward else ""))
             videos.append(c.video)
             images += [c.images[p["image"]] for m in msgs if m["role"] == "tool" for p in m["content"]
                        if p.get("type") == "image"]  # fmt: skip

@@ -2,7 +2,8 @@
 
 The report answers "did it learn?": the LM loss at the start and end of training, the share of greedy
 judgments (with the tool loop) that parse on held-out videos, and the head's pairwise accuracy
-(without ties) on held-out pairs. Printed and written to OUTPUT_DIR/report.json.
+(without ties) on held-out pairs, reading the model's own critique and, beside it, reading only the video
+and prompt (where the head's accuracy comes from). Printed and written to OUTPUT_DIR/report.json.
 """
 
 from __future__ import annotations
@@ -117,12 +118,22 @@ def judged_report(model, cfg, sampling: Sampling) -> dict:
     results = judge.judge([(vid, path, prompt) for (path, prompt), vid in videos.items()])
     judged = {key: j for key, j in zip(videos, results, strict=True)}
     parsed = sum(j["parse_error"] is None for j in judged.values())
+    readable = [
+        (vid, path, prompt) for (path, prompt), vid in videos.items() if judged[(path, prompt)]["scores"]
+    ]
+    raw = judge.score_video_only(readable)
+    dims = model.config.dimensions
+    video_only = {(path, prompt): {"scores": dict(zip(dims, r, strict=True))}
+                  for (_, path, prompt), r in zip(readable, raw, strict=True)}  # fmt: skip
     return {
         "judged_videos": len(judged),
         "parse_rate": round(parsed / max(1, len(judged)), 4),
         "pairs": len(pairs),
         "head_pairwise_accuracy": accuracy(pairs, judged, "scores", model.config.dimensions),
         "answer_pairwise_accuracy": accuracy(pairs, judged, "answer_scores", model.config.dimensions),
+        # The head on the video and prompt alone: near chance while the head above scores well means
+        # it reads the critique, not the pixels (then a better critique, not the head, is what helps).
+        "head_pairwise_accuracy_video_only": accuracy(pairs, video_only, "scores", dims),
     }
 
 
@@ -135,7 +146,10 @@ def accuracy(pairs, judged: dict, key: str, dims: list[str]) -> dict:
             label = PREF.get({"overall": p.preference, **(p.dims or {})}.get(d))
             if not label:
                 continue
-            ja, jb = judged[(p.video_a, p.prompt)], judged[(p.video_b, p.prompt_b or p.prompt)]
+            ja, jb = (
+                judged.get((p.video_a, p.prompt), {}),
+                judged.get((p.video_b, p.prompt_b or p.prompt), {}),
+            )
             a, b = (ja.get(key) or {}).get(d), (jb.get(key) or {}).get(d)
             total += 1
             hits += a is not None and b is not None and (a - b) * label > 0

@@ -141,7 +141,11 @@ def test_short_run_learns_and_writes_a_cot_rm_checkpoint(data, tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert _report(run.stdout) == report  # printed once, and the same as the file
     assert {"checkpoint", "lm_loss_first", "lm_loss_last", "lm_loss_fell", "judged_videos", "parse_rate",
-            "pairs", "head_pairwise_accuracy", "answer_pairwise_accuracy"} <= report.keys()  # fmt: skip
+            "pairs", "head_pairwise_accuracy", "answer_pairwise_accuracy",
+            "head_pairwise_accuracy_video_only"} <= report.keys()  # fmt: skip
+    for name in ("head_pairwise_accuracy", "head_pairwise_accuracy_video_only"):
+        assert set(report[name]) == {"visual_quality", "text_alignment", "physical_consistency", "overall"}
+        assert all(v is None or 0.0 <= v <= 1.0 for v in report[name].values()), report
     assert report["lm_loss_fell"] is True and report["lm_loss_last"] < report["lm_loss_first"]
     assert report["pairs"] == 2 and 0.0 <= report["parse_rate"] <= 1.0
     assert (out / "run_config.yaml").is_file()
