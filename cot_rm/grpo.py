@@ -13,10 +13,12 @@ replaces what it cannot do for video (docs/grpo_design.md):
   Bradley-Terry (ties) over both sides of a pair in the micro-batch, weight `head.weight`, scaled for
   gradient accumulation as TRL scales its own terms; detached from the VLM unless `head.grad_to_policy`;
 - dynamic sampling: groups whose total reward has zero variance leave the policy loss (counted);
-- a frozen tower's features are computed once (`VisionFeatureCache` with the rollouts' key hints).
+- a frozen tower's features are computed once (`VisionFeatureCache` with the rollouts' key hints);
+- the KL term (`train.beta` > 0): the reference is the starting checkpoint loaded again and frozen
+  (TRL would load the base model's name, which is not the SFT policy), with a feature cache of its own.
 
-beta must be 0 (no reference-model path); truncated rollouts are masked through `tool_mask` when
-`mask_truncated_completions` is set (TRL's own test reads the last id, which is the query token here).
+Truncated rollouts are masked through `tool_mask` when `mask_truncated_completions` is set (TRL's own
+test reads the last id, which is the query token here).
 """
 
 from __future__ import annotations
@@ -33,8 +35,9 @@ import torch
 from torch.utils.data import Sampler
 from transformers import set_seed
 from trl import GRPOConfig, GRPOTrainer
+from trl.models import prepare_deepspeed, prepare_fsdp
 from trl.models.utils import unwrap_model_for_generation
-from trl.trainer.utils import add_fused_lm_head, nanstd
+from trl.trainer.utils import add_fused_lm_head, disable_dropout_in_model, nanstd
 
 from cot_rm.grpo_rollout import Rollouts, collate_media, hf_turn_generator
 from cot_rm.processing import mm_token_type_ids
@@ -99,11 +102,12 @@ class CotRmGRPOTrainer(CotRmSaveMixin, GRPOTrainer):
     dynamic_sampling); `units`: the sampler units when rows come in pairs (None: TRL's sampler)."""
 
     def __init__(self, model, reward_funcs, args: GRPOConfig, train_dataset, run, spec, vision_cache=None,
-                 units=None, frame_cache=None, **kwargs):  # fmt: skip
-        if args.beta != 0.0:
+                 units=None, frame_cache=None, ref_model=None, ref_cache=None, **kwargs):  # fmt: skip
+        beta = args.beta
+        if beta != 0.0 and ref_model is None:
             raise ValueError(
-                f"beta={args.beta}: CotRmGRPOTrainer needs beta=0 (ThinkThenScore has no reference-model path; "
-                "TRL would load one from the base model's name)"
+                f"beta={beta}: pass ref_model (a frozen ThinkThenScore of the starting checkpoint; "
+                "grpo.build loads it): TRL would load one from the base model's name"
             )
         if args.use_vllm:  # TRL's own vLLM path is image-only: ours goes through rollout.backend
             raise NotImplementedError(VLLM_TODO)
@@ -118,8 +122,10 @@ class CotRmGRPOTrainer(CotRmSaveMixin, GRPOTrainer):
             )
         processor = model.processor
         model.config.image_token_id = processor.image_token_id  # TRL suppresses it in generation
+        args.beta = 0.0  # TRL builds no reference of its own; ours is set below
         super().__init__(model=model, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset,
                          processing_class=processor, **kwargs)  # fmt: skip
+        args.beta = self.beta = beta
         # TRL's loss_is_scaled_for_ga = True: its terms are pre-divided by the accumulation steps; so is the head's.
         tok = processor.tokenizer
         self.generation_config.suppress_tokens = [
@@ -127,8 +133,12 @@ class CotRmGRPOTrainer(CotRmSaveMixin, GRPOTrainer):
             processor.video_token_id,
             tok.convert_tokens_to_ids(model.config.reward_token),
         ]
-        add_fused_lm_head(model.base_vlm, temperature=self.temperature,
-                          cast_lm_head_to_fp32=args.cast_lm_head_to_fp32, outputs=("log_probs", "entropy"))  # fmt: skip
+        for m in (model, ref_model) if beta else (model,):
+            add_fused_lm_head(m.base_vlm, temperature=self.temperature,
+                              cast_lm_head_to_fp32=args.cast_lm_head_to_fp32, outputs=("log_probs", "entropy"))  # fmt: skip
+        self.ref_model, self.ref_cache = (
+            (self._prepare_reference(ref_model), ref_cache) if beta else (None, None)
+        )
         self.rollouts = Rollouts(
             processor, model.config.family, spec, model.config.reward_token, None,
             max_completion_length=args.max_completion_length, max_turn_tokens=run.rollout.max_turn_tokens,
@@ -154,6 +164,17 @@ class CotRmGRPOTrainer(CotRmSaveMixin, GRPOTrainer):
             None,
             None,
         )
+
+    def _prepare_reference(self, ref):
+        """As TRL prepares the reference it builds itself: frozen, dropout off, wrapped for inference."""
+        ref.requires_grad_(False).eval()
+        if self.args.disable_dropout:
+            disable_dropout_in_model(ref)
+        if self.is_deepspeed_enabled:
+            return prepare_deepspeed(ref, self.accelerator)
+        if self.is_fsdp_enabled:
+            return prepare_fsdp(ref, self.accelerator)
+        return self.accelerator.prepare_model(ref, evaluation_mode=True)
 
     # --------------------------------------------------------------------------------- sampling
 
@@ -277,9 +298,9 @@ class CotRmGRPOTrainer(CotRmSaveMixin, GRPOTrainer):
             labels = ids.masked_fill(mask == 0, -100)
             labels[:, :-logits_to_keep] = -100
             keys = {k: [x for h in hints[start:end] for x in h[k]] for k in ("videos", "images")}
-            use = self.vision_cache is not None
+            cache = self.ref_cache if model is self.ref_model else self.vision_cache
             with (
-                self.vision_cache.key_hints(**keys) if use else contextlib.nullcontext(),
+                cache.key_hints(**keys) if cache is not None else contextlib.nullcontext(),
                 self.accelerator.autocast(),
             ):
                 out = model(input_ids=ids, attention_mask=mask, labels=labels, token_logps=True,
@@ -289,7 +310,8 @@ class CotRmGRPOTrainer(CotRmSaveMixin, GRPOTrainer):
                 entropies.append(out.entropy[:, -logits_to_keep:])
             rewards.append(out.rewards)
             log_vars.append(out.log_var)
-        self._head_out = (torch.cat(rewards), None if log_vars[0] is None else torch.cat(log_vars))
+        if model is not self.ref_model:  # the reference's head is never read
+            self._head_out = (torch.cat(rewards), None if log_vars[0] is None else torch.cat(log_vars))
         return torch.cat(logps), (torch.cat(entropies) if compute_entropy else None), None
 
     # ------------------------------------------------------------------------------------- loss
@@ -410,6 +432,7 @@ def build(cfg):
     from cot_rm.modeling import ThinkThenScore
     from cot_rm.protocol import JudgeSpec
     from cot_rm.rewards import build_rewards
+    from cot_rm.vision_cache import training_cache
 
     m, d = cfg.model, cfg.data
     args = GRPOConfig(**cfg.train)
@@ -423,12 +446,15 @@ def build(cfg):
     rows, units = load_rows(d, model.config.sampling, spec.dimensions)
     cache = None
     if model.config.freeze_vision and m.reuse_vision_features:
-        from cot_rm.vision_cache import training_cache
-
         cache = training_cache(model)
     frames = None if d.frame_cache == "off" else FrameCache(d.frame_cache)
+    ref = ref_cache = None
+    if args.beta != 0.0:  # the KL term's reference: the starting checkpoint, frozen
+        ref = ThinkThenScore.from_pretrained(m.checkpoint, base_model=m.base_model, torch_dtype=dtype,
+                                             attn_implementation=m.attn_implementation)  # fmt: skip
+        ref_cache = None if cache is None else training_cache(ref)
     trainer = CotRmGRPOTrainer(model, funcs, args, Dataset.from_list(rows), cfg, spec, vision_cache=cache,
-                               units=units, frame_cache=frames)  # fmt: skip
+                               units=units, frame_cache=frames, ref_model=ref, ref_cache=ref_cache)  # fmt: skip
     return model, trainer, rows
 
 

@@ -197,7 +197,7 @@ class GRPORunConfig:
         metadata=meta(
             "passed verbatim to trl.GRPOConfig (output_dir, num_generations, max_completion_length, "
             "temperature, loss_type, learning_rate, per_device_train_batch_size, gradient_accumulation_steps, "
-            "max_steps, beta (must stay 0), mask_truncated_completions, ...); output_dir is required"
+            "max_steps, beta (KL weight; the reference is model.checkpoint, frozen), mask_truncated_completions, ...); output_dir is required"
         ),
     )
 
@@ -208,9 +208,8 @@ class GRPORunConfig:
                 (bool(self.train.get("output_dir")), "train.output_dir is required"),
                 (not owned, f"keys owned by another section: {', '.join(owned)}"),
                 (
-                    self.train.get("beta", 0.0) == 0.0,
-                    f"train.beta must be 0 (got {self.train.get('beta')}): ThinkThenScore has no reference-model "
-                    "path (TRL would load one from the base model's name)",
+                    self.train.get("beta", 0.0) >= 0.0,
+                    f"train.beta must be >= 0, got {self.train.get('beta')}",
                 ),
             ]
         )

@@ -118,19 +118,19 @@ def judged_report(model, cfg, sampling: Sampling) -> dict:
     results = judge.judge([(vid, path, prompt) for (path, prompt), vid in videos.items()])
     judged = {key: j for key, j in zip(videos, results, strict=True)}
     parsed = sum(j["parse_error"] is None for j in judged.values())
+    dims = model.config.dimensions
     readable = [
         (vid, path, prompt) for (path, prompt), vid in videos.items() if judged[(path, prompt)]["scores"]
     ]
     raw = judge.score_video_only(readable)
-    dims = model.config.dimensions
     video_only = {(path, prompt): {"scores": dict(zip(dims, r, strict=True))}
                   for (_, path, prompt), r in zip(readable, raw, strict=True)}  # fmt: skip
     return {
         "judged_videos": len(judged),
         "parse_rate": round(parsed / max(1, len(judged)), 4),
         "pairs": len(pairs),
-        "head_pairwise_accuracy": accuracy(pairs, judged, "scores", model.config.dimensions),
-        "answer_pairwise_accuracy": accuracy(pairs, judged, "answer_scores", model.config.dimensions),
+        "head_pairwise_accuracy": accuracy(pairs, judged, "scores", dims),
+        "answer_pairwise_accuracy": accuracy(pairs, judged, "answer_scores", dims),
         # The head on the video and prompt alone: near chance while the head above scores well means
         # it reads the critique, not the pixels (then a better critique, not the head, is what helps).
         "head_pairwise_accuracy_video_only": accuracy(pairs, video_only, "scores", dims),

@@ -1,11 +1,12 @@
 """GRPO trainer on the tiny random Qwen2.5-VL: end-to-end steps, head co-training, detached head, vision
-cache equivalence, dynamic sampling, tool frames in the loss pass, beta != 0 refused."""
+cache equivalence, dynamic sampling, tool frames in the loss pass, the KL reference."""
 
 import json
 from argparse import Namespace
 
 import pytest
 import torch
+from trl import GRPOConfig
 
 from cot_rm import grpo
 from cot_rm.config import config_from_dict
@@ -112,13 +113,58 @@ def test_train_end_to_end_writes_state_and_moves_the_head(ckpt, data, tmp_path, 
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
 
-def test_beta_nonzero_and_vllm_are_refused(ckpt, data, tmp_path):
-    with pytest.raises(ValueError, match="beta"):
-        run_config(ckpt, data, tmp_path, beta=0.04)
-    cfg = run_config(ckpt, data, tmp_path)
-    cfg.train["beta"] = 0.04  # past the config check: the trainer refuses it too
-    with pytest.raises(ValueError, match="beta=0.04"):
-        grpo.build(cfg)
+def test_kl_reference_is_the_frozen_starting_checkpoint(ckpt, data, tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="beta must be >= 0"):
+        run_config(ckpt, data, tmp_path, beta=-0.1)
+    cfg = run_config(ckpt, data, tmp_path / "kl", beta=1.0)
+    cfg.dynamic_sampling = False  # identical scripted rollouts: zero advantages, only the KL term is left
+    model, trainer, _ = grpo.build(cfg)
+    trainer.current_gradient_accumulation_steps = 1
+    ref = trainer.ref_model
+    assert ref is not model and trainer.beta == 1.0 and trainer.ref_cache is not None
+    assert not any(p.requires_grad for p in ref.parameters()) and not ref.training
+    start = {k: v.clone() for k, v in ref.state_dict().items()}
+    lm = [p for n, p in model.vlm.named_parameters() if p.requires_grad and ".visual." not in f".{n}"]
+    torch.manual_seed(0)
+    with torch.no_grad():  # move the policy's language model away from the reference
+        for p in lm:
+            p.add_(torch.randn_like(p) * 0.02)
+    monkeypatch.setattr(trainer, "_turn_generator", lambda _m: scripted(trainer, [[FINAL]]))
+    batch = trainer._generate_and_score_completions(rows(trainer))
+    ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
+    mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
+    k = batch["completion_ids"].shape[1]
+
+    def kl() -> float:  # TRL's estimator against the reference's log-probs, over the completion tokens
+        with torch.no_grad():
+            logps, _, _ = trainer._get_per_token_logps_and_entropies(model, ids, mask, k)
+        d = batch["ref_per_token_logps"] - logps
+        return float(((d.exp() - d - 1) * batch["completion_mask"]).sum() / batch["completion_mask"].sum())
+
+    with torch.no_grad():  # the reference's log-probs are the starting checkpoint's
+        fresh = ThinkThenScore.from_pretrained(ckpt)
+        grpo.add_fused_lm_head(
+            fresh.base_vlm, temperature=trainer.temperature, outputs=("log_probs", "entropy")
+        )
+        want, _, _ = trainer._get_per_token_logps_and_entropies(fresh, ids, mask, k)
+    torch.testing.assert_close(batch["ref_per_token_logps"], want, atol=1e-5, rtol=0)
+    before = kl()
+    assert before > 1e-3
+    model.train()
+    model.zero_grad()
+    trainer._compute_loss(model, batch).backward()
+    with torch.no_grad():
+        for p in lm:
+            p.sub_(0.05 * p.grad)
+    assert kl() < before  # the KL term's gradient points back toward the reference
+    assert all(torch.equal(start[k], v) for k, v in ref.state_dict().items())
+    assert trainer.ref_cache.stats()["misses"] > 0
+    args = GRPOConfig(output_dir=str(tmp_path / "x"), beta=0.04, use_cpu=True, report_to="none")
+    with pytest.raises(ValueError, match="pass ref_model"):
+        grpo.CotRmGRPOTrainer(model, [], args, None, None, None)
+
+
+def test_vllm_backends_are_refused_where_they_cannot_run(ckpt, data, tmp_path):
     cfg = run_config(ckpt, data, tmp_path)
     cfg.rollout.backend = "vllm_colocate"  # GPU only: vLLM is not importable in the trainer env here
     with pytest.raises(ImportError, match="vLLM is not importable"):
