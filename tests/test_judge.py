@@ -68,10 +68,9 @@ def test_video_only_scores_read_what_rationale_dropout_trains(judge, sample_mp4)
     video = read_video(sample_mp4, judge.sampling)
     messages = P.judgment_conversation(prompt, video, spec=judge.spec, video_ref=str(sample_mp4))
     row = {"video": str(sample_mp4), "prompt": prompt, "sampling": judge.sampling.to_dict(), "messages": messages,
-           "scores": dict.fromkeys(judge.spec.dimensions, 3)}  # fmt: skip
+           "scores": dict.fromkeys(judge.spec.dimensions, 3), "rationale_free": True}  # fmt: skip
     collator = SFTCollator(model.processor, model.config.family, judge.spec, model.config.reward_token,
                            cache_dir="off")  # fmt: skip
-    collator.sequence = lambda r, rationale_free=False, f=collator.sequence: f(r, True)
     (expected,) = head_scores(model, collator, [row])
     got = judge.score_video_only([("v", str(sample_mp4), prompt), ("w", str(sample_mp4), "a blue circle")])
     assert got[0] == pytest.approx(expected, abs=1e-5)
