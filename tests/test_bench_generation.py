@@ -5,37 +5,23 @@ and ratios reported. Runs the script as a subprocess, as a user would; never app
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from bench_run import VLLM_PYTHON, needs_vllm, run_bench
 
-ROOT = Path(__file__).resolve().parents[1]
-VLLM_PYTHON = Path(os.environ.get("COT_RM_VLLM_PYTHON") or ROOT / ".venv-vllm" / "bin" / "python")
 N, M = 2, 8
 
-pytestmark = pytest.mark.skipif(
-    not VLLM_PYTHON.exists(),
-    reason=f"no vLLM interpreter at {VLLM_PYTHON}: run `make setup-vllm` (`make test` builds it)",
-)
+pytestmark = needs_vllm
 
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory) -> tuple[dict, str, Path]:
     tmp = tmp_path_factory.mktemp("generation")
-    md, out = tmp / "RESULTS.md", tmp / "generation.json"
-    md.write_text("# results\n")
-    cmd = [sys.executable, "bench/generation.py", "--n", str(N), "--max-new-tokens", str(M),
-           "--repeats", "1", "--videos", "2", "--max-frames", "4", "--max-pixels", str(112 * 112),
-           "--vllm-python", str(VLLM_PYTHON), "--work", str(tmp / "work"), "--out", str(out),
-           "--results-md", str(md)]  # fmt: skip
-    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, (run.stdout[-3000:], run.stderr[-3000:])
-    return json.loads(out.read_text()), run.stdout, md
+    return run_bench("generation.py", tmp, "--n", N, "--max-new-tokens", M, "--repeats", 1, "--videos", 2,
+                     "--max-frames", 4, "--max-pixels", 112 * 112, "--vllm-python", VLLM_PYTHON,
+                     "--work", tmp / "work")  # fmt: skip
 
 
 def test_both_sides_generate_exactly_m_tokens_per_request(bench):

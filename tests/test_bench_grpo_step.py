@@ -5,30 +5,22 @@ subprocess, as a user would; never appends to bench/RESULTS.md."""
 
 from __future__ import annotations
 
-import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from bench_run import run_bench
 
-ROOT = Path(__file__).resolve().parents[1]
 GROUPS, WARMUP, G = 3, 1, 2
 
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory) -> tuple[dict, str, Path]:
     tmp = tmp_path_factory.mktemp("grpo_step")
-    md, out = tmp / "RESULTS.md", tmp / "grpo_step.json"
-    md.write_text("# results\n")
-    cmd = [sys.executable, "bench/grpo_step.py", "--random-init", "tiny", "--frames", "4", "--resolution", "56",
-           "--groups", str(GROUPS), "--warmup", str(WARMUP), "--threads", "1", "--set", f"train.num_generations={G}",
-           "--set", "train.max_completion_length=48", "--set", "rollout.max_turn_tokens=16",
-           "--work", str(tmp / "work"), "--out", str(out), "--results-md", str(md)]  # fmt: skip
-    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, (run.stdout[-3000:], run.stderr[-3000:])
-    return json.loads(out.read_text()), run.stdout, md
+    return run_bench("grpo_step.py", tmp, "--random-init", "tiny", "--frames", 4, "--resolution", 56,
+                     "--groups", GROUPS, "--warmup", WARMUP, "--threads", 1, "--set", f"train.num_generations={G}",
+                     "--set", "train.max_completion_length=48", "--set", "rollout.max_turn_tokens=16",
+                     "--work", tmp / "work")  # fmt: skip
 
 
 def test_both_settings_did_the_same_work(bench):

@@ -5,36 +5,22 @@ user would; appends to a scratch RESULTS.md, never the real one."""
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from bench_run import needs_vllm, run_bench
 
-ROOT = Path(__file__).resolve().parents[1]
-VLLM_PYTHON = Path(os.environ.get("COT_RM_VLLM_PYTHON") or ROOT / ".venv-vllm" / "bin" / "python")
 N = 3
 
-pytestmark = pytest.mark.skipif(
-    not VLLM_PYTHON.exists(),
-    reason=f"no vLLM interpreter at {VLLM_PYTHON}: run `make setup-vllm` (`make test` builds it)",
-)
+pytestmark = needs_vllm
 
 
 @pytest.fixture(scope="module")
 def bench(tiny_rm, tmp_path_factory) -> tuple[dict, str, Path]:
     tmp = tmp_path_factory.mktemp("serve_throughput")
-    md, out = tmp / "RESULTS.md", tmp / "serve_throughput.json"
-    md.write_text("# results\n")
-    cmd = [sys.executable, "bench/serve_throughput.py", "--model", str(tiny_rm), "--n", str(N), "--passes", "1",
-           "--max-new-tokens", "16", "--data", str(tmp / "none.jsonl"), "--out", str(out),
-           "--results-md", str(md)]  # fmt: skip
-    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, (run.stdout[-3000:], run.stderr[-3000:])
-    return json.loads(out.read_text()), run.stdout, md
+    return run_bench("serve_throughput.py", tmp, "--model", tiny_rm, "--n", N, "--passes", 1,
+                     "--max-new-tokens", 16, "--data", tmp / "none.jsonl", timeout=600)  # fmt: skip
 
 
 def test_both_modes_judge_every_video(bench):

@@ -4,15 +4,12 @@ written. Runs the script as a subprocess, as a user would; never appends to benc
 
 from __future__ import annotations
 
-import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from bench_run import run_bench
 
-ROOT = Path(__file__).resolve().parents[1]
 MODES = {"padded", "padded_nomask", "packed", "packed_varlen"}
 BATCHES, REPEATS = 2, 2
 
@@ -28,14 +25,9 @@ def bench(tmp_path_factory, tiny_rm) -> tuple[dict, str, Path]:
     build(root / "toy", ToyConfig(n=12, seed=0), progress=False)
     recs = [r for r in read_jsonl(root / "toy" / "pointwise.jsonl") if r.split == "train"]
     synthesize(recs, OracleTeacher(), root / "sft.jsonl", SynthConfig(), progress=False)
-    md, out = root / "RESULTS.md", root / "sft_packing.json"
-    md.write_text("# results\n")
-    cmd = [sys.executable, "bench/sft_packing.py", "--model", str(tiny_rm), "--data", str(root / "sft.jsonl"),
-           "--pairs", str(root / "toy" / "pairs.jsonl"), "--batches", str(BATCHES), "--batch-size", "2",
-           "--repeats", str(REPEATS), "--threads", "1", "--out", str(out), "--results-md", str(md)]  # fmt: skip
-    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, (run.stdout[-3000:], run.stderr[-3000:])
-    return json.loads(out.read_text()), run.stdout, md
+    return run_bench("sft_packing.py", root, "--model", tiny_rm, "--data", root / "sft.jsonl",
+                     "--pairs", root / "toy" / "pairs.jsonl", "--batches", BATCHES, "--batch-size", 2,
+                     "--repeats", REPEATS, "--threads", 1)  # fmt: skip
 
 
 def test_every_mode_did_the_same_work(bench):
