@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from cot_rm import protocol
+from cot_rm.frame_cache import default_cache_dir
 from cot_rm.processing import encode
 from cot_rm.protocol import JudgeSpec, Judgment, ParseError, ToolRequest
 from cot_rm.video import Sampling, VideoError, probe, read_frames_at, read_video
@@ -214,7 +215,11 @@ class Judge:
             "scores": {d: self.spec.from_unit(x) for d, x in zip(dims, raw, strict=True)},
             "answer_scores": conv.result.scores if ok else None,
             "rationale": conv.result.think if ok else (conv.final_text or ""),
-            "frames_cited": list(conv.result.frames_cited) if ok else [],
+            # frames of this video only: a critique that cites "frame 121" of a 30-frame clip keeps
+            # those words in `rationale`, but 121 is not a frame anyone can look at
+            "frames_cited": [f for f in conv.result.frames_cited if f < conv.video.total_frames]
+            if ok
+            else [],
             "tool_calls": conv.calls,
             "parse_error": None if ok else str(conv.result),
             "model": self.name,
@@ -299,7 +304,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         metavar="K",
-        help="draw K sampled judgments per video instead of one greedy one: `scores` and "
+        help="draw K >= 1 sampled judgments per video instead of one greedy one (the default, 0): `scores` and "
         "`answer_scores` become their means and `samples` holds the std and every draw",
     )
     parser.add_argument(
@@ -318,7 +323,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["auto", "float32", "bfloat16", "float16"],
         help="auto: bf16 on GPU",
     )
-    parser.add_argument("--cache-dir", default=None, help="frame cache directory (default ~/.cache/cot-rm)")
+    parser.add_argument(
+        "--cache-dir", default=None, help=f"frame cache directory (default {default_cache_dir()})"
+    )
     parser.add_argument("--no-cache", action="store_true", help="decode without the frame cache")
 
 
@@ -354,7 +361,12 @@ def _items(args) -> list[tuple[str, str, str]]:
                 f"{args.prompts_file}: {len(prompts)} prompts for {len(args.videos)} videos; "
                 "write one line per video, in the order the videos are given"
             )
+        for lineno, prompt in enumerate(prompts, 1):
+            if not prompt.strip():
+                raise UsageError(f"{args.prompts_file}:{lineno}: empty prompt; every video needs its prompt")
     else:
+        if not args.prompt.strip():
+            raise UsageError("--prompt is empty; give the prompt the videos were generated from")
         prompts = [args.prompt] * len(args.videos)
     items, seen = [], {}
     for path, prompt in zip(args.videos, prompts, strict=True):

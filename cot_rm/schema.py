@@ -166,6 +166,11 @@ def _check_pair(r: PairRecord) -> None:
     for dim, v in r.dims.items():
         if v not in PREFERENCES:
             raise ValueError(f"dims[{dim!r}] must be one of {PREFERENCES}, got {v!r}")
+    if r.dims.get("overall", r.preference) != r.preference:
+        raise ValueError(
+            f"dims['overall'] is {r.dims['overall']!r} but preference is {r.preference!r}: "
+            "preference is the overall label, give it once or make them agree"
+        )
     _meta(r.meta)
 
 
@@ -192,8 +197,11 @@ def _check_judgment(r: JudgmentRecord) -> None:
 _CHECKS = {"pointwise": _check_pointwise, "pairwise": _check_pair, "judgment": _check_judgment}
 
 
-def iter_jsonl(path: str | os.PathLike, kind: str = "auto", resolve: bool = True) -> Iterator[Record]:
-    """Records of a JSONL file one by one; raises SchemaError at the first bad line (`file:line: reason`)."""
+def iter_jsonl(
+    path: str | os.PathLike, kind: str = "auto", resolve: bool = True, lines: bool = False
+) -> Iterator:
+    """Records of a JSONL file one by one (with `lines`, (line number, record) pairs); raises SchemaError
+    at the first bad line (`file:line: reason`)."""
     path = Path(path)
     base = path.resolve().parent if resolve else None
     with _open(path) as fh:
@@ -201,9 +209,10 @@ def iter_jsonl(path: str | os.PathLike, kind: str = "auto", resolve: bool = True
             if not line.strip():
                 continue  # blank lines (a trailing newline) carry no record
             try:
-                yield parse_record(_decode(line), kind, base)
+                rec = parse_record(_decode(line), kind, base)
             except ValueError as err:
                 raise SchemaError(f"{path}:{lineno}: {err}") from None
+            yield (lineno, rec) if lines else rec
 
 
 def read_jsonl(path: str | os.PathLike, kind: str = "auto", resolve: bool = True) -> list[Record]:
@@ -241,7 +250,7 @@ def _open(path: Path):
 
 def _decode(line: str) -> Any:
     try:
-        return json.loads(line)
+        return json.loads(line.rstrip("\r\n"))  # so a missing brace is reported at the line's end
     except json.JSONDecodeError as err:
         raise ValueError(f"invalid JSON ({err.msg} at column {err.colno})") from None
 
@@ -269,8 +278,15 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[Record | dict]) -> in
                 n += 1
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the mode open() would
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return n
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it; put it straight back
+    os.umask(mask)
+    return mask

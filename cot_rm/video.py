@@ -64,9 +64,15 @@ class Sampling:
         patch = FACTORS.get(self.family, 0) ** 2
         for ok, msg in [
             (patch > 0, f"unknown family {self.family!r}; choose one of {sorted(FACTORS)}"),
-            (self.num_frames is not None or (self.fps or 0) > 0, "set fps > 0 or num_frames"),
+            (
+                self.num_frames is not None or 0 < (self.fps or 0) < math.inf,
+                f"set a finite fps > 0 or num_frames, got fps {self.fps}",
+            ),
             (self.num_frames is None or self.num_frames >= 1, f"num_frames must be >= 1: {self.num_frames}"),
-            (1 <= self.min_frames <= self.max_frames, "need 1 <= min_frames <= max_frames"),
+            (
+                1 <= self.min_frames <= self.max_frames,
+                f"need 1 <= min_frames <= max_frames, got min_frames {self.min_frames}, max_frames {self.max_frames}",
+            ),
             (self.max_pixels >= patch, f"max_pixels must hold one patch ({patch} pixels)"),
         ]:
             if not ok:
@@ -160,6 +166,7 @@ class Video:
     resized_height: int
     resized_width: int
     sampling: Sampling = field(default_factory=Sampling)
+    rotation: int = 0  # the display rotation applied to the stored frames (height/width are as displayed)
     decoded_frames: int = 0  # frames the decoder produced (0 on a cache hit)
 
     @property
@@ -179,7 +186,7 @@ class Video:
         }
 
     def info(self) -> dict[str, Any]:
-        """The `cot-rm video-info` JSON object (exactly these 11 keys)."""
+        """The `cot-rm video-info` JSON object (exactly these 12 keys)."""
         return {
             "path": self.path,
             "duration_s": round(self.duration_s, 6),
@@ -189,6 +196,7 @@ class Video:
             "timestamps_s": [round(t, 6) for t in self.timestamps],
             "height": self.height,
             "width": self.width,
+            "rotation": self.rotation,
             "resized_height": self.resized_height,
             "resized_width": self.resized_width,
             "video_tokens": self.video_tokens,
@@ -240,16 +248,17 @@ def _video_stream(container, path: str):
     return container.streams.video[0]
 
 
-_PROBE_KEYS = ("fps", "total_frames", "duration_s", "height", "width")
+_PROBE_KEYS = ("fps", "total_frames", "duration_s", "height", "width", "rotation")
 
 
 @dataclass(frozen=True)
 class _StreamInfo:
     fps: float
     total_frames: int
-    height: int
+    height: int  # as displayed: a phone's portrait clip stored sideways has its rotation applied
     width: int
     time_base: float
+    rotation: int = 0  # degrees counterclockwise the stored frames turn to be displayed: 0, 90, 180, 270
 
     @property
     def duration_s(self) -> float:
@@ -271,6 +280,18 @@ def _stream_info(container, stream, path: str) -> _StreamInfo:
     if not width or not height:
         raise VideoError(path, "video stream has no frame size; the file is corrupt, re-export it")
     return _StreamInfo(fps, total, height, width, float(stream.time_base))
+
+
+def _display_rotation(path: str) -> int:
+    """The display matrix's rotation (phones store portrait video sideways with one), in quarter turns
+    counterclockwise as degrees. PyAV shows it on decoded frames only, so this decodes the first one."""
+    with _open(path) as container:
+        stream = _video_stream(container, path)
+        try:
+            frame = next(container.decode(stream), None)
+        except av.error.FFmpegError:
+            return 0  # not this function's to report: decoding the sampled frames says what is wrong
+    return round((frame.rotation if frame is not None else 0) / 90) % 4 * 90
 
 
 def _count_packets(container, stream, path: str, fps: float) -> int:
@@ -316,11 +337,16 @@ def _gif_complete(path: str) -> bool:
 
 def _probe(path: str) -> _StreamInfo:
     with _open(path) as container:
-        return _stream_info(container, _video_stream(container, path), path)
+        info = _stream_info(container, _video_stream(container, path), path)
+    rotation = _display_rotation(path)
+    if rotation in (90, 270):
+        info = dataclasses.replace(info, height=info.width, width=info.height)
+    return dataclasses.replace(info, rotation=rotation)
 
 
 def probe(path: str | os.PathLike) -> dict[str, Any]:
-    """Header facts without decoding: fps, total_frames, duration_s, height, width."""
+    """Header facts (and the first frame's rotation): fps, total_frames, duration_s, height and width as
+    displayed, rotation."""
     info = _probe(os.fspath(path))
     return {k: getattr(info, k) for k in _PROBE_KEYS}
 
@@ -423,8 +449,9 @@ class _Decoder:
 
 
 def _decode_at(path: str, indices: list[int], info: _StreamInfo, size: tuple[int, int]):
-    """RGB frames (HxWx3 uint8, resized to `size`) for `indices`, in that order, and the decode count."""
-    height, width = size
+    """RGB frames (HxWx3 uint8, resized to `size`, turned upright) for `indices`, in that order, and the
+    decode count."""
+    height, width = size if info.rotation in (0, 180) else size[::-1]  # the stored frames' orientation
     found: dict[int, np.ndarray] = {}
     # One reformatter reuses its swscale context; frame.to_ndarray(width=...) builds one per frame (~4x slower).
     scaler = VideoReformatter()
@@ -434,7 +461,7 @@ def _decode_at(path: str, indices: list[int], info: _StreamInfo, size: tuple[int
             rgb = scaler.reformat(
                 decoder.frame_at(target), width, height, "rgb24", interpolation=INTERPOLATION
             )
-            found[target] = rgb.to_ndarray()
+            found[target] = np.ascontiguousarray(np.rot90(rgb.to_ndarray(), info.rotation // 90))
     return [found[i] for i in indices], decoder.decoded
 
 

@@ -23,10 +23,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--fps", type=float, default=d.fps, help=f"frames sampled per second (default {d.fps})"
     )
     parser.add_argument(
-        "--num-frames", type=int, default=None, help="sample exactly this many frames (wins over --fps)"
+        "--num-frames",
+        type=int,
+        default=None,
+        help="sample this many frames, evenly spread (wins over --fps, --min/--max-frames); "
+        "rounded to an even number (frames go to the model in pairs) and at most the video's frames",
     )
-    parser.add_argument("--min-frames", type=int, default=d.min_frames, help=f"default {d.min_frames}")
-    parser.add_argument("--max-frames", type=int, default=d.max_frames, help=f"default {d.max_frames}")
+    parser.add_argument(
+        "--min-frames",
+        type=int,
+        default=d.min_frames,
+        help=f"with --fps: sample at least this many (default {d.min_frames})",
+    )
+    parser.add_argument(
+        "--max-frames",
+        type=int,
+        default=d.max_frames,
+        help=f"with --fps: sample at most this many (default {d.max_frames})",
+    )
     parser.add_argument(
         "--min-pixels",
         type=int,

@@ -446,16 +446,30 @@ def _validate(rows: Iterable[dict], kind: str, path: Path) -> list:
     return records
 
 
+def _kind_mismatch(rec, first) -> str | None:
+    """Why `rec` cannot join a file whose first record is `first` (only pairwise or only pointwise)."""
+    from cot_rm.schema import PairRecord, PointwiseRecord
+
+    name = {PairRecord: "pairwise", PointwiseRecord: "pointwise"}
+    if type(rec) not in name:
+        return f"a {type(rec).__name__} is neither a pairwise nor a pointwise record"
+    if first is not None and type(rec) is not type(first):
+        return f"a {name[type(rec)]} record in a file of {name[type(first)]} records; give one kind per file"
+    return None
+
+
 def _load_jsonl(path: Path, root: Path, split: str | None, limit: int | None) -> Bench:
     """The project's own JSONL: all pairwise or all pointwise records (kind detected), filtered."""
     from cot_rm.schema import SchemaError, iter_jsonl, resolve_media
 
-    records, seen = [], set()
+    records, seen = [], {}
     try:
-        for rec in iter_jsonl(path, resolve=False):
+        for lineno, rec in iter_jsonl(path, resolve=False, lines=True):
             if rec.id in seen:
-                raise BenchError(f"{path}: duplicate id {rec.id!r}")
-            seen.add(rec.id)
+                raise BenchError(f"{path}:{lineno}: duplicate id {rec.id!r} (first on line {seen[rec.id]})")
+            seen[rec.id] = lineno
+            if (bad := _kind_mismatch(rec, records[0] if records else None)) is not None:
+                raise BenchError(f"{path}:{lineno}: {bad}")
             for key in ("video", "video_a", "video_b"):
                 if hasattr(rec, key):  # relative to --root (default: the file's folder, the schema's rule)
                     setattr(rec, key, resolve_media(getattr(rec, key), root))
@@ -463,8 +477,6 @@ def _load_jsonl(path: Path, root: Path, split: str | None, limit: int | None) ->
     except SchemaError as err:
         raise BenchError(str(err)) from None
     kinds = {type(r).__name__ for r in records}
-    if kinds - {"PairRecord", "PointwiseRecord"} or len(kinds) > 1:
-        raise BenchError(f"{path}: expected only pairwise or only pointwise records, found {sorted(kinds)}")
     records = [r for r in records if split is None or r.split in (None, split)][:limit]
     if not records:
         raise BenchError(f"{path}: no records to evaluate" + (f" in split {split!r}" if split else ""))

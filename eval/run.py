@@ -7,7 +7,8 @@
 The predictions file format is in eval/metrics.py; the benchmark loaders in eval/benchmarks.py.
 With --model, every distinct (video, prompt) is judged once, greedy, with the checkpoint's own frame
 sampling and dimensions; DIR gets judgments.jsonl (a resumable cache: appended and fsynced per batch;
-ids already there are not judged again; keyed by checkpoint identity, bench and protocol),
+ids already there are not judged again unless their video file changed (resolved path, size, mtime) or
+could not be read; keyed by checkpoint identity, bench and protocol),
 predictions.jsonl (head scores), predictions_answer.jsonl (the generated <answer>'s scores),
 metrics.json and report.md. --probes judges perturbed copies of the videos instead (eval/probes.py).
 """
@@ -20,6 +21,7 @@ import json
 import math
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from cot_rm.protocol import TOOL_MAX_PIXELS  # pinned and recorded with the results
@@ -72,6 +74,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         if (args.predictions is None) == (args.model is None):
             raise EvalError("give exactly one of --predictions FILE or --model CKPT")
+        if args.out.exists() and not args.out.is_dir():
+            raise EvalError(f"--out {args.out}: exists and is not a folder; give a folder for the outputs")
         if args.probes and args.model is None:
             raise EvalError("--probes needs --model CKPT and --data (the videos to perturb)")
         if args.predictions is not None:
@@ -155,13 +159,23 @@ def plan(records: list, kind: str, base: Path) -> tuple[dict[str, tuple[str, str
     return videos, ids
 
 
-def predictions_for(records: list, kind: str, judged: dict, ids: dict, key: str) -> list[dict]:
-    """Prediction rows (the file format above) from the judgments' `key` ("scores" or "answer_scores")."""
+def unscored_dimensions(records: list, kind: str, dims: list[str]) -> list[str]:
+    """Labelled dimensions the checkpoint has no score for (a typo, or another benchmark's names)."""
+    labelled = {d for r in records for d in (r.scores if kind == "pointwise" else _pair_label(r))}
+    return sorted(labelled - set(dims) - {"overall"})  # overall falls back to the mean (eval/metrics.py)
+
+
+def predictions_for(
+    records: list, kind: str, judged: dict, ids: dict, key: str, drop: Sequence[str] = ()
+) -> list[dict]:
+    """Prediction rows (the file format above) from the judgments' `key` ("scores" or "answer_scores");
+    the labels of dimensions in `drop` are left out."""
     rows = []
     for r in records:
         if kind == "pointwise":
             j = judged[ids[r.id][0]]
-            rows.append({"id": r.id, "scores": j[key], "label": r.scores, "parse_error": j["parse_error"]})
+            label = {d: v for d, v in r.scores.items() if d not in drop}
+            rows.append({"id": r.id, "scores": j[key], "label": label, "parse_error": j["parse_error"]})
             continue
         ja, jb = judged[ids[r.id][0]], judged[ids[r.id][1]]
         rows.append(
@@ -169,7 +183,7 @@ def predictions_for(records: list, kind: str, judged: dict, ids: dict, key: str)
                 "id": r.id,
                 "scores_a": ja[key],
                 "scores_b": jb[key],
-                "label": _pair_label(r),
+                "label": {d: v for d, v in _pair_label(r).items() if d not in drop},
                 "parse_error_a": ja["parse_error"],
                 "parse_error_b": jb["parse_error"],
             }
@@ -187,22 +201,31 @@ def eval_model(args: argparse.Namespace) -> dict:
     model, device, dtype = load_model(args.model, args.device, args.dtype)
     videos, ids = plan(bench.records, bench.kind, bench.root)
     args.out.mkdir(parents=True, exist_ok=True)
+    unscored = unscored_dimensions(bench.records, bench.kind, model.config.dimensions)
+    if unscored:
+        print(f"cot-rm eval: {args.data}: labels for {unscored} left out: this checkpoint scores "
+              f"{list(model.config.dimensions)}", file=sys.stderr)  # fmt: skip
     key = cache_key(args, model, device, dtype)
     judged = judge_videos(model, videos, args, args.out / "judgments.jsonl", key)
-    head = predictions_for(bench.records, bench.kind, judged, ids, "scores")
-    answer = predictions_for(bench.records, bench.kind, judged, ids, "answer_scores")
+    head = predictions_for(bench.records, bench.kind, judged, ids, "scores", unscored)
+    answer = predictions_for(bench.records, bench.kind, judged, ids, "answer_scores", unscored)
     write_jsonl(args.out / "predictions.jsonl", head)
     write_jsonl(args.out / "predictions_answer.jsonl", answer)
     eps, source = _model_eps(model, args)
     head_m = metrics.evaluate([{**r, "kind": bench.kind} for r in head], eps, source)
     answer_m = metrics.evaluate([{**r, "kind": bench.kind} for r in answer])
     errors = [judged[v]["parse_error"] for v in videos]
+    bad = {
+        judged[v]["video"]: e.removeprefix("video_error: ") for v, e in zip(videos, errors) if _unreadable(e)
+    }
     return {
         "pairwise": head_m["pairwise"],
         "pointwise": head_m["pointwise"],
         "answer": {"pairwise": answer_m["pairwise"], "pointwise": answer_m["pointwise"]},
         "parse_failure_rate": metrics.parse_failure_rate(errors),
-        "n_video_errors": sum(bool(e and e.startswith("video_error")) for e in errors),
+        "n_video_errors": len(bad),
+        "video_errors": dict(list(bad.items())[:50]),
+        "unscored_dimensions": unscored,
         "n_videos": len(videos),
         "n_records": len(bench.records),
         "kind": bench.kind,
@@ -316,9 +339,13 @@ def judge_videos(model, videos: dict[str, tuple[str, str]], args, cache: Path, k
 
     done = load_cache(cache, key)
     cache.with_suffix(".key.json").write_text(json.dumps(key, indent=2, sort_keys=True) + "\n")
-    todo = [(vid, path, prompt) for vid, (path, prompt) in videos.items() if vid not in done]
+    prints = {vid: fingerprint(path) for vid, (path, _) in videos.items()}
+    fresh = {v for v, j in done.items() if j.get("fingerprint") == prints.get(v) and not _unreadable(j["parse_error"])}  # fmt: skip
+    todo = [(vid, path, prompt) for vid, (path, prompt) in videos.items() if vid not in fresh]
+    redo = sum(vid in done for vid, _, _ in todo)
     print(
-        f"cot-rm eval: {len(videos)} videos, {len(videos) - len(todo)} cached, judging {len(todo)}",
+        f"cot-rm eval: {len(videos)} videos, {len(videos) - len(todo)} cached, judging {len(todo)}"
+        + (f" ({redo} changed or unreadable since cached)" if redo else ""),
         file=sys.stderr,
     )
     spec = JudgeSpec.from_dict(model.config.judge_spec or {"dimensions": model.config.dimensions})
@@ -332,12 +359,32 @@ def judge_videos(model, videos: dict[str, tuple[str, str]], args, cache: Path, k
         for start in range(0, len(todo), args.batch_size):
             chunk = todo[start : start + args.batch_size]
             for (vid, path, prompt), j in zip(chunk, judge.judge(chunk), strict=True):
-                done[vid] = {**j, "video": path, "prompt": prompt, "eval_key": stamp}
+                extra = {"video": path, "prompt": prompt, "eval_key": stamp, "fingerprint": prints[vid]}
+                done[vid] = {**j, **extra}
+                if _unreadable(error := j["parse_error"]):
+                    tqdm.write(f"cot-rm eval: {error.removeprefix('video_error: ')}", file=sys.stderr)
                 fh.write(json.dumps(done[vid], ensure_ascii=False) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
             bar.update(len(chunk))
     return done
+
+
+def fingerprint(path: str) -> str:
+    """What a cached judgment of `path` was made from: the resolved file, its size and mtime (a URL as
+    given), so a video regenerated under the same name, or another folder's file, is judged again."""
+    if "://" in path:
+        return path
+    try:
+        st = os.stat(path)
+    except OSError:
+        return f"{os.path.realpath(path)}:missing"
+    return f"{os.path.realpath(path)}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def _unreadable(parse_error: str | None) -> bool:
+    """A judgment that failed on the video itself (never cached: the file may be fixed)."""
+    return bool(parse_error and parse_error.startswith("video_error"))
 
 
 def _key_mismatch(path: Path, found: str | None, key: dict) -> EvalError:
@@ -449,6 +496,12 @@ def report_markdown(result: dict) -> str:
     for key in ("n_records", "n_videos", "parse_failure_rate", "n_video_errors", "n_pairs", "n_pointwise"):
         if key in result:
             lines.append(f"- {key}: {_fmt(result[key])}")
+    for video, why in result.get("video_errors", {}).items():
+        lines.append(f"- unreadable video {video}: {why}")
+    if result.get("unscored_dimensions"):
+        lines.append(
+            f"- labels left out (the checkpoint does not score them): {result['unscored_dimensions']}"
+        )
     for dim, s in result.get("score_spread", {}).items():
         lines.append(
             f"- score spread, {dim}: mean std {_fmt(s['mean_std'])}, max {_fmt(s['max_std'])} (n {s['n']})"

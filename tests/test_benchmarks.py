@@ -232,6 +232,18 @@ def test_jsonl_paths_relative_to_root(tmp_path):
         B.load("jsonl", tmp_path / "d.jsonl", split="test")
 
 
+def test_jsonl_duplicate_ids_and_mixed_kinds_name_the_line(tmp_path):
+    pair = {"id": "a", "prompt": "p", "video_a": "x.mp4", "video_b": "y.mp4", "preference": "A"}
+    point = {"id": "c", "prompt": "p", "video": "x.mp4", "scores": {"overall": 3}}
+    path = tmp_path / "d.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in [pair, {**pair, "id": "b"}, {**pair, "id": "a"}]) + "\n")
+    with pytest.raises(BenchError, match=r"d\.jsonl:3: duplicate id 'a' \(first on line 1\)"):
+        B.load("jsonl", path)
+    path.write_text(json.dumps(pair) + "\n\n" + json.dumps(point) + "\n")  # a blank line 2
+    with pytest.raises(BenchError, match=r"d\.jsonl:3: a pointwise record in a file of pairwise records"):
+        B.load("jsonl", path)
+
+
 # -------------------------------------------------------------------------------- end to end
 
 

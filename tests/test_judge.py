@@ -43,8 +43,10 @@ def test_tool_loop_answers_bad_calls_with_errors(judge, sample_mp4):
     assert [c["error"] is None for c in conv.calls] == [False, False, True]
     judge._advance(conv, _call([3]))  # a 4th call: the budget of 3 is spent
     assert "budget" in conv.messages[-1]["content"][0]["text"]
-    judge._advance(conv, f"<think>Frame 2 is sharp.</think>{ANSWER}")
-    assert isinstance(conv.result, P.Judgment) and conv.result.frames_cited == (2,)
+    judge._advance(conv, f"<think>Frame 2 is sharp, frame {video.total_frames} is not there.</think>{ANSWER}")
+    assert isinstance(conv.result, P.Judgment) and conv.result.frames_cited == (2, video.total_frames)
+    record = judge._record(conv, [0.5] * 4)  # the Judgment JSON keeps the frames this video has
+    assert record["frames_cited"] == [2] and f"frame {video.total_frames}" in record["rationale"]
 
 
 def test_judgments_follow_the_contract(judge, sample_mp4, tmp_path):
@@ -183,8 +185,12 @@ def test_cli_unreadable_videos_get_one_line_each(rm_dir, sample_mp4, tmp_path, c
 def test_cli_usage_errors_are_one_line(rm_dir, sample_mp4, tmp_path, capsys):
     two = tmp_path / "two.txt"
     two.write_text("a\nb\n")
+    gap = tmp_path / "gap.txt"
+    gap.write_text("a\n \nc\n")
     for args, says in [
         (("--model", rm_dir, sample_mp4, "--prompts-file", two), "2 prompts for 1 videos"),
+        (("--model", rm_dir, *[sample_mp4] * 3, "--prompts-file", gap), f"{gap}:2: empty prompt"),
+        (("--model", rm_dir, sample_mp4, "--prompt", "  "), "--prompt is empty"),
         (("--model", tmp_path / "nowhere", sample_mp4, "--prompt", "p"), "cannot load the checkpoint"),
         (
             ("--model", rm_dir, sample_mp4, "--prompt", "p", "--samples", "2", "--temperature", "0"),

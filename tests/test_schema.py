@@ -65,6 +65,8 @@ BAD = [
     ({**POINT, "meta": []}, "meta must be an object"),
     ({**PAIR, "preference": "a"}, "preference must be one of"),
     ({**PAIR, "dims": {"overall": "left"}}, "dims['overall'] must be one of"),
+    ({**PAIR, "dims": {"overall": "B"}}, "dims['overall'] is 'B' but preference is 'A'"),
+    ('{"id": "p9", "video": "a.mp4", "prompt": "x", "scores": {"overall": 3}', "column 71"),  # no last }
     ({k: v for k, v in PAIR.items() if k != "video_b"}, "missing key 'video_b'"),
     ({**JUDG, "frames_cited": ["3"]}, "frames_cited must be a list of integers"),
     ({**JUDG, "answer_scores": None}, "say why it did not parse"),
@@ -118,3 +120,12 @@ def test_write_round_trip_is_atomic(tmp_path):
         S.write_jsonl(out, boom())
     assert S.read_jsonl(out, resolve=False) == recs  # the old file is intact
     assert [f for f in os.listdir(out.parent) if f.endswith(".tmp")] == []  # no temp file left
+
+
+def test_written_files_get_the_mode_open_would_give(tmp_path):
+    old = os.umask(0o022)
+    try:
+        S.write_jsonl(tmp_path / "out.jsonl", [POINT])
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out.jsonl").stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600

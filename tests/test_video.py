@@ -30,7 +30,7 @@ from cot_rm.video_writer import write_video
 
 INFO_KEYS = {
     "path", "duration_s", "fps", "total_frames", "sampled_indices", "timestamps_s",
-    "height", "width", "resized_height", "resized_width", "video_tokens",
+    "height", "width", "rotation", "resized_height", "resized_width", "video_tokens",
 }  # fmt: skip
 
 # container -> (codec, frames, fps). GIF delays are whole centiseconds, so 10 fps (12 would be 12.5).
@@ -340,3 +340,37 @@ def test_unusable_file_exits_2_with_one_line(bad_files, kind):
 def test_invalid_sampling_exits_2(videos):
     res = video_info(videos["mp4"], "--min-frames", "9", "--max-frames", "2", "--no-cache")
     assert res.returncode == 2 and len(res.stderr.splitlines()) == 1 and "min_frames" in res.stderr
+
+
+def _sideways(path, degrees: int):
+    """A 64x32 clip stored sideways with a display rotation, as phones write portrait video: its
+    top-left quarter is red, so where that red ends up shows which way the frames were turned."""
+    rgb = np.zeros((32, 64, 3), np.uint8)
+    rgb[:16, :32] = (230, 20, 20)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=8)
+        stream.width, stream.height, stream.pix_fmt = 64, 32, "yuv420p"
+        stream.set_display_rotation(degrees)
+        for _ in range(4):
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")))
+        out.mux(stream.encode())
+    return path
+
+
+@pytest.mark.parametrize(
+    ("degrees", "size", "red_corner"),
+    # counterclockwise display rotation: a quarter turn left puts the stored top-left at the bottom-left
+    [(90, (64, 32), (-1, 0)), (-90, (64, 32), (0, -1)), (180, (32, 64), (-1, -1)), (0, (32, 64), (0, 0))],
+)
+def test_display_rotation_is_applied(tmp_path, degrees, size, red_corner):
+    path = _sideways(tmp_path / f"rot{degrees}.mp4", degrees)
+    video = read_video_numpy(path, Sampling(fps=None, num_frames=2, min_pixels=8 * 8, max_pixels=64 * 64))
+    assert (video.height, video.width) == size and video.rotation == degrees % 360
+    assert (video.resized_height, video.resized_width) == ((56, 28) if size[0] > size[1] else (28, 56))
+    assert video.frames.shape[2:] == (video.resized_height, video.resized_width)
+    frame = video.frames[0].transpose(1, 2, 0).astype(int)
+    corner = frame[red_corner[0], red_corner[1]]
+    assert corner[0] > 150 and corner[1] < 80, corner  # red where the display puts it
+    assert frame[-1 - red_corner[0], -1 - red_corner[1]].max() < 60  # the opposite corner stays dark
+    images = read_frames_at(path, [1], max_pixels=64 * 64)  # the tool's frames are upright too
+    assert (images[0].height > images[0].width) == (size[0] > size[1])
