@@ -19,7 +19,10 @@ Scores: other dimensions keep the source's score. For toy-world records the sour
 annotations are carried over with their frames remapped (a chunk to drop is chosen clear of them) and
 every dimension follows the toy-world rule (`toyworld.dimension_scores`), with the caps above applied
 on top; `overall = min(dimensions)`. For other records `overall = min(source overall, min(dimensions))`
-(the variant is never rated above its source); a source without `overall` gets none.
+(the variant is never rated above its source); a source without `overall` gets none. A dimension the
+source lacks is added at its cap when the source uses the default names; a source with its own names
+gets the cap on its overall score instead, and with no overall either, that kind is not made for it
+(no label could say the broken copy is worse).
 
 Shuffle, reverse and drop need moving content: a static video (almost no pixel ever changes by more
 than `STATIC_LEVELS` levels) yields no variant, since nothing visible would change.
@@ -45,6 +48,7 @@ from pathlib import Path
 import av
 import numpy as np
 
+from cot_rm.protocol import JudgeSpec
 from cot_rm.schema import PairRecord, PointwiseRecord, read_jsonl, write_jsonl
 from cot_rm.video import VideoError, probe
 
@@ -52,6 +56,8 @@ from .toyworld import compare, dimension_scores, encode, frame_index, overall_sc
 from .toyworld_plan import OPPOSITE, direction_severity
 
 KINDS = ("prompt_swap", "shuffle", "reverse", "drop")
+KIND_DIMENSION = {"prompt_swap": "text_alignment", "shuffle": "physical_consistency",
+                  "reverse": "physical_consistency", "drop": "physical_consistency"}  # fmt: skip
 DROP_FRACTION = 0.3
 # Static: fewer than STATIC_SHARE of the pixels ever change by more than STATIC_LEVELS in any channel
 # over the clip. A per-pixel range, not a mean: a small toy object moving slowly barely moves the mean;
@@ -84,7 +90,7 @@ def make_negatives(
         video = _Lazy(path)
         for kind in [k for k in KINDS if k in kinds]:
             rng = np.random.default_rng([seed, KINDS.index(kind), zlib.crc32(src.id.encode())])
-            if rng.random() >= rate:
+            if rng.random() >= rate or not labelable(src, kind):
                 continue
             made = _MAKERS[kind](src, records, video, out, rng)
             if made is not None:
@@ -288,11 +294,24 @@ def rescore(src: PointwiseRecord, defects: list[dict], caps: dict[str, int]) -> 
         return {**dims, "overall": overall_score(dims)}
     dims = {k: v for k, v in src.scores.items() if k != "overall"}
     for dim, cap in caps.items():
-        dims[dim] = min(dims.get(dim, cap), cap)
+        if dim in dims or _default_names(src):  # the default vocabulary: a missing one is set to its cap
+            dims[dim] = min(dims.get(dim, cap), cap)
     scores = dict(dims)
-    if "overall" in src.scores:
-        scores["overall"] = min(src.scores["overall"], overall_score(dims))
+    if "overall" in src.scores:  # own dimension names: a cap on one they lack bounds overall alone
+        scores["overall"] = min(src.scores["overall"], *dims.values(), *caps.values())
     return scores
+
+
+def _default_names(src: PointwiseRecord) -> bool:
+    return set(src.scores) <= set(JudgeSpec().dimensions)
+
+
+def labelable(src: PointwiseRecord, kind: str) -> bool:
+    """Whether the rule can say the variant is worse: a toy record, one with the default dimension
+    names, or one that scores the broken dimension or overall (own names without either: no label)."""
+    return (
+        _is_toy(src) or _default_names(src) or KIND_DIMENSION[kind] in src.scores or "overall" in src.scores
+    )
 
 
 def _encoded(src, kind, frames, fps, order, defects, caps, out: Path) -> PointwiseRecord:

@@ -121,6 +121,17 @@ class OracleTeacher:
         return TeacherReply(req.id, f"<think>{think}</think>\n{answer}")
 
 
+def check_annotated(records, source) -> None:
+    """The oracle writes from toy-world annotations: refuse, before any work, records that have none."""
+    bare = [r.id for r in records if "defects" not in (r.meta or {})]
+    if bare:
+        raise ValueError(
+            f"{source}: {len(bare)} of {len(records)} records have no toy-world annotations (meta.defects), "
+            f"e.g. {bare[0]!r}; the oracle teacher only knows toy-world videos: use --teacher openai:URL "
+            "(a served VLM) for your own videos"
+        )
+
+
 def critique(
     prompt: str,
     defects: list[dict],

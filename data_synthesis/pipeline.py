@@ -48,6 +48,9 @@ class ResumeError(RuntimeError):
     pass
 
 
+RETRIED = ("teacher_error", "bad_video")  # rejections a rerun tries again (see `synthesize`)
+
+
 def record_seed(seed: int, rid: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(rid.encode())) % 2**31
 
@@ -60,7 +63,9 @@ def synthesize(
     out.parent.mkdir(parents=True, exist_ok=True)
     log = out.with_name(out.name + ".progress.jsonl")
     header = {"fingerprint": _fingerprint(teacher, cfg, records)}
-    done = _resume(out, log, header, restart)
+    # A teacher that could not be reached, or a video that could not be read, is no verdict on the
+    # record: a rerun tries it again (its new entry, appended later in the log, is the one that counts).
+    done = {rid: e for rid, e in _resume(out, log, header, restart).items() if e.get("reason") not in RETRIED}
     todo = [r for r in records if r.id not in done]
     bar = _bar(len(records), len(done), progress)
     counts = Counter(e["status"] for e in done.values())
@@ -185,13 +190,16 @@ def _jsonable(cfg: SynthConfig) -> dict:
 
 
 def _summary(log: Path, teacher, cfg: SynthConfig, out: Path) -> dict:
-    entries = [json.loads(line) for line in log.read_text().splitlines()[1:]]
+    by_id = {e["id"]: e for e in map(json.loads, log.read_text().splitlines()[1:])}  # a retry's entry wins
+    entries = list(by_id.values())
     accepted = [e for e in entries if e["status"] == "accepted"]
     rejected = Counter(e["reason"] for e in entries if e["status"] == "rejected")
+    examples = {e["reason"]: f"{e['id']}: {e['detail']}" for e in reversed(entries) if e.get("detail")}
     parse = Counter(r for e in entries for r in e.get("parse_errors", []))
     return {
         "accepted": len(accepted),
         "rejected": dict(sorted(rejected.items())),
+        "rejected_example": dict(sorted(examples.items())),  # one record's reason per kind of rejection
         "keep_rate": round(len(accepted) / len(entries), 4) if entries else None,
         "parse_errors": dict(sorted(parse.items())),
         "records_written": sum(e["lines"] for e in accepted),
@@ -228,7 +236,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--teacher", required=True, help="oracle | openai:URL[#MODEL] | hf:PATH")
     p.add_argument(
-        "--out", required=True, help="output SFT JSONL; OUT.summary.json and OUT.progress.jsonl go beside it"
+        "--out",
+        required=True,
+        help="output SFT JSONL; beside it go the summary and the resume log (for data/sft.jsonl: "
+        "data/sft.summary.json, data/sft.jsonl.progress.jsonl). Rerunning resumes; records the teacher "
+        "could not be reached for, or whose video could not be read, are tried again",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -308,10 +320,7 @@ def main(args: argparse.Namespace) -> int:
 
     try:
         cfg = config_from_args(args)
-        records = [
-            r for r in read_jsonl(args.input, kind="pointwise") if not cfg.splits or r.split in cfg.splits
-        ]
-        records = records[: args.limit]
+        records = _select(read_jsonl(args.input, kind="pointwise"), cfg, args)
         if args.negatives:
             kinds = args.negatives.split(",")
             records += negatives_for(records, Path(args.out), kinds, args.negatives_rate, args.seed)
@@ -319,9 +328,40 @@ def main(args: argparse.Namespace) -> int:
         teacher = make_teacher(
             args.teacher, **({"concurrency": args.concurrency, "timeout_s": args.timeout} if openai else {})
         )
+        if teacher.name == "oracle":
+            from .oracle import check_annotated
+
+            check_annotated(records, args.input)
         summary = synthesize(records, teacher, Path(args.out), cfg, args.restart, not args.no_progress)
     except (SchemaError, ResumeError, TeacherUnavailableError, VideoError, ValueError) as err:
         print(f"cot-rm synthesize: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("cot-rm synthesize: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
     print(json.dumps(summary, indent=2))
+    for reason, example in summary["rejected_example"].items():
+        n = summary["rejected"][reason]
+        print(f"cot-rm synthesize: {n} rejected as {reason}, e.g. {example}", file=sys.stderr)
+    if not summary["accepted"]:
+        print(
+            "cot-rm synthesize: no record was accepted (reasons above); nothing to train on", file=sys.stderr
+        )
+        return 1
     return 0
+
+
+def _select(records: list[PointwiseRecord], cfg: SynthConfig, args) -> list[PointwiseRecord]:
+    """The records to synthesise (--splits, --limit), their labels checked against the judge's scale."""
+    kept = [r for r in records if not cfg.splits or r.split in cfg.splits][: args.limit]
+    if not kept:
+        unsplit = sum(r.split is None for r in records)
+        why = f" ({unsplit} of {len(records)} records have no split)" if cfg.splits and unsplit else ""
+        raise ValueError(f"{args.input}: no record to synthesise with --splits {args.splits}{why}")
+    spec = cfg.rationale.spec
+    for r in kept:
+        for dim, v in r.scores.items():
+            if not spec.score_min <= v <= spec.score_max:
+                raise ValueError(f"{args.input}: record {r.id!r}: scores[{dim!r}] = {v} is outside the judge's "
+                                 f"scale [{spec.score_min:g}, {spec.score_max:g}]; rescale the labels first")  # fmt: skip
+    return kept

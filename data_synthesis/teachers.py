@@ -27,6 +27,7 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 __all__ = [
@@ -78,6 +79,10 @@ def make_teacher(spec: str, **kw) -> Teacher:
         kw_model = kw.pop("model", None)  # "#MODEL" in the spec wins over a model= keyword
         return OpenAITeacher(url, model=model or kw_model, **kw)
     if kind == "hf" and rest:
+        if not (Path(rest) / "config.json").is_file():
+            raise ValueError(
+                f"hf:{rest}: no model folder there (no config.json); give a local checkpoint folder"
+            )
         return HFTeacher(rest, **kw)
     raise ValueError(f"unknown teacher {spec!r}; expected 'oracle', 'openai:URL[#MODEL]' or 'hf:PATH'")
 

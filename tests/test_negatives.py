@@ -12,7 +12,15 @@ from videogen import index_frame, read_index
 from cot_rm.schema import PointwiseRecord, read_jsonl
 from cot_rm.video import VideoError, probe
 from cot_rm.video_writer import write_video
-from data_synthesis.negatives import KINDS, decode_all, main, make_negatives, rescore, write_negatives
+from data_synthesis.negatives import (
+    KINDS,
+    decode_all,
+    labelable,
+    main,
+    make_negatives,
+    rescore,
+    write_negatives,
+)
 from data_synthesis.toyworld import ToyConfig, build, dimension_scores
 
 DIMS = ("visual_quality", "text_alignment", "physical_consistency")
@@ -119,6 +127,14 @@ def test_rescore_by_hand():
         "overall": 2,
     }
     assert rescore(src, [], {"text_alignment": 1})["overall"] == 1
+    # Own dimension names: the broken dimension is not invented; the cap bounds overall.
+    own = PointwiseRecord("y", "y.mp4", "p", {"sharpness": 4, "motion": 3, "overall": 3})
+    assert rescore(own, [], {"physical_consistency": 1}) == {"sharpness": 4, "motion": 3, "overall": 1}
+    assert labelable(own, "shuffle")
+    bare = PointwiseRecord("z", "z.mp4", "p", {"sharpness": 4, "motion": 3})
+    assert not labelable(bare, "shuffle") and labelable(
+        PointwiseRecord("w", "w.mp4", "p", {"visual_quality": 3}), "drop"
+    )
 
 
 def test_toy_labels_follow_the_toy_rule(made):

@@ -14,6 +14,7 @@ from cot_rm import protocol as P
 from cot_rm.schema import PointwiseRecord, read_jsonl, write_jsonl
 from data_synthesis.oracle import OracleTeacher
 from data_synthesis.pipeline import ResumeError, SynthConfig, synthesize
+from data_synthesis.teachers import TeacherReply
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,6 +75,42 @@ def test_bad_videos_are_counted_not_fatal(toy, tmp_path):
     assert summary["accepted"] == 1 and summary["rejected"] == {"bad_video": 2}
     log = (tmp_path / "o.jsonl.progress.jsonl").read_text()
     assert "junk.mp4: is a text file" in log and "gone.mp4: no such file" in log
+    assert "junk.mp4: is a text file" in summary["rejected_example"]["bad_video"]  # the first such record
+    # The missing video turns up: a rerun judges that record (and only it); nothing is duplicated.
+    before = (tmp_path / "o.jsonl").read_text().splitlines()
+    os.link(read_jsonl(toy / "pointwise.jsonl")[2].video, tmp_path / "gone.mp4")
+    summary = synthesize(recs, OracleTeacher(), tmp_path / "o.jsonl", SynthConfig(), progress=False)
+    assert summary["accepted"] == 2 and summary["rejected"] == {"bad_video": 1}
+    after = (tmp_path / "o.jsonl").read_text().splitlines()
+    assert after[: len(before)] == before and len(after) > len(before)
+    assert {json.loads(line)["source_id"] for line in after[len(before) :]} == {recs[2].id}
+
+
+class _Flaky(OracleTeacher):
+    """The oracle behind a connection that is down until `up` is set."""
+
+    up = False
+
+    def generate(self, requests):
+        if not self.up:
+            return [
+                TeacherReply(r.id, None, "connection error ([Errno 111] Connection refused)")
+                for r in requests
+            ]
+        return super().generate(requests)
+
+
+def test_teacher_errors_are_retried_by_a_rerun(toy, tmp_path):
+    recs = read_jsonl(toy / "pointwise.jsonl")[:3]
+    teacher, out = _Flaky(), tmp_path / "o.jsonl"
+    first = synthesize(recs, teacher, out, SynthConfig(), progress=False)
+    assert first["accepted"] == 0 and first["rejected"] == {"teacher_error": 3}
+    assert "Connection refused" in first["rejected_example"]["teacher_error"]
+    teacher.up = True
+    again = synthesize(recs, teacher, out, SynthConfig(), progress=False)
+    assert again["accepted"] == 3 and again["rejected"] == {}
+    synthesize(recs, OracleTeacher(), tmp_path / "fresh.jsonl", SynthConfig(), progress=False)
+    assert out.read_bytes() == (tmp_path / "fresh.jsonl").read_bytes()  # as if it had never failed
 
 
 def test_unannotated_records_are_rejected_with_the_teacher_error(toy, tmp_path):
@@ -81,6 +118,16 @@ def test_unannotated_records_are_rejected_with_the_teacher_error(toy, tmp_path):
     bare = PointwiseRecord(rec.id, rec.video, rec.prompt, rec.scores, meta={})
     summary = synthesize([bare], OracleTeacher(), tmp_path / "o.jsonl", SynthConfig(), progress=False)
     assert summary["accepted"] == 0 and summary["rejected"] == {"teacher_error": 1}
+    # The CLI refuses such input before any work, saying what to use instead.
+    write_jsonl(tmp_path / "mine.jsonl", [bare])
+    run = _cli(
+        "--input", str(tmp_path / "mine.jsonl"), "--teacher", "oracle", "--out", "o.jsonl", cwd=tmp_path
+    )
+    assert (
+        run.returncode == 2
+        and "no toy-world annotations" in run.stderr
+        and "--teacher openai:URL" in run.stderr
+    )
 
 
 def test_sigkill_then_resume_gives_the_uninterrupted_output(toy, tmp_path):
@@ -146,6 +193,17 @@ def test_cli_errors_are_one_line(tmp_path):
     assert run.returncode == 2 and f"{bad}:1: missing key" in run.stderr and "Traceback" not in run.stderr
     run = _cli("--input", str(bad), "--teacher", "gpt", "--out", str(tmp_path / "o.jsonl"), cwd=tmp_path)
     assert run.returncode == 2 and "Traceback" not in run.stderr
+    point = {"id": "x", "video": "x.mp4", "prompt": "p", "scores": {"sharpness": 9}}
+    bad.write_text(json.dumps(point) + "\n")
+    for args, says in [
+        (("--teacher", "oracle"), "scores['sharpness'] = 9 is outside the judge's scale [1, 5]"),
+        (("--teacher", "oracle", "--splits", "train"), "no record to synthesise with --splits train (1 of 1"),
+    ]:
+        run = _cli("--input", str(bad), *args, "--out", str(tmp_path / "o.jsonl"), cwd=tmp_path)
+        assert run.returncode == 2 and says in run.stderr and len(run.stderr.splitlines()) == 1, run.stderr
+    bad.write_text(json.dumps({**point, "scores": {"sharpness": 3}}) + "\n")
+    run = _cli("--input", str(bad), "--teacher", "hf:/nowhere/model", "--out", "o.jsonl", cwd=tmp_path)
+    assert run.returncode == 2 and "hf:/nowhere/model: no model folder there" in run.stderr, run.stderr
 
 
 def test_negatives_join_the_synthesis(toy, tmp_path):
@@ -176,7 +234,8 @@ def test_openai_teacher_on_a_real_vllm_server_is_counted_unparseable(toy, tmp_pa
     out = tmp_path / "sft.jsonl"
     args = ["--input", str(toy / "pointwise.jsonl"), "--limit", "4", "--out", str(out), "--max-tokens", "24"]
     run = _cli(*args, "--teacher", f"openai:{vllm_server.base_url}", "--max-rewrites", "0", cwd=tmp_path)
-    assert run.returncode == 0, run.stderr
+    assert run.returncode == 1 and "no record was accepted" in run.stderr, run.stderr
+    assert "4 rejected as unparseable, e.g. " in run.stderr
     summary = json.loads(run.stdout)
     assert summary["accepted"] == 0 and summary["rejected"] == {"unparseable": 4}
     assert sum(summary["parse_errors"].values()) == 4
