@@ -390,7 +390,8 @@ def _show(value: Any) -> str:
 
 
 def check_trl_args(trl_config_cls: type, d: Mapping[str, Any], section: str = "train") -> None:
-    """Raise if `d` has keys that `trl_config_cls` (e.g. trl.SFTConfig) does not take, with suggestions."""
+    """Raise if `d` has keys that `trl_config_cls` (e.g. trl.SFTConfig) does not take, with suggestions,
+    or a text where that option is a number or a boolean (TRL would fail later with a bare TypeError)."""
     allowed = sorted(f.name for f in fields(trl_config_cls) if f.init)
     unknown = [k for k in d if k not in allowed]
     if unknown:
@@ -399,6 +400,14 @@ def check_trl_args(trl_config_cls: type, d: Mapping[str, Any], section: str = "t
             f"{section}: not an option of {trl_config_cls.__module__}.{trl_config_cls.__name__}: {named}. "
             f"The '{section}' section is passed verbatim to it; see its documentation for the options."
         )
+    try:
+        hints = get_type_hints(trl_config_cls)
+    except Exception:  # an annotation this Python cannot resolve: leave the values to TRL
+        return
+    for key, value in d.items():
+        scalar = {a for a in get_args(hints[key]) or (hints[key],) if a is not type(None)}
+        if scalar and scalar <= {int, float, bool} and isinstance(value, str):
+            raise ConfigError(f"'{section}.{key}' = {value!r}: expected {_expected(hints[key])}")
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:

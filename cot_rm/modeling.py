@@ -243,6 +243,7 @@ class ThinkThenScore(nn.Module):
         """
         if lora is not None and lora.lora_vision and freeze_vision:
             raise ValueError("freeze_vision=True contradicts LoraSettings(lora_vision=True)")
+        _check_local(path)
         processor = AutoProcessor.from_pretrained(str(path))
         vlm = _load_vlm(path, torch_dtype, attn_implementation)
         tokenizer = processor.tokenizer
@@ -497,3 +498,10 @@ class ThinkThenScore(nn.Module):
     def as_dicts(self, rewards: torch.Tensor) -> list[dict[str, float]]:
         """[B, D] -> one {dimension: score} per row (for Judgment JSON)."""
         return [dict(zip(self.config.dimensions, map(float, row))) for row in rewards.detach().cpu()]
+
+
+def _check_local(path: str | Path) -> None:
+    """Neither a folder here nor a hub name (org/name): a typo, said in one line (not a repo-id error)."""
+    text = str(path)
+    if not Path(text).is_dir() and (text.startswith(("/", ".", "~")) or text.count("/") != 1):
+        raise FileNotFoundError(f"{text}: no such model folder; give a local checkpoint folder or a hub name")

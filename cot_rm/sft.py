@@ -161,6 +161,7 @@ def build(cfg):
         if path:
             read_jsonl(path, kind="pairwise")
     traces = load_traces(d.train, d.splits)
+    check_dimensions(traces, m.dimensions, d.train)
     examples = build_examples(traces, d.pairs, d.splits)
     if not examples:
         raise ValueError(f"{d.train}: no traces in splits {d.splits}")
@@ -186,6 +187,17 @@ def build(cfg):
         processing_class=model.processor,
     )
     return model, trainer, traces, examples
+
+
+def check_dimensions(traces: list[dict], dims, source) -> None:
+    """The traces' labels must be dimensions the model scores: the head would get no target for the
+    others, while the LM learned to write them in its <answer>."""
+    data = sorted({k for t in traces for k in t["scores"]})
+    if extra := [k for k in data if k not in dims]:
+        raise ValueError(
+            f"{source}: the traces are labelled on {extra}, which model.dimensions {list(dims)} does not "
+            f"list; set it to the data's dimensions, e.g. model.dimensions=[{','.join(data)}]"
+        )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -232,14 +244,37 @@ def start_run(trainer, cfg, prog: str, what: str) -> str | None:
     from cot_rm.config import save_config
 
     out = Path(trainer.args.output_dir)
+    resume = last_checkpoint(out)
     if trainer.is_world_process_zero():
         out.mkdir(parents=True, exist_ok=True)
+        if resume is not None and (changed := _changed_keys(out / "run_config.yaml", cfg)):
+            print(f"{prog}: resuming a run started with other settings ({', '.join(changed[:8])}); the "
+                  "new ones apply from here (another train.output_dir starts afresh)", file=sys.stderr)  # fmt: skip
         save_config(cfg, out / "run_config.yaml")
         print(f"{prog}: {what} -> {out}", file=sys.stderr)
-    resume = last_checkpoint(out)
     if resume is not None:
         print(f"{prog}: resuming from {resume}", file=sys.stderr)
     return resume
+
+
+def _changed_keys(path: Path, cfg) -> list[str]:
+    """Dotted keys whose value differs between the saved run_config.yaml and `cfg`."""
+    import yaml
+
+    from cot_rm.config import dump_config
+
+    try:
+        old = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return []
+
+    def flat(d, prefix=""):
+        if not isinstance(d, dict):
+            return {prefix: d}
+        return {k: v for key, sub in d.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
+
+    a, b = flat(old), flat(dump_config(cfg))
+    return sorted(k.rstrip(".") for k in a.keys() | b.keys() if a.get(k) != b.get(k))
 
 
 def last_checkpoint(out: Path) -> str | None:

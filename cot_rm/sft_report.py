@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -67,6 +68,9 @@ def calibrate(model, collator, val_rows: list[dict], pairs_path: str | None) -> 
     """Per-dimension mean/std of the head on validation traces (VideoAlign's normalisation), and the
     tie margin (on the head's raw scale) that best separates ties on the validation pairs' overall."""
     if len(val_rows) < 2:
+        print(f"cot-rm sft: {len(val_rows)} validation trace(s) (split 'val'): scores left uncalibrated and "
+              "the tie margin at 0; synthesise val records too (`--splits train,val`) to fit them",
+              file=sys.stderr)  # fmt: skip
         return
     raw = head_scores(model, collator, val_rows)
     dims = model.config.dimensions

@@ -119,8 +119,14 @@ class ToyConfig:
             raise ValueError(f"unknown defect types {unknown}; known: {', '.join(DIMENSION_OF)}")
         if self.n < 1 or self.seed < 0 or self.videos_per_prompt < 1 or self.cross_pairs_per_prompt < 0:
             raise ValueError("need n >= 1, seed >= 0, videos_per_prompt >= 1, cross_pairs_per_prompt >= 0")
-        if self.height % 2 or self.width % 2 or min(self.height, self.width) < 32:
-            raise ValueError(f"size must be even and at least 32 px, got {self.height}x{self.width}")
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if (
+            self.height % 2
+            or self.width % 2
+            or not 32 <= min(self.height, self.width) <= max(self.height, self.width) <= 1024
+        ):
+            raise ValueError(f"size must be even and 32 to 1024 px a side, got {self.height}x{self.width}")
 
 
 def video_seed(seed: int, index: int) -> int:
@@ -185,6 +191,10 @@ def build(out_dir: str | os.PathLike, cfg: ToyConfig, progress: bool = True) -> 
     pairs = same_prompt_pairs(records, cfg.seed) + cross_prompt_pairs(records, cfg)
     write_jsonl(out / "pointwise.jsonl", records)
     write_jsonl(out / "pairs.jsonl", pairs)
+    keep = {Path(r.video).name for r in records}
+    for stale in (out / "videos").glob("[0-9][0-9][0-9][0-9][0-9][0-9].mp4"):  # an earlier, larger --n
+        if stale.name not in keep:
+            stale.unlink()
     splits = {s: sum(r.split == s for r in records) for s in ("train", "val", "test")}
     return {"out": str(out), "videos": len(records), "pairs": len(pairs), "splits": splits,
             "seconds": round(time.perf_counter() - start, 2)}  # fmt: skip
@@ -302,7 +312,19 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"cot-rm toyworld: {err}", file=sys.stderr)
         return 2
-    print(json.dumps(build(args.out, cfg, progress=not args.no_progress)))
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        print(f"cot-rm toyworld: --out {args.out} is a file; give a folder", file=sys.stderr)
+        return 2
+    try:
+        summary = build(args.out, cfg, progress=not args.no_progress)
+    except OSError as err:
+        print(f"cot-rm toyworld: cannot write under {args.out}: {err.strerror or err}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary))
+    if empty := [s for s, k in summary["splits"].items() if not k]:
+        per = 3 * cfg.videos_per_prompt  # prompts 0, 1, 2 are train, val, test (toyworld_plan.SPLIT_CYCLE)
+        print(f"cot-rm toyworld: no {' or '.join(empty)} videos; --n {per} or more covers every split",
+              file=sys.stderr)  # fmt: skip
     return 0
 
 

@@ -287,6 +287,27 @@ def test_check_trl_args():
     msg = str(err.value)
     assert "'train.lerning_rate' (did you mean 'learning_rate'?)" in msg and "'train.zzz'" in msg
     assert "SFTConfig" in msg
+    # A text where TRL wants a number or a boolean names the key (TRL would raise a bare TypeError).
+    with pytest.raises(ConfigError, match=r"'train.learning_rate' = 'fast': expected a number"):
+        check_trl_args(trl.SFTConfig, {"learning_rate": "fast"})
+    with pytest.raises(ConfigError, match=r"'train.num_generations' = 'abc': expected int"):
+        check_trl_args(trl.GRPOConfig, {"num_generations": "abc"})
+    check_trl_args(
+        trl.SFTConfig, {"warmup_steps": 0.05, "save_strategy": "no", "report_to": "none", "bf16": None}
+    )
+
+
+def test_sft_refuses_traces_labelled_on_dimensions_the_model_does_not_score():
+    from cot_rm.sft import check_dimensions
+
+    dims = ("visual_quality", "overall")
+    check_dimensions(
+        [{"scores": {"overall": 3}}, {"scores": {"visual_quality": 2}}], dims, "t.jsonl"
+    )  # a subset
+    with pytest.raises(
+        ValueError, match=r"t.jsonl: the traces are labelled on \['motion'\].*model.dimensions="
+    ):
+        check_dimensions([{"scores": {"motion": 3, "overall": 2}}], dims, "t.jsonl")
 
 
 # ------------------------------------------------------------------------------ help and dumps
@@ -391,3 +412,17 @@ def test_lora_args_mirror_lora_settings():
     assert ours == theirs
     assert LoraArgs(r=4, lora_vision=True).to_settings() == LoraSettings(r=4, lora_vision=True)
     assert HEAD_KINDS == MODEL_HEAD_KINDS
+
+
+def test_resume_names_the_settings_that_changed(tmp_path):
+    from cot_rm.sft import _changed_keys
+    from cot_rm.sft_config import SFTRunConfig
+
+    first = load_config(SFTRunConfig, "configs/tiny/sft.yaml", ["train.learning_rate=1e-3"])
+    save_config(first, tmp_path / "run_config.yaml")
+    assert _changed_keys(tmp_path / "run_config.yaml", first) == []
+    later = load_config(
+        SFTRunConfig, "configs/tiny/sft.yaml", ["train.learning_rate=1e-4", "loss.head_weight=2"]
+    )
+    assert _changed_keys(tmp_path / "run_config.yaml", later) == ["loss.head_weight", "train.learning_rate"]
+    assert _changed_keys(tmp_path / "missing.yaml", later) == []

@@ -172,8 +172,22 @@ def test_cli_writes_the_three_outputs(tmp_path):
     records = read_jsonl(out / "pointwise.jsonl")
     assert len(records) == 8 and len(list((out / "videos").glob("*.mp4"))) == 8
     assert read_jsonl(out / "pairs.jsonl") and probe(records[0].video)["height"] == 48
+    assert "no test videos; --n 12 or more covers every split" in proc.stderr  # 8 videos: 2 prompts
     bad = subprocess.run([*cmd, "--size", "63"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "even" in bad.stderr
+    # A rerun with fewer videos leaves no stale ones behind; unusable --out and --workers are one line.
+    again = subprocess.run(
+        [*cmd[:-4], "--n", "3", "--workers", "1"], capture_output=True, text=True, timeout=60
+    )
+    assert again.returncode == 0 and sorted(p.name for p in (out / "videos").iterdir()) == [
+        f"00000{i}.mp4" for i in range(3)
+    ]
+    for extra, says in [(("--workers", "0"), "workers must be >= 1"), (("--size", "4096"), "32 to 1024 px")]:
+        bad = subprocess.run([*cmd, *extra], capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 2 and says in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+    cmd[cmd.index("--out") + 1] = str(out / "pairs.jsonl")
+    bad = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "is a file; give a folder" in bad.stderr
 
 
 def test_defect_types_limit_the_random_defects(tmp_path):
