@@ -17,54 +17,21 @@ PROG = "cot-rm video-info"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    d = Sampling()
-    parser.add_argument("path", help="video file (mp4, webm, mkv, avi, gif, ... anything FFmpeg reads)")
-    parser.add_argument(
-        "--fps", type=float, default=d.fps, help=f"frames sampled per second (default {d.fps})"
-    )
-    parser.add_argument(
-        "--num-frames",
-        type=int,
-        default=None,
-        help="sample this many frames, evenly spread (wins over --fps, --min/--max-frames); "
-        "rounded to an even number (frames go to the model in pairs) and at most the video's frames",
-    )
-    parser.add_argument(
-        "--min-frames",
-        type=int,
-        default=d.min_frames,
-        help=f"with --fps: sample at least this many (default {d.min_frames})",
-    )
-    parser.add_argument(
-        "--max-frames",
-        type=int,
-        default=d.max_frames,
-        help=f"with --fps: sample at most this many (default {d.max_frames})",
-    )
-    parser.add_argument(
-        "--min-pixels",
-        type=int,
-        default=None,
-        help="per-frame minimum (default 128*factor^2, clamped to --max-pixels)",
-    )
-    parser.add_argument(
-        "--max-pixels",
-        type=int,
-        default=d.max_pixels,
-        help=f"per-frame pixel budget (default {d.max_pixels})",
-    )
-    parser.add_argument(
-        "--family",
-        choices=sorted(FACTORS),
-        default=d.family,
-        help="model family: sets the patch factor (28 or 32)",
-    )
-    parser.add_argument(
-        "--cache-dir", default=None, help=f"frame cache directory (default {default_cache_dir()})"
-    )
-    parser.add_argument(
-        "--no-cache", action="store_true", help="decode without reading or filling the frame cache"
-    )
+    d, arg = Sampling(), parser.add_argument
+    # fmt: off
+    arg("path", help="video file (mp4, webm, mkv, avi, gif, ... anything FFmpeg reads)")
+    arg("--fps", type=float, default=d.fps, help=f"frames sampled per second (default {d.fps})")
+    arg("--num-frames", type=int, default=None,
+        help="sample this many frames, evenly spread (wins over --fps, --min/--max-frames); rounded to an "
+        "even number (frames go to the model in pairs) and at most the video's frames")
+    arg("--min-frames", type=int, default=d.min_frames, help=f"with --fps: at least this many (default {d.min_frames})")
+    arg("--max-frames", type=int, default=d.max_frames, help=f"with --fps: at most this many (default {d.max_frames})")
+    arg("--min-pixels", type=int, default=None, help="per-frame minimum (default 128*factor^2, clamped to --max-pixels)")
+    arg("--max-pixels", type=int, default=d.max_pixels, help=f"per-frame pixel budget (default {d.max_pixels})")
+    arg("--family", choices=sorted(FACTORS), default=d.family, help="model family: sets the patch factor (28 or 32)")
+    arg("--cache-dir", default=None, help=f"frame cache directory (default {default_cache_dir()})")
+    arg("--no-cache", action="store_true", help="decode without reading or filling the frame cache")
+    # fmt: on
 
 
 def main(args: argparse.Namespace) -> int:
