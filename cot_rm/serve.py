@@ -36,6 +36,7 @@ from importlib import resources
 from pathlib import Path
 
 from fastapi import Request  # at module level: FastAPI resolves the routes' annotations here
+from starlette.requests import ClientDisconnect
 
 from cot_rm.serve_judge import Admission, Busy, EngineError, ServedJudge
 from cot_rm.serve_media import (
@@ -105,7 +106,9 @@ def create_app(settings: Settings, served: ServedJudge | None, engine_url: str, 
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_req, err: RequestValidationError):
-        return error(400, f"bad request: {err.errors()[:1]}")
+        first = (err.errors() or [{}])[0]  # e.g. ?stream=abc: "query stream: Input should be a valid integer"
+        where = " ".join(str(x) for x in first.get("loc", ()))
+        return error(400, f"bad request: {where}: {first.get('msg', 'invalid')}")
 
     @app.exception_handler(Exception)
     async def _internal(_req, err: Exception):
@@ -137,7 +140,7 @@ def create_app(settings: Settings, served: ServedJudge | None, engine_url: str, 
             batches = served.scorer.batches  # head passes so far, and how many judgments each scored
             return {"status": "ok", "model": settings.model_name, "active": admission.active,
                     "judged": sum(batches), "head_passes": len(batches)}  # fmt: skip
-        return error(503, "starting")
+        return error(503, "starting", {"Retry-After": "5"})
 
     @app.get("/", response_class=HTMLResponse)
     async def page():
@@ -153,7 +156,9 @@ def create_app(settings: Settings, served: ServedJudge | None, engine_url: str, 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         authorize(request)
-        body = await json_object(request)
+        # Inline (base64) images may ride in a chat body: it gets the upload limit, a judge body 1 MB.
+        too_big = f"the JSON body is over {settings.max_upload_bytes // 2**20} MB"
+        body = await json_object(request, settings.max_upload_bytes, too_big)
         # Local media must lie under the root as /v1/judge's do (the engine checks too, but only its
         # own way): refused here with a 4xx, or rewritten to the real file the engine then loads.
         check_chat_media(body, settings.media_root, settings.media_urls)
@@ -236,10 +241,16 @@ def create_app(settings: Settings, served: ServedJudge | None, engine_url: str, 
         async def produce():
             try:
                 await events.put({"event": "judgment", "judgment": await run(events.put_nowait)})
-            except (VideoError, EngineError) as err:
-                await events.put({"event": "error", "error": str(err)})
+            except VideoError as err:  # as the non-streamed answer says it: no server path in it
+                await events.put({"event": "error", "status": 415, "error": f"video: {label}: {err.reason}"})
+            except EngineError as err:
+                await events.put(
+                    {"event": "error", "status": 422 if err.status < 500 else 503, "error": str(err)}
+                )
             except Exception as err:  # reported in the stream: the status line is already sent
-                await events.put({"event": "error", "error": f"internal error ({type(err).__name__})"})
+                await events.put(
+                    {"event": "error", "status": 500, "error": f"internal error ({type(err).__name__})"}
+                )
 
         async def lines():
             task = asyncio.create_task(produce())
@@ -254,9 +265,9 @@ def create_app(settings: Settings, served: ServedJudge | None, engine_url: str, 
 
         return StreamingResponse(lines(), media_type="application/x-ndjson")
 
-    async def json_object(request: Request) -> dict:
+    async def json_object(request: Request, limit=2**20, too_big="the JSON body is over 1 MB") -> dict:
         try:
-            body = json.loads(await request.body())
+            body = json.loads(await read_capped(request, limit, too_big))
         except (ValueError, UnicodeDecodeError):
             raise ClientError(400, "the body is not valid JSON") from None
         if not isinstance(body, dict):
@@ -270,6 +281,9 @@ def create_app(settings: Settings, served: ServedJudge | None, engine_url: str, 
         if ctype.startswith("multipart/form-data"):
             return await upload_input(request)
         body = await json_object(request)
+        if unknown := sorted(set(body) - JUDGE_KEYS):
+            raise ClientError(400, f"unknown field(s) {unknown}: /v1/judge takes {sorted(JUDGE_KEYS)} (greedy, "
+                                   "the checkpoint's own settings)")  # fmt: skip
         prompt = body.get("prompt")
         if not isinstance(prompt, str) or not prompt.strip():
             raise ClientError(400, "prompt: a non-empty string is required")
@@ -284,20 +298,15 @@ def create_app(settings: Settings, served: ServedJudge | None, engine_url: str, 
         return resolve_media(video, settings.media_root), prompt, video, None
 
     async def upload_input(request: Request):
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > settings.max_upload_bytes + 2**16:
-            raise ClientError(413, f"upload larger than {settings.max_upload_bytes // 2**20} MB")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > settings.max_upload_bytes + 2**16:
-                raise ClientError(413, f"upload larger than {settings.max_upload_bytes // 2**20} MB")
-            chunks.append(chunk)
-        request._body = b"".join(chunks)  # starlette replays a read body to form()
-        try:
+        too_big = f"upload larger than {settings.max_upload_bytes // 2**20} MB"
+        request._body = await read_capped(request, settings.max_upload_bytes + 2**16, too_big)
+        try:  # starlette replays the read body to form()
             form = await request.form(max_files=1, max_fields=8)
         except Exception as err:  # malformed multipart: the client's fault
-            raise ClientError(400, f"malformed multipart form ({type(err).__name__})") from None
+            detail = getattr(err, "detail", None) or type(err).__name__
+            raise ClientError(
+                400, f"malformed multipart form ({detail}): send one file and a prompt"
+            ) from None
         prompt, file = form.get("prompt"), form.get("file")
         if not isinstance(prompt, str) or not prompt.strip():
             raise ClientError(400, "prompt: a non-empty form field is required")
@@ -316,6 +325,26 @@ def create_app(settings: Settings, served: ServedJudge | None, engine_url: str, 
     return app
 
 
+JUDGE_KEYS = frozenset({"video", "prompt"})
+
+
+async def read_capped(request: Request, limit: int, too_big: str) -> bytes:
+    """The body, refused (413, `too_big`) past `limit` bytes whether or not Content-Length says so."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ClientError(413, too_big)
+    chunks, size = [], 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ClientError(413, too_big)
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ClientError(400, "the client went away before sending the whole body") from None
+    return b"".join(chunks)
+
+
 def _remove(path: Path | None) -> None:
     if path is not None:
         path.unlink(missing_ok=True)
@@ -332,11 +361,26 @@ def _report(j: dict, served: ServedJudge, path: str, prompt: str) -> str:
 # --------------------------------------------------------------------------------------------- CLI
 
 
+def _positive(kind):
+    """An argparse type: a finite number > 0 (argparse turns the ValueError into a one-line usage error)."""
+
+    def parse(text: str):
+        value = kind(text)
+        if not 0 < value < float("inf"):
+            raise ValueError(text)
+        return value
+
+    parse.__name__ = f"positive {kind.__name__}"  # argparse names the type in its message
+    return parse
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Serve a cot-rm checkpoint on one port: POST /v1/judge (the select_frames tool loop on vLLM, "
         "then the head: Judgment JSON), the OpenAI-compatible /v1/models and /v1/chat/completions, "
-        "GET /health and an interactive page at /. Starts vLLM's OpenAI server for the checkpoint's "
+        'GET /health and an interactive page at /. /v1/judge takes JSON {"video": PATH or http(s) URL, '
+        '"prompt": TEXT} or a multipart form (file, prompt); ?stream=1 streams the turns as NDJSON, '
+        "?report=1 adds the HTML critique. Starts vLLM's OpenAI server for the checkpoint's "
         "language model as a child process; the head runs here with transformers."
     )
     parser.add_argument("--model", required=True, type=Path, help="cot-rm checkpoint folder")
@@ -347,17 +391,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-key", default=None,
                         help=f"require `Authorization: Bearer KEY` on /v1 routes (default: ${API_KEY_ENV})")  # fmt: skip
     parser.add_argument(
-        "--max-queue", type=int, default=64, help="requests in progress before 503 (default 64)"
+        "--max-queue", type=_positive(int), default=64, help="requests in progress before 503 (default 64)"
     )
-    parser.add_argument("--max-upload-mb", type=float, default=200,
+    parser.add_argument("--max-upload-mb", type=_positive(float), default=200,
                         help="largest upload or http(s) download (default 200 MB)")  # fmt: skip
     parser.add_argument("--media-urls", action=argparse.BooleanOptionalAction, default=True,
                         help="fetch http(s) video URLs given to /v1/judge and pass them on in chat "
                         "requests (default on; the server then fetches any URL a caller names)")  # fmt: skip
-    parser.add_argument("--fetch-timeout", type=float, default=60,
+    parser.add_argument("--fetch-timeout", type=_positive(float), default=60,
                         help="seconds for one http(s) video download, all of it (default 60)")  # fmt: skip
-    parser.add_argument("--max-new-tokens", type=int, default=512, help="per assistant turn (default 512)")
-    parser.add_argument("--score-batch-size", type=int, default=8, help="judgments per head pass (default 8)")
+    parser.add_argument(
+        "--max-new-tokens", type=_positive(int), default=512, help="per assistant turn (default 512)"
+    )
+    parser.add_argument(
+        "--score-batch-size", type=_positive(int), default=8, help="judgments per head pass (default 8)"
+    )
     parser.add_argument("--served-model-name", default=None, help="model name on /v1 (default: folder name)")
     parser.add_argument("--device", default="auto", help="the head's device: auto, cpu, cuda, cuda:1 ...")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
@@ -366,13 +414,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="interpreter with vLLM (default: $COT_RM_VLLM_PYTHON, else .venv-vllm)")  # fmt: skip
     parser.add_argument("--vllm-port", type=int, default=0, help="the engine's internal port (default: free)")
     parser.add_argument(
-        "--max-model-len", type=int, default=8192, help="engine context length (default 8192)"
+        "--max-model-len", type=_positive(int), default=8192, help="engine context length (default 8192)"
     )
     parser.add_argument("--vllm-arg", action="append", default=[], metavar="ARG",
                         help="extra argument for vLLM, repeatable (--vllm-arg=--gpu-memory-utilization=0.5)")  # fmt: skip
     parser.add_argument("--engine-url", default=None,
                         help="use a vLLM server already running there instead of starting one")  # fmt: skip
-    parser.add_argument("--start-timeout", type=float, default=900, help="seconds for the engine to come up")
+    parser.add_argument("--start-timeout", type=_positive(float), default=900,
+                        help="seconds for the engine to come up (default 900)")  # fmt: skip
 
 
 def main(args: argparse.Namespace) -> int:

@@ -115,6 +115,9 @@ def run(args: argparse.Namespace, settings, work: Path) -> int:
                                            timeout_graceful_shutdown=5))  # fmt: skip
     try:
         server.run()
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C once shut down: the shutdown above was clean
+        _log("stopped (interrupted)")
+        return 130
     finally:
         cleanup()
     return 1 if status["failed"] or not status["ready"] else 0

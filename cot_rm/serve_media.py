@@ -30,11 +30,18 @@ class ClientError(Exception):
 
 
 def is_remote(ref: str) -> bool:
-    return urlparse(ref).scheme.lower() in REMOTE_SCHEMES and "://" in ref
+    try:
+        return urlparse(ref).scheme.lower() in REMOTE_SCHEMES and "://" in ref
+    except ValueError as err:  # e.g. an unclosed IPv6 bracket
+        raise ClientError(400, f"{ref[:200]!r}: not a valid URL ({err})") from None
 
 
 def resolve_media(ref: str, root: Path, what: str = "video") -> Path:
     """A path or file:// URL -> the real file under `root`, or the ClientError to answer."""
+    if "\0" in ref:
+        raise ClientError(400, f"{what}: the path contains a NUL byte")
+    if ref.startswith("data:"):
+        raise ClientError(400, f"{what}: data: URLs are not taken; upload the file (multipart) instead")
     if ref.startswith("file://"):
         url = urlparse(ref)
         if url.netloc not in ("", "localhost"):

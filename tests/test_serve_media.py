@@ -201,3 +201,55 @@ def test_chat_media_under_the_root_only_and_rewritten_to_the_real_file(files, tm
         [_chat({"type": "image_url", "image_url": {"url": "http://x/a.png"}})],
     )
     assert r.status_code == 400 and json.loads(r.text)["error"]
+
+
+class _Undecodable(_Served):
+    """The engine side finds the video undecodable mid-judgment (a file whose header reads fine)."""
+
+    async def run(self, rid, path, prompt, on_event=None):
+        from cot_rm.video import VideoError
+
+        raise VideoError(path, "decoding failed after frame 16; re-export the video")
+
+
+def test_odd_requests_get_a_4xx_not_a_500(files, tmp_path):
+    app, served, _ = _app(files, tmp_path)
+    clip = str(files["root"] / "clip.mp4")
+    cases = {
+        "broken URL": (400, {"video": "http://[::1/x.mp4", "prompt": PROMPT}, "not a valid URL"),
+        "NUL byte": (400, {"video": clip + "\0x", "prompt": PROMPT}, "NUL byte"),
+        "data: URL": (400, {"video": "data:video/mp4;base64,AAAA", "prompt": PROMPT}, "upload the file"),
+        "unknown field": (400, {"video": clip, "prompt": PROMPT, "temperature": 0.7}, "unknown field(s) ['temperature']"),
+        "huge body": (413, {"video": clip, "prompt": PROMPT, "pad": "a" * 2**20}, "over 1 MB"),
+    }  # fmt: skip
+    responses = _post(app, "/v1/judge", [body for _, body, _ in cases.values()])
+    for (name, (status, _, says)), r in zip(cases.items(), responses, strict=True):
+        assert r.status_code == status and says in r.json()["error"], (name, r.status_code, r.text)
+    assert served.seen == []
+    (r,) = _post(app, "/v1/judge?stream=abc", [{"video": clip, "prompt": PROMPT}])
+    assert r.status_code == 400 and r.json()["error"].startswith("bad request: query stream: ")
+
+
+def test_a_streamed_video_error_says_what_the_plain_answer_says(files, tmp_path):
+    from cot_rm.serve import Settings, create_app
+
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    app = create_app(Settings(files["root"], uploads, None), _Undecodable(), "http://unused", max_active=2)
+
+    async def go():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app", timeout=60) as client:
+            upload = {"file": ("mine.mp4", files["clip"].read_bytes(), "video/mp4")}
+            streamed = await client.post("/v1/judge?stream=1", files=upload, data={"prompt": PROMPT})
+            plain = await client.post("/v1/judge", files=upload, data={"prompt": PROMPT})
+            return streamed, plain
+
+    streamed, plain = asyncio.run(go())
+    last = json.loads(streamed.text.strip().splitlines()[-1])
+    assert plain.status_code == 415 and last == {
+        "event": "error",
+        "status": 415,
+        "error": plain.json()["error"],
+    }
+    assert last["error"].startswith("video: mine.mp4: decoding failed") and str(uploads) not in streamed.text
