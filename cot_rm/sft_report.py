@@ -3,7 +3,8 @@
 The report answers "did it learn?": the LM loss at the start and end of training, the share of greedy
 judgments (with the tool loop) that parse on held-out videos, and the head's pairwise accuracy
 (without ties) on held-out pairs, reading the model's own critique and, beside it, reading only the video
-and prompt (where the head's accuracy comes from). Printed and written to OUTPUT_DIR/report.json.
+and prompt (where the head's accuracy comes from); and whether the model looks at the video at all (the
+LM loss on val critiques with their own video vs another one). Printed and written to OUTPUT_DIR/report.json.
 """
 
 from __future__ import annotations
@@ -33,20 +34,48 @@ def finish(model, trainer, cfg, skip_judging: bool = False) -> dict:
     traces = load_traces(cfg.data.train, None)
     sampling = Sampling.from_dict({**traces[0]["sampling"], "family": model.config.family})
     model.config.sampling = sampling.to_dict()
-    calibrate(
-        model,
-        collator,
-        [t for t in traces if t.get("split") == "val" and not t.get("rationale_free")],
-        cfg.data.pairs,
-    )
+    val = [t for t in traces if t.get("split") == "val" and not t.get("rationale_free")]
+    calibrate(model, collator, val, cfg.data.pairs)
     model.save_pretrained(out)
     history = trainer.state.log_history
     runtime = next((h["train_runtime"] for h in reversed(history) if "train_runtime" in h), None)
     report = {"checkpoint": str(out), "train_seconds": runtime and round(runtime), **lm_trend(history)}
+    report["lm_loss_val_video_swapped"] = video_reliance(model, collator, val)
     if not skip_judging and cfg.data.eval_pairs:
         report.update(judged_report(model, cfg, sampling))
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+@torch.inference_mode()
+def video_reliance(model, collator, rows: list[dict]) -> dict | None:
+    """The LM loss on held-out (val) critiques with their own video and with another val video of the same
+    length whose labels differ (same text, same labels): near-equal losses say the model writes its
+    critique without looking at the video."""
+    from cot_rm.video import VideoError, probe
+
+    device = next(model.parameters()).device
+    try:
+        length = {r["video"]: probe(r["video"])["total_frames"] for r in rows}
+    except VideoError:
+        return None
+    own, other = [], []
+    for i, row in enumerate(rows):
+        rest = rows[i + 1 :] + rows[:i]  # the next one that fits: deterministic
+        swap = next((q for q in rest if length[q["video"]] == length[row["video"]] and q["scores"] != row["scores"]), None)  # fmt: skip
+        if swap is not None:
+            own.append(_lm_loss(model, collator, row, device))
+            other.append(_lm_loss(model, collator, {**row, "video": swap["video"]}, device))
+    if not own:
+        return None
+    return {"own_video": sum(own) / len(own), "other_video": sum(other) / len(other), "rows": len(own)}
+
+
+def _lm_loss(model, collator, row: dict, device) -> float:
+    seq = collator.sequence(row)
+    batch = collator.encode([seq], [])
+    drop = {*collator.head_targets([seq], []), "vision_keys"}  # the training step's own inputs
+    return model(**{k: v.to(device) for k, v in batch.items() if k not in drop}).loss.item()
 
 
 @torch.inference_mode()

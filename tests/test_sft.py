@@ -142,7 +142,7 @@ def test_short_run_learns_and_writes_a_cot_rm_checkpoint(data, tmp_path):
     assert _report(run.stdout) == report  # printed once, and the same as the file
     assert {"checkpoint", "lm_loss_first", "lm_loss_last", "lm_loss_fell", "judged_videos", "parse_rate",
             "pairs", "head_pairwise_accuracy", "answer_pairwise_accuracy",
-            "head_pairwise_accuracy_video_only"} <= report.keys()  # fmt: skip
+            "head_pairwise_accuracy_video_only", "lm_loss_val_video_swapped"} <= report.keys()  # fmt: skip
     for name in ("head_pairwise_accuracy", "head_pairwise_accuracy_video_only"):
         assert set(report[name]) == {"visual_quality", "text_alignment", "physical_consistency", "overall"}
         assert all(v is None or 0.0 <= v <= 1.0 for v in report[name].values()), report
@@ -297,3 +297,34 @@ def test_packed_batches_train_like_padded_ones(data, tmp_path):
         assert [h[key] for h in steps[1]] == pytest.approx([h[key] for h in steps[0]], abs=1e-4), key
     text = model.base_vlm.model.language_model.config
     assert text._attn_implementation == "cot_rm_varlen_sdpa"  # the per-sequence attention, not a dense mask
+
+
+def test_video_reliance_reads_the_same_critique_on_another_video(data, tmp_path):
+    """The report's look-at-the-video check: one critique's LM loss on its own video and on another one of
+    the same length. A copy of the very same video as the "other" one must give the same loss (so both
+    sides run the same computation), and a different video a different loss on a model that reads it."""
+    import shutil
+
+    from cot_rm.modeling import ThinkThenScore
+    from cot_rm.protocol import JudgeSpec
+    from cot_rm.sft_data import SFTCollator, load_traces
+    from cot_rm.sft_report import video_reliance
+    from cot_rm.video import probe
+
+    torch.manual_seed(0)
+    model = ThinkThenScore.from_base(data["model"], freeze_vision=True).eval()
+    spec = JudgeSpec(dimensions=tuple(model.config.dimensions))
+    collator = SFTCollator(
+        model.processor, model.config.family, spec, model.config.reward_token, cache_dir="off"
+    )
+    row = next(t for t in load_traces(data["root"] / "sft.jsonl") if not t.get("rationale_free"))
+    twin = shutil.copy(row["video"], tmp_path / "twin.mp4")
+    scores = {**row["scores"], "overall": row["scores"]["overall"] % 5 + 1}  # labels differ: a valid partner
+    same = video_reliance(model, collator, [row, {**row, "video": str(twin), "scores": scores}])
+    assert same["rows"] == 2 and same["own_video"] == pytest.approx(same["other_video"], abs=1e-6)
+    n = probe(row["video"])["total_frames"]
+    other = next(t for t in load_traces(data["root"] / "sft.jsonl") if t["video"] != row["video"]
+                 and probe(t["video"])["total_frames"] == n and t["scores"] != row["scores"])  # fmt: skip
+    differ = video_reliance(model, collator, [row, other])
+    assert differ["rows"] == 2 and abs(differ["own_video"] - differ["other_video"]) > 1e-4
+    assert video_reliance(model, collator, [row]) is None  # nothing to swap with
