@@ -253,3 +253,17 @@ def test_a_streamed_video_error_says_what_the_plain_answer_says(files, tmp_path)
         "error": plain.json()["error"],
     }
     assert last["error"].startswith("video: mine.mp4: decoding failed") and str(uploads) not in streamed.text
+
+
+def test_health_says_when_to_come_back_while_starting(files, tmp_path):
+    from cot_rm.serve import Settings, create_app
+
+    app = create_app(Settings(files["root"], tmp_path, None), None, "http://unused", ready=lambda: False)
+
+    async def go():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+            return await client.get("/health")
+
+    r = asyncio.run(go())
+    assert r.status_code == 503 and r.json() == {"error": "starting"} and r.headers["retry-after"] == "5"

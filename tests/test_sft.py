@@ -328,3 +328,11 @@ def test_video_reliance_reads_the_same_critique_on_another_video(data, tmp_path)
     differ = video_reliance(model, collator, [row, other])
     assert differ["rows"] == 2 and abs(differ["own_video"] - differ["other_video"]) > 1e-4
     assert video_reliance(model, collator, [row]) is None  # nothing to swap with
+
+
+def test_no_validation_traces_leave_scores_uncalibrated_and_say_so(capsys):
+    from cot_rm.sft_report import calibrate
+
+    calibrate(None, None, [{"video": "v.mp4"}], None)  # returns before it needs a model
+    err = capsys.readouterr().err
+    assert "1 validation trace(s)" in err and "uncalibrated" in err and "--splits train,val" in err

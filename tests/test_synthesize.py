@@ -240,3 +240,21 @@ def test_openai_teacher_on_a_real_vllm_server_is_counted_unparseable(toy, tmp_pa
     assert summary["accepted"] == 0 and summary["rejected"] == {"unparseable": 4}
     assert sum(summary["parse_errors"].values()) == 4
     assert out.read_text() == ""
+
+
+def test_ctrl_c_says_how_to_resume(toy, tmp_path, monkeypatch, capsys):
+    from argparse import ArgumentParser
+
+    from data_synthesis import pipeline
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "synthesize", interrupted)
+    parser = ArgumentParser()
+    pipeline.add_arguments(parser)
+    args = parser.parse_args(
+        ["--input", str(toy / "pointwise.jsonl"), "--teacher", "oracle", "--out", str(tmp_path / "o.jsonl")]
+    )
+    assert pipeline.main(args) == 130
+    assert "interrupted; rerun the same command to resume" in capsys.readouterr().err
