@@ -25,6 +25,7 @@ file and what to do; a bad value names the file and its line (or row).
 
 from __future__ import annotations
 
+import ast
 import csv
 import json
 import os
@@ -75,6 +76,8 @@ def read_rows(path: Path) -> list[tuple[str, dict]]:
             return [(f"{path}: row {i}", row) for i, row in enumerate(pq.read_table(path).to_pylist(), 1)]
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise BenchError(f"{path}: cannot read it ({err})") from None
+    except ValueError as err:  # pyarrow's ArrowInvalid: not a Parquet file, or a damaged one
+        raise BenchError(f"{path}: cannot read it as {suffix[1:]} ({err})") from None
     raise BenchError(f"{path}: unsupported file type {suffix!r}; expected .csv, .json, .jsonl or .parquet")
 
 
@@ -85,13 +88,15 @@ def _csv_rows(path: Path, delimiter: str) -> list[tuple[str, dict]]:
         for row in reader:
             if None in row:  # more cells than header columns
                 raise BenchError(f"{path}:{reader.line_num}: more values than the header has columns")
+            if None in row.values() and any(v is not None for v in row.values()):  # fewer cells
+                raise BenchError(f"{path}:{reader.line_num}: fewer values than the header has columns")
             rows.append((f"{path}:{reader.line_num}", row))
         return rows
 
 
 def _jsonl_rows(path: Path) -> list[tuple[str, dict]]:
     rows = []
-    with open(path, encoding="utf-8") as fh:
+    with open(path, encoding="utf-8-sig") as fh:  # a BOM, as Windows tools write it, is not data
         for lineno, line in enumerate(fh, 1):
             if line.strip():
                 rows.append((f"{path}:{lineno}", _decode(line, f"{path}:{lineno}")))
@@ -99,7 +104,13 @@ def _jsonl_rows(path: Path) -> list[tuple[str, dict]]:
 
 
 def _json_rows(path: Path) -> list[tuple[str, dict]]:
-    data = _decode(path.read_text(encoding="utf-8"), str(path))
+    text = path.read_text(encoding="utf-8-sig")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        if err.msg == "Extra data":  # JSON Lines under a .json name, as `datasets`' to_json writes it
+            return _jsonl_rows(path)
+        data = _decode(text, str(path))
     if isinstance(data, dict):  # an object of objects, keyed by id (the key becomes the id)
         return [
             (f"{path}: item {k!r}", {"id": k, **v} if isinstance(v, dict) else v) for k, v in data.items()
@@ -292,8 +303,7 @@ def load_mj_bench_video(path: Path, root: Path, skipped: Counter) -> tuple[str, 
         if pref is None:
             skipped["overall_preference blank or 'Hard to judge'"] += 1
             continue
-        aspects = row.get(per_aspect) if per_aspect else None
-        dims, meta = _mj_aspects(aspects if isinstance(aspects, dict) else {}, where)
+        dims, meta = _mj_aspects(_mapping(row.get(per_aspect) if per_aspect else None, where), where)
         out.append(_pair(_row_id(row, cols, "mjv", i), _text(row, prompt, where), _text(row, v0, where),
                          _text(row, v1, where), pref, dims, meta, root))  # fmt: skip
     mapping = {"Alignment": "text_alignment", "Fineness": "visual_quality",
@@ -370,12 +380,35 @@ def load_videoscore_bench_v2(path: Path, root: Path, skipped: Counter) -> tuple[
     )
 
 
+VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".gif", ".m4v")
+
+
+def _mapping(value, where: str) -> dict:
+    """MJ-Bench's per-aspect labels: a dict (JSON, Parquet), or its text (a CSV export: JSON, or the Python
+    repr that `datasets`' to_csv writes); blank: none."""
+    if _blank(value) or isinstance(value, dict):
+        return value or {}
+    try:
+        parsed = json.loads(value)
+    except (TypeError, ValueError):
+        try:
+            parsed = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            parsed = None
+    if not isinstance(parsed, dict):
+        raise BenchError(
+            f"{where}: category_preference {str(value)[:80]!r} is not an aspect -> label mapping"
+        )
+    return parsed
+
+
 def _vs2_video(row, video, name, url, where) -> str:
     if video and not _blank(row.get(video)):
         return _text(row, video, where)
     if name and not _blank(row.get(name)):
         ref = _text(row, name, where)
-        return ref if os.path.splitext(ref)[1] else ref + ".mp4"  # VideoScore2 saves {video_name}.mp4
+        has_ext = os.path.splitext(ref)[1].lower() in VIDEO_EXTENSIONS  # "model_v1.5_x" has none
+        return ref if has_ext else ref + ".mp4"  # VideoScore2 saves {video_name}.mp4
     return _text(row, url or name or video, where)
 
 
@@ -409,6 +442,11 @@ def load(name: str, data: Path, root: Path | None = None, split: str | None = No
     """Records of benchmark `name` from `data` (videos under `root`, default the file's folder)."""
     if limit is not None and limit < 0:
         raise BenchError(f"--limit must be >= 0, got {limit}")
+    if not Path(data).exists():  # before --root's check: its default is this file's folder
+        hint = (
+            "" if name == "jsonl" else "; download the benchmark (README: Evaluation) and pass it with --data"
+        )
+        raise BenchError(f"{data}: no such file{hint}")
     root = Path(root) if root is not None else Path(data).resolve().parent
     if not root.is_dir():
         raise BenchError(f"{root}: no such folder (--root: where the benchmark's videos are)")

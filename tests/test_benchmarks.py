@@ -176,6 +176,54 @@ def test_videoscore_bench_v2_pointwise(tmp_path):
     assert r0.video == str(tmp_path / "v0.mp4") and r1.video == str(tmp_path / "v1.mp4")
 
 
+def test_exports_as_users_have_them(tmp_path):
+    """`datasets`' to_json (JSON Lines named .json), a BOM, MJ-Bench's aspects as text in a CSV export (its
+    Python repr), and a VideoScore2 name with a dot in it."""
+    _touch(tmp_path, *(f"videos/{s}{i}.mp4" for s in "lr" for i in range(4)))
+    lines = "".join(json.dumps(r) + "\n" for r in _genai_rows())
+    (tmp_path / "hf.json").write_text(lines)
+    (tmp_path / "bom.jsonl").write_text("\ufeff" + lines, encoding="utf-8")
+    (tmp_path / "bom.json").write_text("\ufeff" + json.dumps(_genai_rows()), encoding="utf-8")
+    for name in ("hf.json", "bom.jsonl", "bom.json"):
+        assert [r.preference for r in B.load("genai-bench", tmp_path / name).records] == [
+            "A",
+            "B",
+            "tie",
+            "tie",
+        ]
+    aspects = repr({"Alignment": "Video 1 better", "Fineness": "Same", "Safety": "Same"})
+    header = [
+        "caption",
+        "video_0_path",
+        "video_1_path",
+        "overall_preference",
+        "category_preference",
+        "discard",
+    ]
+    _touch(tmp_path, "test/0_0.mp4", "test/0_1.mp4")
+    mj = _csv(
+        tmp_path / "mj.csv",
+        header,
+        [["a cat", "test/0_0.mp4", "test/0_1.mp4", "Video 0 better", aspects, "False"]],
+    )
+    (r,) = B.load("mj-bench-video", mj).records
+    assert r.dims == {"text_alignment": "B", "visual_quality": "tie"} and r.meta == {"Safety": "Same"}
+    _csv(
+        tmp_path / "mj_bad.csv",
+        header,
+        [["a cat", "test/0_0.mp4", "test/0_1.mp4", "Video 0 better", "great", "False"]],
+    )
+    with pytest.raises(BenchError, match=r"mj_bad\.csv:2: category_preference 'great' is not an aspect"):
+        B.load("mj-bench-video", tmp_path / "mj_bad.csv")
+    _touch(tmp_path, "model_v1.5_x.mp4")
+    (tmp_path / "vs2.json").write_text(
+        json.dumps([{"video_name": "model_v1.5_x", "prompt": "p", "visual_score": 3}])
+    )
+    assert B.load("videoscore-bench-v2", tmp_path / "vs2.json").records[0].video == str(
+        tmp_path / "model_v1.5_x.mp4"
+    )
+
+
 # ---------------------------------------------------------------------------------------- errors
 
 
@@ -187,6 +235,16 @@ def test_missing_file_folder_and_type(tmp_path):
     (tmp_path / "x.txt").write_text("a")
     with pytest.raises(BenchError, match="unsupported file type '.txt'"):
         B.load("genai-bench", tmp_path / "x.txt")
+    (tmp_path / "junk.parquet").write_bytes(b"PAR1garbage")
+    with pytest.raises(BenchError, match=r"junk\.parquet: cannot read it as parquet"):
+        B.load("genai-bench", tmp_path / "junk.parquet")
+    with pytest.raises(
+        BenchError, match=r"x\.csv: no such file"
+    ):  # the file is named, not its missing folder
+        B.load("genai-bench", tmp_path / "nowhere" / "x.csv")
+    short = _csv(tmp_path / "short.csv", ["path_A", "path_B", "prompt", "Overall"], [["a.mp4", "b.mp4", "p"]])
+    with pytest.raises(BenchError, match=r"short\.csv:2: fewer values than the header has columns"):
+        B.load("videogen-rewardbench", short)
 
 
 def test_missing_column_names_file_column_and_what_was_found(tmp_path):
