@@ -417,6 +417,8 @@ def _score(row: dict, col: str, where: str) -> float | None:
     if _blank(v):
         return None
     try:
+        if isinstance(v, bool):  # float(True) is 1.0: a score column holding booleans is the wrong column
+            raise TypeError
         x = float(v)
     except (TypeError, ValueError):
         raise BenchError(f"{where}: {col} = {v!r} is not a number") from None

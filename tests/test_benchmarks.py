@@ -271,6 +271,9 @@ def test_missing_videos_and_bad_values_and_split(tmp_path):
     (tmp_path / "s.json").write_text(json.dumps([{"video_name": "v", "prompt": "p", "visual_score": "high"}]))
     with pytest.raises(BenchError, match=r"s\.json: item 0: visual_score = 'high' is not a number"):
         B.load("videoscore-bench-v2", tmp_path / "s.json")
+    (tmp_path / "s.json").write_text(json.dumps([{"video_name": "v", "prompt": "p", "visual_score": True}]))
+    with pytest.raises(BenchError, match=r"s\.json: item 0: visual_score = True is not a number"):
+        B.load("videoscore-bench-v2", tmp_path / "s.json")
 
 
 def test_jsonl_paths_relative_to_root(tmp_path):
