@@ -34,6 +34,13 @@ TMP_PREFIX = ".tmp-"
 STALE_TMP_S = 3600  # a temp file this old belongs to a writer that died mid-write
 
 
+def file_identity(path: str | os.PathLike) -> dict:
+    """A file's identity for anything derived from it: absolute path, size, mtime (OSError if missing)."""
+    path = os.path.abspath(os.fspath(path))
+    st = os.stat(path)
+    return {"path": path, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
 def default_cache_dir() -> Path:
     """$COT_RM_FRAME_CACHE, else $XDG_CACHE_HOME/cot-rm/frames, else ~/.cache/cot-rm/frames."""
     if env := os.environ.get("COT_RM_FRAME_CACHE"):
@@ -55,15 +62,7 @@ class FrameCache:
 
     def key(self, path: str | os.PathLike, params: Mapping[str, Any]) -> str:
         """Hash of the file's identity (absolute path, size, mtime_ns) and the sampling `params`."""
-        path = os.path.abspath(os.fspath(path))
-        st = os.stat(path)
-        ident = {
-            "version": CACHE_VERSION,
-            "path": path,
-            "size": st.st_size,
-            "mtime_ns": st.st_mtime_ns,
-            "params": dict(params),
-        }
+        ident = {"version": CACHE_VERSION, **file_identity(path), "params": dict(params)}
         blob = json.dumps(ident, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()
 

@@ -227,10 +227,20 @@ class Judge:
         }
 
 
+VIDEO_ERROR = "video_error: "
+
+
+def video_error_of(parse_error: str | None) -> str | None:
+    """Why the video could not be read, for a Judgment `video_error_record` made; else None."""
+    return (
+        parse_error.removeprefix(VIDEO_ERROR) if parse_error and parse_error.startswith(VIDEO_ERROR) else None
+    )
+
+
 def video_error_record(rid: str, error: str, model_name: str) -> dict:
     """The Judgment of a video that cannot be read: no scores at all, the reason as `parse_error`."""
     return {"id": rid, "scores": None, "answer_scores": None, "rationale": "",
-            "frames_cited": [], "tool_calls": [], "parse_error": f"video_error: {error}",
+            "frames_cited": [], "tool_calls": [], "parse_error": VIDEO_ERROR + error,
             "model": model_name, "protocol_version": protocol.PROTOCOL_VERSION}  # fmt: skip
 
 
@@ -413,7 +423,7 @@ def _finish(results: list[dict], items, args, judge: Judge | None = None) -> int
         print(json.dumps(j, ensure_ascii=False), flush=True)
     for j, (_, path, _) in zip(results, items, strict=True):
         if j["scores"] is None:
-            print(f"{PROG}: {j['parse_error'].removeprefix('video_error: ')}", file=sys.stderr)
+            print(f"{PROG}: {video_error_of(j['parse_error'])}", file=sys.stderr)
         elif j["parse_error"] is not None:
             print(f"{PROG}: {path}: model output did not parse ({j['parse_error']}); "
                   "answer_scores is null, scores are the head's", file=sys.stderr)  # fmt: skip

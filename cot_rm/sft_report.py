@@ -56,7 +56,7 @@ def video_reliance(model, collator, rows: list[dict]) -> dict | None:
 
     device = next(model.parameters()).device
     try:
-        length = {r["video"]: probe(r["video"])["total_frames"] for r in rows}
+        length = {v: probe(v)["total_frames"] for v in {r["video"] for r in rows}}
     except VideoError:
         return None
     own, other = [], []

@@ -196,6 +196,7 @@ def predictions_for(
 
 
 def eval_model(args: argparse.Namespace) -> dict:
+    from cot_rm.judge import video_error_of
     from cot_rm.schema import write_jsonl
 
     bench = load_bench(args)
@@ -216,9 +217,7 @@ def eval_model(args: argparse.Namespace) -> dict:
     head_m = metrics.evaluate([{**r, "kind": bench.kind} for r in head], eps, source)
     answer_m = metrics.evaluate([{**r, "kind": bench.kind} for r in answer])
     errors = [judged[v]["parse_error"] for v in videos]
-    bad = {
-        judged[v]["video"]: e.removeprefix("video_error: ") for v, e in zip(videos, errors) if _unreadable(e)
-    }
+    bad = {judged[v]["video"]: why for v, e in zip(videos, errors) if (why := video_error_of(e))}
     return {
         "pairwise": head_m["pairwise"],
         "pointwise": head_m["pointwise"],
@@ -334,14 +333,16 @@ def judge_videos(model, videos: dict[str, tuple[str, str]], args, cache: Path, k
     batch, so a killed run resumes where it stopped), under `key` (written beside it as .key.json)."""
     from tqdm import tqdm
 
-    from cot_rm.judge import Judge
+    from cot_rm.judge import Judge, video_error_of
     from cot_rm.protocol import JudgeSpec
     from cot_rm.video import Sampling
 
     done = load_cache(cache, key)
     cache.with_suffix(".key.json").write_text(json.dumps(key, indent=2, sort_keys=True) + "\n")
     prints = {vid: fingerprint(path) for vid, (path, _) in videos.items()}
-    fresh = {v for v, j in done.items() if j.get("fingerprint") == prints.get(v) and not _unreadable(j["parse_error"])}  # fmt: skip
+    # reused only when made from this very file, and not a failure to read it (the file may be fixed now)
+    fresh = {v for v, j in done.items() if j.get("fingerprint") == prints.get(v)}
+    fresh -= {v for v in fresh if video_error_of(done[v]["parse_error"])}
     todo = [(vid, path, prompt) for vid, (path, prompt) in videos.items() if vid not in fresh]
     redo = sum(vid in done for vid, _, _ in todo)
     print(
@@ -362,8 +363,8 @@ def judge_videos(model, videos: dict[str, tuple[str, str]], args, cache: Path, k
             for (vid, path, prompt), j in zip(chunk, judge.judge(chunk), strict=True):
                 extra = {"video": path, "prompt": prompt, "eval_key": stamp, "fingerprint": prints[vid]}
                 done[vid] = {**j, **extra}
-                if _unreadable(error := j["parse_error"]):
-                    tqdm.write(f"cot-rm eval: {error.removeprefix('video_error: ')}", file=sys.stderr)
+                if why := video_error_of(j["parse_error"]):
+                    tqdm.write(f"cot-rm eval: {why}", file=sys.stderr)
                 fh.write(json.dumps(done[vid], ensure_ascii=False) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
@@ -374,18 +375,14 @@ def judge_videos(model, videos: dict[str, tuple[str, str]], args, cache: Path, k
 def fingerprint(path: str) -> str:
     """What a cached judgment of `path` was made from: the resolved file, its size and mtime (a URL as
     given), so a video regenerated under the same name, or another folder's file, is judged again."""
+    from cot_rm.frame_cache import file_identity
+
     if "://" in path:
         return path
     try:
-        st = os.stat(path)
+        return json.dumps(file_identity(os.path.realpath(path)), sort_keys=True)
     except OSError:
-        return f"{os.path.realpath(path)}:missing"
-    return f"{os.path.realpath(path)}:{st.st_size}:{st.st_mtime_ns}"
-
-
-def _unreadable(parse_error: str | None) -> bool:
-    """A judgment that failed on the video itself (never cached: the file may be fixed)."""
-    return bool(parse_error and parse_error.startswith("video_error"))
+        return f"{os.path.realpath(path)}: missing"
 
 
 def _key_mismatch(path: Path, found: str | None, key: dict) -> EvalError:
