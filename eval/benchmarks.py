@@ -33,7 +33,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 OURS = ("visual_quality", "text_alignment", "physical_consistency", "overall")
 
@@ -183,12 +183,17 @@ def _label(row: dict, col: str | None, values: dict[str, str | None], where: str
 def resolve_video(ref: str, root: Path) -> Path:
     """A file for a video reference: absolute paths as they are; relative ones under `root` (or
     `root/videos`); a URL by its file name under `root` (or `root/videos`), as GenAI-Bench's own
-    downloader caches them. Returns the first candidate that exists, else the first candidate."""
+    downloader caches them, percent-decoded or not ("a%20b.mp4" may be saved as "a b.mp4"); a
+    Windows-style relative path ("videos\\a.mp4", from a CSV written on Windows) also with "/".
+    Returns the first candidate that exists, else the first candidate."""
     if "://" in ref:
-        ref = os.path.basename(urlparse(ref).path)
-    if os.path.isabs(ref):
-        return Path(ref)
-    candidates = [root / ref, root / "videos" / ref]
+        name = os.path.basename(urlparse(ref).path)
+        names = [name, unquote(name)]
+    else:
+        names = [ref, ref.replace("\\", "/")]
+    if os.path.isabs(names[0]):
+        return Path(names[0])
+    candidates = [base / n for n in dict.fromkeys(names) for base in (root, root / "videos")]
     return next((c for c in candidates if c.exists()), candidates[0])
 
 
@@ -204,6 +209,10 @@ def _check_videos(records: list, root: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------- loaders
+
+# A loader returns the records' kind, (where, record dict) pairs (where: the row's file and line, for
+# errors) and what metrics.json says of the mapping.
+Loaded = tuple[str, list[tuple[str, dict]], dict]
 
 
 def _pair(rid, prompt, a, b, pref, dims, meta, root) -> dict:
@@ -221,7 +230,7 @@ VGRB_DIMS = {"visual_quality": ("VQ",), "physical_consistency": ("MQ",), "text_a
 VGRB_VALUES = {"a": "A", "b": "B", "same": "tie", "tie": "tie", "equal": "tie", "a=b": "tie"}
 
 
-def load_videogen_rewardbench(path: Path, root: Path, skipped: Counter) -> tuple[str, list[dict], dict]:
+def load_videogen_rewardbench(path: Path, root: Path, skipped: Counter) -> Loaded:
     rows = read_rows(path)
     cols = Columns(path, rows)
     prompt = cols.need("prompt", "prompt", "caption", "text")
@@ -237,8 +246,8 @@ def load_videogen_rewardbench(path: Path, root: Path, skipped: Counter) -> tuple
             skipped["no Overall label"] += 1
             continue
         meta = {k: row[c] for k in ("A_model", "B_model") if (c := cols.find(k)) and not _blank(row.get(c))}
-        out.append(_pair(_row_id(row, cols, "vgrb", i), _text(row, prompt, where), _text(row, va, where),
-                         _text(row, vb, where), pref, labels, meta, root))  # fmt: skip
+        out.append((where, _pair(_row_id(row, cols, "vgrb", i), _text(row, prompt, where), _text(row, va, where),
+                         _text(row, vb, where), pref, labels, meta, root)))  # fmt: skip
     mapping = {"VQ": "visual_quality", "MQ (motion quality)": "physical_consistency",
                "TA": "text_alignment", overall: "overall", "same": "tie"}  # fmt: skip
     return (
@@ -252,7 +261,7 @@ GENAI_VOTES = {"leftvote": "A", "left": "A", "a": "A", "rightvote": "B", "right"
                "tievote": "tie", "tie": "tie", "bothbad_vote": "tie", "bothbad": "tie", "both_bad": "tie"}  # fmt: skip
 
 
-def load_genai_bench(path: Path, root: Path, skipped: Counter) -> tuple[str, list[dict], dict]:
+def load_genai_bench(path: Path, root: Path, skipped: Counter) -> Loaded:
     rows = read_rows(path)
     cols = Columns(path, rows)
     prompt = cols.need("prompt", "prompt", "caption")
@@ -269,8 +278,8 @@ def load_genai_bench(path: Path, root: Path, skipped: Counter) -> tuple[str, lis
         meta |= {
             k: row[c] for k in ("left_model", "right_model") if (c := cols.find(k)) and not _blank(row.get(c))
         }
-        out.append(_pair(_row_id(row, cols, "genai", i), _text(row, prompt, where), _text(row, left, where),
-                         _text(row, right, where), pref, {}, meta, root))  # fmt: skip
+        out.append((where, _pair(_row_id(row, cols, "genai", i), _text(row, prompt, where), _text(row, left, where),
+                         _text(row, right, where), pref, {}, meta, root)))  # fmt: skip
     mapping = {"leftvote": "A", "rightvote": "B", "tievote": "tie",
                "bothbad_vote": "tie (both bad; a score difference cannot tell good ties from bad ones)"}  # fmt: skip
     return "pairwise", out, {"dimension_map": {vote: "overall"}, "vote_map": mapping}
@@ -283,7 +292,7 @@ MJ_VALUES = {"video 0 better": "A", "video_0 better": "A", "0": "A", "a": "A",
              "same": "tie", "tie": "tie", "hard to judge": None}  # fmt: skip
 
 
-def load_mj_bench_video(path: Path, root: Path, skipped: Counter) -> tuple[str, list[dict], dict]:
+def load_mj_bench_video(path: Path, root: Path, skipped: Counter) -> Loaded:
     rows = read_rows(path)
     cols = Columns(path, rows)
     if cols.find("chosen") and cols.find("rejected"):
@@ -304,8 +313,8 @@ def load_mj_bench_video(path: Path, root: Path, skipped: Counter) -> tuple[str, 
             skipped["overall_preference blank or 'Hard to judge'"] += 1
             continue
         dims, meta = _mj_aspects(_mapping(row.get(per_aspect) if per_aspect else None, where), where)
-        out.append(_pair(_row_id(row, cols, "mjv", i), _text(row, prompt, where), _text(row, v0, where),
-                         _text(row, v1, where), pref, dims, meta, root))  # fmt: skip
+        out.append((where, _pair(_row_id(row, cols, "mjv", i), _text(row, prompt, where), _text(row, v0, where),
+                         _text(row, v1, where), pref, dims, meta, root)))  # fmt: skip
     mapping = {"Alignment": "text_alignment", "Fineness": "visual_quality",
                "Coherence & Consistency": "physical_consistency", overall: "overall",
                "Safety, Bias": "kept in meta (no counterpart)", "Hard to judge": "not labelled"}  # fmt: skip
@@ -323,7 +332,7 @@ def _mj_aspects(aspects: dict, where: str) -> tuple[dict, dict]:
     return dims, meta
 
 
-def _mj_chosen_rejected(path, rows, cols, root, skipped) -> tuple[str, list[dict], dict]:
+def _mj_chosen_rejected(path, rows, cols, root, skipped) -> Loaded:
     """A chosen/rejected export with an aspect name per row. This layout could not be confirmed in
     public code; it is accepted as documented in the README: video_a = chosen, so the label is "A" for
     the row's aspect only (`meta.labelled`), or for overall when the row names no aspect."""
@@ -339,8 +348,8 @@ def _mj_chosen_rejected(path, rows, cols, root, skipped) -> tuple[str, list[dict
             continue
         dims = {} if ours == "overall" else {ours: "A"}
         meta = {"labelled": [ours], "aspect": name}
-        out.append(_pair(_row_id(row, cols, "mjv", i), _text(row, prompt, where), _text(row, chosen, where),
-                         _text(row, rejected, where), "A", dims, meta, root))  # fmt: skip
+        out.append((where, _pair(_row_id(row, cols, "mjv", i), _text(row, prompt, where), _text(row, chosen, where),
+                         _text(row, rejected, where), "A", dims, meta, root)))  # fmt: skip
     return "pairwise", out, {"dimension_map": dict(MJ_DIMS, overall="overall"), "layout": "chosen/rejected"}
 
 
@@ -351,7 +360,7 @@ VS2_DIMS = {
 }
 
 
-def load_videoscore_bench_v2(path: Path, root: Path, skipped: Counter) -> tuple[str, list[dict], dict]:
+def load_videoscore_bench_v2(path: Path, root: Path, skipped: Counter) -> Loaded:
     rows = read_rows(path)
     cols = Columns(path, rows)
     prompt = cols.need("prompt", "prompt", "t2v_prompt", "text_prompt", "caption")
@@ -369,8 +378,8 @@ def load_videoscore_bench_v2(path: Path, root: Path, skipped: Counter) -> tuple[
             skipped["no scores"] += 1
             continue
         ref = _vs2_video(row, video, name, url, where)
-        out.append({"id": _row_id(row, cols, "vs2", i), "video": str(resolve_video(ref, root)),
-                    "prompt": _text(row, prompt, where), "scores": scores, "meta": {}})  # fmt: skip
+        out.append((where, {"id": _row_id(row, cols, "vs2", i), "video": str(resolve_video(ref, root)),
+                            "prompt": _text(row, prompt, where), "scores": scores, "meta": {}}))  # fmt: skip
     mapping = {"visual_score": "visual_quality", "t2v_score": "text_alignment",
                "phy_score (physical/common-sense)": "physical_consistency"}  # fmt: skip
     return (
@@ -429,7 +438,7 @@ def _score(row: dict, col: str, where: str) -> float | None:
 
 # ----------------------------------------------------------------------------------------- entry
 
-Loader = Callable[[Path, Path, Counter], tuple[str, list[dict], dict]]
+Loader = Callable[[Path, Path, Counter], Loaded]
 LOADERS: dict[str, Loader] = {
     "videogen-rewardbench": load_videogen_rewardbench,
     "genai-bench": load_genai_bench,
@@ -460,7 +469,7 @@ def load(name: str, data: Path, root: Path | None = None, split: str | None = No
         raise BenchError(f"--split applies to --bench jsonl only; {name} is evaluated whole")
     skipped: Counter = Counter()
     kind, rows, info = LOADERS[name](Path(data), root, skipped)
-    records = _validate(rows, kind, Path(data))[:limit]
+    records = _validate(rows, kind)[:limit]
     if not records:
         raise BenchError(f"{data}: no records to evaluate")
     if check_videos:
@@ -470,18 +479,19 @@ def load(name: str, data: Path, root: Path | None = None, split: str | None = No
     return Bench(name, kind, records, root, info)
 
 
-def _validate(rows: Iterable[dict], kind: str, path: Path) -> list:
+def _validate(rows: Iterable[tuple[str, dict]], kind: str) -> list:
+    """Records from (where, record dict) pairs; a bad value or a repeated id names its row."""
     from cot_rm.schema import parse_record
 
-    records, seen = [], set()
-    for row in rows:
+    records, seen = [], {}
+    for where, row in rows:
         try:
             rec = parse_record(row, kind)
         except ValueError as err:
-            raise BenchError(f"{path}: record {row.get('id')!r}: {err}") from None
+            raise BenchError(f"{where}: {err}") from None
         if rec.id in seen:
-            raise BenchError(f"{path}: duplicate id {rec.id!r}")
-        seen.add(rec.id)
+            raise BenchError(f"{where}: duplicate id {rec.id!r} (first at {seen[rec.id]})")
+        seen[rec.id] = where
         records.append(rec)
     return records
 

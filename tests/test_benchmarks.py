@@ -276,6 +276,34 @@ def test_missing_videos_and_bad_values_and_split(tmp_path):
         B.load("videoscore-bench-v2", tmp_path / "s.json")
 
 
+def test_public_duplicate_ids_and_bad_records_name_the_row(tmp_path):
+    header = ["id", "path_A", "path_B", "prompt", "Overall"]
+    data = _csv(
+        tmp_path / "v.csv", header, [[7, "a.mp4", "b.mp4", "p", "A"], [7, "c.mp4", "d.mp4", "q", "B"]]
+    )
+    with pytest.raises(BenchError, match=r"v\.csv:3: duplicate id 'vgrb-7' \(first at .*v\.csv:2\)"):
+        B.load("videogen-rewardbench", data, check_videos=False)
+    bad = {"id": "x", "prompt": "p", "video_a": "a", "video_b": "b", "preference": "C"}
+    with pytest.raises(BenchError, match=r"^f\.csv:5: preference must be one of"):
+        B._validate([("f.csv:5", bad)], "pairwise")
+
+
+def test_percent_encoded_urls_and_windows_paths_find_their_videos(tmp_path):
+    rows = [{"prompt": "p", "left_video": "https://x.org/v/a%20cat.mp4", "right_video": "https://x.org/v/b%2B1.mp4",
+             "vote_type": "leftvote"}]  # fmt: skip
+    (tmp_path / "g.json").write_text(json.dumps(rows))
+    _touch(tmp_path, "videos/a cat.mp4", "b%2B1.mp4")  # saved decoded, and saved as named in the URL
+    rec = B.load("genai-bench", tmp_path / "g.json").records[0]
+    assert rec.video_a == str(tmp_path / "videos" / "a cat.mp4") and rec.video_b == str(
+        tmp_path / "b%2B1.mp4"
+    )
+    data = _csv(
+        tmp_path / "v.csv", ["path_A", "path_B", "prompt", "Overall"], [["sub\\a.mp4", "b.mp4", "p", "A"]]
+    )
+    _touch(tmp_path, "sub/a.mp4", "b.mp4")
+    assert B.load("videogen-rewardbench", data).records[0].video_a == str(tmp_path / "sub" / "a.mp4")
+
+
 def test_jsonl_paths_relative_to_root(tmp_path):
     row = {
         "id": "a",
