@@ -25,9 +25,6 @@ file and what to do; a bad value names the file and its line (or row).
 
 from __future__ import annotations
 
-import ast
-import csv
-import json
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -35,11 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from eval.tables import BenchError, Columns, blank, label_cell, mapping_cell, read_rows, score_cell, text_cell
+
 OURS = ("visual_quality", "text_alignment", "physical_consistency", "overall")
-
-
-class BenchError(Exception):
-    """A one-line, user-facing reason the benchmark cannot be loaded."""
 
 
 @dataclass
@@ -49,132 +44,6 @@ class Bench:
     records: list
     root: Path
     info: dict = field(default_factory=dict)  # mapping, skipped rows and why: metrics.json "bench"
-
-
-# --------------------------------------------------------------------------------------- tables
-
-
-def read_rows(path: Path) -> list[tuple[str, dict]]:
-    """(where, row) for each row of a CSV / JSON / JSONL / Parquet file; `where` is `file:line`."""
-    if not path.exists():
-        raise BenchError(
-            f"{path}: no such file; download the benchmark (README: Evaluation) and pass it with --data"
-        )
-    if path.is_dir():
-        raise BenchError(f"{path}: is a folder; pass the annotation file itself with --data")
-    suffix = path.suffix.lower()
-    try:
-        if suffix in (".csv", ".tsv"):
-            return _csv_rows(path, "\t" if suffix == ".tsv" else ",")
-        if suffix == ".jsonl":
-            return _jsonl_rows(path)
-        if suffix == ".json":
-            return _json_rows(path)
-        if suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            return [(f"{path}: row {i}", row) for i, row in enumerate(pq.read_table(path).to_pylist(), 1)]
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise BenchError(f"{path}: cannot read it ({err})") from None
-    except ValueError as err:  # pyarrow's ArrowInvalid: not a Parquet file, or a damaged one
-        raise BenchError(f"{path}: cannot read it as {suffix[1:]} ({err})") from None
-    raise BenchError(f"{path}: unsupported file type {suffix!r}; expected .csv, .json, .jsonl or .parquet")
-
-
-def _csv_rows(path: Path, delimiter: str) -> list[tuple[str, dict]]:
-    with open(path, encoding="utf-8-sig", newline="") as fh:
-        reader = csv.DictReader(fh, delimiter=delimiter)
-        rows = []
-        for row in reader:
-            if None in row:  # more cells than header columns
-                raise BenchError(f"{path}:{reader.line_num}: more values than the header has columns")
-            if None in row.values() and any(v is not None for v in row.values()):  # fewer cells
-                raise BenchError(f"{path}:{reader.line_num}: fewer values than the header has columns")
-            rows.append((f"{path}:{reader.line_num}", row))
-        return rows
-
-
-def _jsonl_rows(path: Path) -> list[tuple[str, dict]]:
-    rows = []
-    with open(path, encoding="utf-8-sig") as fh:  # a BOM, as Windows tools write it, is not data
-        for lineno, line in enumerate(fh, 1):
-            if line.strip():
-                rows.append((f"{path}:{lineno}", _decode(line, f"{path}:{lineno}")))
-    return rows
-
-
-def _json_rows(path: Path) -> list[tuple[str, dict]]:
-    text = path.read_text(encoding="utf-8-sig")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        if err.msg == "Extra data":  # JSON Lines under a .json name, as `datasets`' to_json writes it
-            return _jsonl_rows(path)
-        data = _decode(text, str(path))
-    if isinstance(data, dict):  # an object of objects, keyed by id (the key becomes the id)
-        return [
-            (f"{path}: item {k!r}", {"id": k, **v} if isinstance(v, dict) else v) for k, v in data.items()
-        ]
-    if isinstance(data, list):
-        return [(f"{path}: item {i}", row) for i, row in enumerate(data)]
-    raise BenchError(f"{path}: expected a JSON list (or object) of records, got {type(data).__name__}")
-
-
-def _decode(text: str, where: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise BenchError(
-            f"{where}: invalid JSON ({err.msg} at line {err.lineno} column {err.colno})"
-        ) from None
-
-
-def _blank(v) -> bool:
-    """An absent label: None, an empty cell, or NaN (pandas writes missing cells as NaN)."""
-    return v is None or (isinstance(v, str) and not v.strip()) or (isinstance(v, float) and v != v)
-
-
-class Columns:
-    """Case-insensitive column lookup over a file's rows, with variants; absent -> a clear error."""
-
-    def __init__(self, path: Path, rows: list[tuple[str, dict]]):
-        self.path = path
-        for where, row in rows:
-            if not isinstance(row, dict):
-                raise BenchError(f"{where}: expected an object, got {type(row).__name__}")
-        self.keys = {k.lower(): k for _, row in rows for k in row}
-
-    def find(self, *names: str) -> str | None:
-        return next((self.keys[n.lower()] for n in names if n.lower() in self.keys), None)
-
-    def need(self, what: str, *names: str) -> str:
-        if (col := self.find(*names)) is None:
-            found = ", ".join(sorted(self.keys.values())[:20]) or "none"
-            raise BenchError(
-                f"{self.path}: no {what} column (expected one of {list(names)}; found: {found}); "
-                "is this the right file for this --bench?"
-            )
-        return col
-
-
-def _text(row: dict, col: str, where: str) -> str:
-    v = row.get(col)
-    if isinstance(v, dict) and "path" in v:  # a `datasets` Video/Image feature exported as {"path": ...}
-        v = v["path"]
-    if _blank(v) or not isinstance(v, str):
-        raise BenchError(f"{where}: {col} must be a non-empty string, got {v!r}")
-    return v.strip()
-
-
-def _label(row: dict, col: str | None, values: dict[str, str | None], where: str) -> str | None:
-    """A preference cell as "A" / "B" / "tie", or None when blank (or mapped to None: not judged)."""
-    if col is None or _blank(raw := row.get(col)):
-        return None
-    key = str(raw).strip().lower()
-    if key not in values:
-        allowed = sorted(values)
-        raise BenchError(f"{where}: {col} = {raw!r} is not a known preference (expected one of {allowed})")
-    return values[key]
 
 
 # ---------------------------------------------------------------------------------------- videos
@@ -223,7 +92,7 @@ def _pair(rid, prompt, a, b, pref, dims, meta, root) -> dict:
 
 def _row_id(row: dict, cols: Columns, prefix: str, i: int) -> str:
     col = cols.find("id", "idx", "index", "uid")
-    return f"{prefix}-{row[col]}" if col and not _blank(row.get(col)) else f"{prefix}-{i:05d}"
+    return f"{prefix}-{row[col]}" if col and not blank(row.get(col)) else f"{prefix}-{i:05d}"
 
 
 VGRB_DIMS = {"visual_quality": ("VQ",), "physical_consistency": ("MQ",), "text_alignment": ("TA",)}
@@ -240,14 +109,14 @@ def load_videogen_rewardbench(path: Path, root: Path, skipped: Counter) -> Loade
     dims = {ours: cols.find(*names) for ours, names in VGRB_DIMS.items()}
     out = []
     for i, (where, row) in enumerate(rows):
-        pref = _label(row, overall, VGRB_VALUES, where)
-        labels = {ours: _label(row, col, VGRB_VALUES, where) for ours, col in dims.items()}
+        pref = label_cell(row, overall, VGRB_VALUES, where)
+        labels = {ours: label_cell(row, col, VGRB_VALUES, where) for ours, col in dims.items()}
         if pref is None:
             skipped["no Overall label"] += 1
             continue
-        meta = {k: row[c] for k in ("A_model", "B_model") if (c := cols.find(k)) and not _blank(row.get(c))}
-        out.append((where, _pair(_row_id(row, cols, "vgrb", i), _text(row, prompt, where), _text(row, va, where),
-                         _text(row, vb, where), pref, labels, meta, root)))  # fmt: skip
+        meta = {k: row[c] for k in ("A_model", "B_model") if (c := cols.find(k)) and not blank(row.get(c))}
+        out.append((where, _pair(_row_id(row, cols, "vgrb", i), text_cell(row, prompt, where), text_cell(row, va, where),
+                         text_cell(row, vb, where), pref, labels, meta, root)))  # fmt: skip
     mapping = {"VQ": "visual_quality", "MQ (motion quality)": "physical_consistency",
                "TA": "text_alignment", overall: "overall", "same": "tie"}  # fmt: skip
     return (
@@ -270,16 +139,16 @@ def load_genai_bench(path: Path, root: Path, skipped: Counter) -> Loaded:
     vote = cols.need("vote", "vote_type", "vote", "human_vote")
     out = []
     for i, (where, row) in enumerate(rows):
-        pref = _label(row, vote, GENAI_VOTES, where)
+        pref = label_cell(row, vote, GENAI_VOTES, where)
         if pref is None:
             skipped["no vote"] += 1
             continue
         meta = {"vote_type": row[vote]}
         meta |= {
-            k: row[c] for k in ("left_model", "right_model") if (c := cols.find(k)) and not _blank(row.get(c))
+            k: row[c] for k in ("left_model", "right_model") if (c := cols.find(k)) and not blank(row.get(c))
         }
-        out.append((where, _pair(_row_id(row, cols, "genai", i), _text(row, prompt, where), _text(row, left, where),
-                         _text(row, right, where), pref, {}, meta, root)))  # fmt: skip
+        out.append((where, _pair(_row_id(row, cols, "genai", i), text_cell(row, prompt, where), text_cell(row, left, where),
+                         text_cell(row, right, where), pref, {}, meta, root)))  # fmt: skip
     mapping = {"leftvote": "A", "rightvote": "B", "tievote": "tie",
                "bothbad_vote": "tie (both bad; a score difference cannot tell good ties from bad ones)"}  # fmt: skip
     return "pairwise", out, {"dimension_map": {vote: "overall"}, "vote_map": mapping}
@@ -308,13 +177,13 @@ def load_mj_bench_video(path: Path, root: Path, skipped: Counter) -> Loaded:
         if discard and row.get(discard) in (True, "True", "true"):  # dropped by MJ-Bench's annotators
             skipped["discard: true"] += 1
             continue
-        pref = _label(row, overall, MJ_VALUES, where)
+        pref = label_cell(row, overall, MJ_VALUES, where)
         if pref is None:
             skipped["overall_preference blank or 'Hard to judge'"] += 1
             continue
-        dims, meta = _mj_aspects(_mapping(row.get(per_aspect) if per_aspect else None, where), where)
-        out.append((where, _pair(_row_id(row, cols, "mjv", i), _text(row, prompt, where), _text(row, v0, where),
-                         _text(row, v1, where), pref, dims, meta, root)))  # fmt: skip
+        dims, meta = _mj_aspects(mapping_cell(row.get(per_aspect) if per_aspect else None, where), where)
+        out.append((where, _pair(_row_id(row, cols, "mjv", i), text_cell(row, prompt, where), text_cell(row, v0, where),
+                         text_cell(row, v1, where), pref, dims, meta, root)))  # fmt: skip
     mapping = {"Alignment": "text_alignment", "Fineness": "visual_quality",
                "Coherence & Consistency": "physical_consistency", overall: "overall",
                "Safety, Bias": "kept in meta (no counterpart)", "Hard to judge": "not labelled"}  # fmt: skip
@@ -327,7 +196,7 @@ def _mj_aspects(aspects: dict, where: str) -> tuple[dict, dict]:
         ours = MJ_DIMS.get(name.strip().lower())
         if ours is None:
             meta[name] = value  # Safety, Bias: no dimension of ours
-        elif (label := _label({name: value}, name, MJ_VALUES, where)) is not None:
+        elif (label := label_cell({name: value}, name, MJ_VALUES, where)) is not None:
             dims[ours] = label
     return dims, meta
 
@@ -348,8 +217,8 @@ def _mj_chosen_rejected(path, rows, cols, root, skipped) -> Loaded:
             continue
         dims = {} if ours == "overall" else {ours: "A"}
         meta = {"labelled": [ours], "aspect": name}
-        out.append((where, _pair(_row_id(row, cols, "mjv", i), _text(row, prompt, where), _text(row, chosen, where),
-                         _text(row, rejected, where), "A", dims, meta, root)))  # fmt: skip
+        out.append((where, _pair(_row_id(row, cols, "mjv", i), text_cell(row, prompt, where), text_cell(row, chosen, where),
+                         text_cell(row, rejected, where), "A", dims, meta, root)))  # fmt: skip
     return "pairwise", out, {"dimension_map": dict(MJ_DIMS, overall="overall"), "layout": "chosen/rejected"}
 
 
@@ -372,14 +241,14 @@ def load_videoscore_bench_v2(path: Path, root: Path, skipped: Counter) -> Loaded
         cols.need("score", *(n for names in VS2_DIMS.values() for n in names))
     out = []
     for i, (where, row) in enumerate(rows):
-        scores = {ours: _score(row, col, where) for ours, col in dims.items() if col}
+        scores = {ours: score_cell(row, col, where) for ours, col in dims.items() if col}
         scores = {d: v for d, v in scores.items() if v is not None}
         if not scores:
             skipped["no scores"] += 1
             continue
         ref = _vs2_video(row, video, name, url, where)
         out.append((where, {"id": _row_id(row, cols, "vs2", i), "video": str(resolve_video(ref, root)),
-                            "prompt": _text(row, prompt, where), "scores": scores, "meta": {}}))  # fmt: skip
+                            "prompt": text_cell(row, prompt, where), "scores": scores, "meta": {}}))  # fmt: skip
     mapping = {"visual_score": "visual_quality", "t2v_score": "text_alignment",
                "phy_score (physical/common-sense)": "physical_consistency"}  # fmt: skip
     return (
@@ -392,48 +261,14 @@ def load_videoscore_bench_v2(path: Path, root: Path, skipped: Counter) -> Loaded
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".gif", ".m4v")
 
 
-def _mapping(value, where: str) -> dict:
-    """MJ-Bench's per-aspect labels: a dict (JSON, Parquet), or its text (a CSV export: JSON, or the Python
-    repr that `datasets`' to_csv writes); blank: none."""
-    if _blank(value) or isinstance(value, dict):
-        return value or {}
-    try:
-        parsed = json.loads(value)
-    except (TypeError, ValueError):
-        try:
-            parsed = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            parsed = None
-    if not isinstance(parsed, dict):
-        raise BenchError(
-            f"{where}: category_preference {str(value)[:80]!r} is not an aspect -> label mapping"
-        )
-    return parsed
-
-
 def _vs2_video(row, video, name, url, where) -> str:
-    if video and not _blank(row.get(video)):
-        return _text(row, video, where)
-    if name and not _blank(row.get(name)):
-        ref = _text(row, name, where)
+    if video and not blank(row.get(video)):
+        return text_cell(row, video, where)
+    if name and not blank(row.get(name)):
+        ref = text_cell(row, name, where)
         has_ext = os.path.splitext(ref)[1].lower() in VIDEO_EXTENSIONS  # "model_v1.5_x" has none
         return ref if has_ext else ref + ".mp4"  # VideoScore2 saves {video_name}.mp4
-    return _text(row, url or name or video, where)
-
-
-def _score(row: dict, col: str, where: str) -> float | None:
-    v = row.get(col)
-    if _blank(v):
-        return None
-    try:
-        if isinstance(v, bool):  # float(True) is 1.0: a score column holding booleans is the wrong column
-            raise TypeError
-        x = float(v)
-    except (TypeError, ValueError):
-        raise BenchError(f"{where}: {col} = {v!r} is not a number") from None
-    if x != x or x in (float("inf"), float("-inf")):
-        raise BenchError(f"{where}: {col} = {v!r} is not a finite number")
-    return x
+    return text_cell(row, url or name or video, where)
 
 
 # ----------------------------------------------------------------------------------------- entry
