@@ -131,6 +131,7 @@ def hf_worker(work: Path) -> dict:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from cot_rm.processing import encode
+    from cot_rm.rope import use_qwen_positions
     from cot_rm.video import Sampling, read_video
 
     inp = json.loads((work / "inputs.json").read_text())
@@ -139,6 +140,7 @@ def hf_worker(work: Path) -> dict:
     t0 = time.perf_counter()
     dtype = _torch_dtype(inp["dtype"], cuda)
     model = AutoModelForImageTextToText.from_pretrained(inp["model"], dtype=dtype).to(device).eval()
+    use_qwen_positions(model)  # the positions vLLM uses too
     processor = AutoProcessor.from_pretrained(inp["model"])
     load_s = time.perf_counter() - t0
     sampling, frames = Sampling.from_dict(inp["sampling"]), np.load(work / "frames.npz")

@@ -238,7 +238,7 @@ class Rollouts:
             for i, cap in zip(active, caps, strict=True):
                 if cap <= 0:  # no room for even one token
                     states[i].truncated = True
-                    states[i].result = ParseError("missing_answer", "length budget spent")
+                    states[i].result = ParseError("truncated", "length budget spent")
             active = [i for i, c in zip(active, caps, strict=True) if c > 0]
             if not active:
                 break
@@ -319,7 +319,7 @@ class Rollouts:
         s.messages.append({"role": "assistant", "content": text})
         if not stopped:  # cut by the length budget (or a stop token other than <|im_end|>)
             s.truncated = True
-            s.result = ParseError("missing_answer", "the turn was cut by the length budget")
+            s.result = ParseError("truncated", "the turn was cut by the length budget")
             return
         parsed = protocol.parse_turn(text, self.spec)
         if isinstance(parsed, ParseError) and parsed.reason in ("malformed_tool_call", "unknown_tool"):

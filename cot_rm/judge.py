@@ -89,8 +89,8 @@ class Judge:
             active = [c for c in convs if c.result is None]
             if not active:
                 break
-            for conv, text in zip(active, self._generate(active), strict=True):
-                self.advance(conv, text)
+            for conv, (text, cut) in zip(active, self._generate(active), strict=True):
+                self.advance(conv, text, cut)
         done = {j["id"]: j for j in self.close(convs)}
         return [done.get(rid) or video_error_record(rid, failed[rid], self.name) for rid, _, _ in items]
 
@@ -110,10 +110,17 @@ class Judge:
         """The messages the model sees for its next turn (the memory window applied)."""
         return protocol.apply_memory_window(conv.messages, self.spec.memory_window)
 
-    def advance(self, conv: _Conv, text: str) -> bool:
-        """Take one generated assistant turn (tool calls are served here); True once it is final."""
-        self._advance(conv, text)
+    def advance(self, conv: _Conv, text: str, cut: bool = False) -> bool:
+        """Take one generated assistant turn (tool calls are served here; `cut`: it ran out of tokens
+        before its end token, and ends the judgment as `truncated`); True once it is final."""
+        self._advance(conv, text, cut)
         return conv.result is not None
+
+    @property
+    def cut_detail(self) -> str:
+        return (
+            f"the turn reached max_new_tokens ({self.max_new_tokens}) before it ended; raise --max-new-tokens"
+        )
 
     def close(self, convs: list[_Conv]) -> list[dict]:
         """Score finished (or budget-spent) judgments with the head, in one batched pass; their JSON."""
@@ -154,7 +161,8 @@ class Judge:
         return {k: v.to(device) for k, v in batch.items()}
 
     @torch.inference_mode()
-    def _generate(self, convs: list[_Conv]) -> list[str]:
+    def _generate(self, convs: list[_Conv]) -> list[tuple[str, bool]]:
+        """Each conversation's next turn, and whether it was cut by `max_new_tokens` (no end token)."""
         inputs = self._inputs(convs, final=False)
         if self.temperature > 0:
             how = {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": 0}
@@ -162,9 +170,17 @@ class Judge:
             how = {"do_sample": False}
         ids = self.model.vlm.generate(**inputs, max_new_tokens=self.max_new_tokens, **how)
         new = ids[:, inputs["input_ids"].shape[1] :]
-        return self.processor.batch_decode(new, skip_special_tokens=True)
+        eos = self.model.vlm.generation_config.eos_token_id
+        ended = torch.isin(new, torch.tensor(eos if isinstance(eos, list) else [eos], device=new.device)).any(
+            1
+        )
+        texts = self.processor.batch_decode(new, skip_special_tokens=True)
+        return [(t, not e) for t, e in zip(texts, ended.tolist(), strict=True)]
 
-    def _advance(self, conv: _Conv, text: str) -> None:
+    def _advance(self, conv: _Conv, text: str, cut: bool = False) -> None:
+        if cut:  # unfinished, whatever it holds: say so rather than blame the format
+            conv.result, conv.final_text = ParseError("truncated", self.cut_detail), text
+            return
         parsed = protocol.parse_turn(text, self.spec)
         if isinstance(parsed, ParseError) and parsed.reason in ("malformed_tool_call", "unknown_tool"):
             # A bad call is answered with an error as the tool result (and spends a call), never ends it.

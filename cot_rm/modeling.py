@@ -34,6 +34,7 @@ from transformers.utils import ModelOutput
 from cot_rm.losses import fit_calibration, fit_tie_margin  # noqa: F401 (re-exported: fitted into CotRmConfig)
 from cot_rm.protocol import DEFAULT_DIMENSIONS, FAMILIES, JudgeSpec
 from cot_rm.rm_config import CONFIG_NAME, HEAD_KINDS, REWARD_TOKEN, CotRmConfig  # noqa: F401 (re-exported)
+from cot_rm.rope import use_qwen_positions
 from cot_rm.video import Sampling
 
 HEAD_NAME = "head.safetensors"
@@ -213,6 +214,7 @@ class ThinkThenScore(nn.Module):
 
     def __init__(self, vlm: nn.Module, head: RewardHead, config: CotRmConfig, processor, reward_token_id):
         super().__init__()
+        use_qwen_positions(vlm)  # Qwen2.5-VL: the positions it was pretrained with (and vLLM uses)
         self.vlm = vlm
         self.head = head
         self.config = config

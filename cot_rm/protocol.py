@@ -130,14 +130,25 @@ class FrameInfo(Protocol):
     duration_s: float
 
 
+# The chat template's control tokens are written <|name|> (<|im_end|>, <|video_pad|>, <|reward|>, ...).
+_CONTROL = re.compile(r"<(?=\|[^\s|<>]{1,40}\|>)")
+
+
+def defuse(text: str) -> str:
+    """`text` with every <|name|> written "< |name|>": the tokenizer reads it as plain text, so a prompt
+    cannot close its turn, add media placeholders or forge the reward token."""
+    return _CONTROL.sub("< ", text)
+
+
 def user_turn(prompt: str, video: FrameInfo, spec: JudgeSpec = JudgeSpec(), video_ref: Any = None) -> dict:
-    """The first user message: the video input, what was sampled, the prompt and the instruction."""
+    """The first user message: the video input, what was sampled, the prompt (defused) and the
+    instruction."""
     sampled = ", ".join(f"frame {i} ({t:.2f} s)" for i, t in zip(video.indices, video.timestamps))
     text = (
         f"The video has {video.total_frames} frames at {video.fps:.2f} fps ({video.duration_s:.2f} s). "
         f"You see {len(video.indices)} of them at low resolution: {sampled}.\n"
         f"Frames you may select: 0 to {video.total_frames - 1}.\n"
-        f'Generation prompt: "{prompt}"\n'
+        f'Generation prompt: "{defuse(prompt)}"\n'
         f"Judge the video on {', '.join(spec.dimensions)}."
     )
     ref = video_ref if video_ref is not None else getattr(video, "path", None)
@@ -309,6 +320,7 @@ class ParseError:
 
 REASONS = (
     "empty",
+    "truncated",  # set by the generating loop (judge, serve, rollouts): the turn hit its token budget
     "missing_think",
     "duplicate_tag",
     "unclosed_tag",
@@ -328,7 +340,8 @@ REASONS = (
 )
 
 _TAG = re.compile(r"<(/?)(think|answer|tool_call)>")
-_CITE = re.compile(r"\bframes?\s+(\d+(?:\s*(?:-|–|to|,|and|,\s*and)\s*\d+)*)", re.IGNORECASE)
+# At most 9 digits a number: no video has a billion frames, and int() refuses over 4300 digits.
+_CITE = re.compile(r"\bframes?\s+(\d{1,9}(?:\s*(?:-|–|to|,|and|,\s*and)\s*\d{1,9})*)(?!\d)", re.IGNORECASE)
 
 
 def parse_turn(text: str, spec: JudgeSpec = JudgeSpec()) -> Judgment | ToolRequest | ParseError:
@@ -435,6 +448,8 @@ def _loads(body: str) -> Any | ParseError:
         return ParseError("duplicate_dimension", f"key {dup} appears twice")
     except json.JSONDecodeError as err:
         return ParseError("bad_json", f"{err.msg} at char {err.pos}")
+    except (RecursionError, ValueError) as err:  # nesting past Python's limit; an int over 4300 digits
+        return ParseError("bad_json", f"not parseable JSON ({type(err).__name__}: {str(err)[:80]})")
 
 
 def _parse_scores(body: str, spec: JudgeSpec) -> dict[str, float] | ParseError:

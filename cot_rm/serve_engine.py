@@ -264,10 +264,7 @@ def vllm_video_metadata(video, family: str = "qwen2_5_vl") -> dict:
         # transformers' `VideoMetadata.sampled_fps`: frames sampled / source frames x source fps in the
         # local judge (SFT, GRPO), but just `fps` for a clip without source indices, as vLLM gets it.
         # So vLLM is told the frames are a clip of their own at the SAMPLED rate. Then every position
-        # agrees (GRPO's server path: log-probs equal to 5e-7) as long as the video's last temporal position
-        # stays below its spatial span (e.g. 16 frames at 2 fps, 448 px); past that, the text after the
-        # video is shifted: transformers 5.19 resumes it after the spatial span, vLLM after the largest
-        # position (long clips sampled at well under 1 fps).
+        # agrees (with cot_rm.rope on the transformers side), and GRPO's log-probs equal to 5e-7.
         meta["fps"] = len(video.indices) / video.total_frames * float(video.fps)
         meta["total_num_frames"] = len(video.frames)
     else:

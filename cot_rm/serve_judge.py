@@ -127,16 +127,17 @@ class ServedJudge:
               "total_frames": conv.video.total_frames})  # fmt: skip
         for turn in range(self.judge.rounds):
             msgs = await asyncio.to_thread(openai_messages, self.judge.context(conv), part, conv.images)
-            text = await self.turn(msgs, media)
+            text, cut = await self.turn(msgs, media)
             calls_before = len(conv.calls)
-            final = await asyncio.to_thread(self.judge.advance, conv, text)
+            final = await asyncio.to_thread(self.judge.advance, conv, text, cut)
             emit({"event": "turn", "turn": turn, "text": text, "tool_calls": conv.calls[calls_before:]})
             if final:
                 break
         emit({"event": "scoring"})
         return await self.scorer.score(conv)
 
-    async def turn(self, messages: list[dict], media_io_kwargs: dict) -> str:
+    async def turn(self, messages: list[dict], media_io_kwargs: dict) -> tuple[str, bool]:
+        """The engine's next assistant turn, and whether it stopped on its token budget."""
         body = chat_request(self.model_name, messages, media_io_kwargs, self.judge.spec, self.max_new_tokens,
                             self.judge.temperature, self.judge.top_p)  # fmt: skip
         try:
@@ -145,7 +146,8 @@ class ServedJudge:
             raise EngineError(503, f"the vLLM engine did not answer ({type(err).__name__})") from None
         if resp.status_code != 200:
             raise EngineError(resp.status_code, f"the vLLM engine refused the turn: {_engine_message(resp)}")
-        return resp.json()["choices"][0]["message"].get("content") or ""
+        choice = resp.json()["choices"][0]
+        return choice["message"].get("content") or "", choice.get("finish_reason") == "length"
 
 
 def _engine_message(resp: httpx.Response) -> str:

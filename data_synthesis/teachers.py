@@ -307,6 +307,8 @@ class HFTeacher:
     ):
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
+        from cot_rm.rope import use_qwen_positions
+
         self.model = str(path)
         self.device = device
         self.temperature = temperature
@@ -315,6 +317,7 @@ class HFTeacher:
         self.processor = AutoProcessor.from_pretrained(path)
         kwargs = {"dtype": dtype} if dtype else {}
         self.vlm = AutoModelForImageTextToText.from_pretrained(path, **kwargs).to(device).eval()
+        use_qwen_positions(self.vlm)
 
     def _render(self, request: TeacherRequest) -> str:
         return self.processor.apply_chat_template(

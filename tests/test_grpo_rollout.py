@@ -228,6 +228,7 @@ def test_length_budget_truncates(processor, sample_mp4):
     r = R.Rollouts(processor, FAMILY, JudgeSpec(), REWARD_TOKEN, gen, max_completion_length=40)
     batch = r.run([row(sample_mp4)])
     assert batch.truncated == [True] and len(batch.completion_ids[0]) <= 40
+    assert batch.results[0].reason == "truncated"  # not blamed on the format
     assert processor.tokenizer.decode(batch.completion_ids[0][-3:]) == R.IM_END + "\n" + REWARD_TOKEN
     assert batch.tool_mask[0][-3:] == [0, 0, 0] and batch.tool_calls == [0]
     # a tool result that would not fit ends the rollout before it is appended

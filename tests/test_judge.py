@@ -49,6 +49,16 @@ def test_tool_loop_answers_bad_calls_with_errors(judge, sample_mp4):
     assert record["frames_cited"] == [2] and f"frame {video.total_frames}" in record["rationale"]
 
 
+def test_a_turn_cut_by_max_new_tokens_is_truncated_not_malformed(judge, sample_mp4, monkeypatch):
+    monkeypatch.setattr(judge, "max_new_tokens", 2)  # the random model does not end a turn in 2 tokens
+    (out,) = judge.judge([("a", str(sample_mp4), "a red square")])
+    assert (
+        out["parse_error"]
+        == "truncated: the turn reached max_new_tokens (2) before it ended; raise --max-new-tokens"
+    )
+    assert out["answer_scores"] is None and set(out["scores"]) == set(JudgeSpec().dimensions)
+
+
 def test_judgments_follow_the_contract(judge, sample_mp4, tmp_path):
     bad = tmp_path / "bad.mp4"
     bad.write_text("not a video")
