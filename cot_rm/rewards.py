@@ -20,7 +20,9 @@ Dataset columns read (TRL passes every extra column as a keyword list, one entry
 
 Dict columns may have None values (datasets fills missing struct keys with None): None means unlabelled.
 A labelled sample whose own final turn does not parse gets 0, not None: its answer is wrong, not
-unscorable (None would hand it the group mean under `normalize_then_sum`).
+unscorable (None would hand it the group mean under `normalize_then_sum`). That 0 is the training
+signal only: parse failures are counted whatever the rewards are, as `rollout/parsed_frac` (and
+`rollout/truncated_frac`) every step (cot_rm.grpo), and by reason under `format`.
 
 Logging: each call passes its components to TRL's `log_metric` kwarg as `<reward>/<component>`
 (e.g. `format/parse_failure_rate`, `calibration/mae`, `tool/invalid_rate`, `<reward>/coverage` = share
