@@ -232,10 +232,29 @@ def main(args: argparse.Namespace) -> int:
         trainer.data_collator.calls = _batches_before(trainer, resume)
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_state()  # trainer_state.json (log history) beside the final model
+    model = _whole_model(model, trainer)
     if trainer.is_world_process_zero():
         report = finish(model, trainer, cfg, skip_judging=args.no_report)
         print(json.dumps(report, indent=2))
     return 0
+
+
+def _whole_model(model, trainer):
+    """The trained model as one process can use it. Under DeepSpeed ZeRO-3 each rank holds a shard of
+    every weight, so a forward pass on the main process alone (calibration, the report) would wait for
+    the others forever: every rank gathers the weights into the output folder (`save_model`), and the
+    main process loads them back whole (`finish` then calibrates and saves that copy)."""
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    if not trainer.is_deepspeed_enabled or plugin is None or plugin.zero_stage != 3:
+        return model
+    out = trainer.args.output_dir
+    trainer.save_model(out)
+    if not trainer.is_world_process_zero():
+        return None
+    from cot_rm.modeling import ThinkThenScore
+
+    whole = ThinkThenScore.from_pretrained(out, torch_dtype=next(model.parameters()).dtype)
+    return whole.to(trainer.args.device)
 
 
 def start_run(trainer, cfg, prog: str, what: str) -> str | None:

@@ -336,3 +336,34 @@ def test_no_validation_traces_leave_scores_uncalibrated_and_say_so(capsys):
     calibrate(None, None, [{"video": "v.mp4"}], None)  # returns before it needs a model
     err = capsys.readouterr().err
     assert "1 validation trace(s)" in err and "uncalibrated" in err and "--splits train,val" in err
+
+
+def test_zero3_final_model_is_gathered_then_loaded_whole(tiny_rm, tmp_path):
+    """Under ZeRO-3 every rank gathers the weights into the output folder and the main process goes on
+    with a whole copy loaded from there (a forward pass on sharded weights alone would hang)."""
+    from types import SimpleNamespace
+
+    from cot_rm.modeling import ThinkThenScore
+    from cot_rm.sft import _whole_model
+
+    model = ThinkThenScore.from_pretrained(tiny_rm)
+    saved = []
+
+    def trainer(stage, main=True):
+        return SimpleNamespace(
+            is_deepspeed_enabled=stage is not None,
+            accelerator=SimpleNamespace(
+                state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=stage))
+            ),
+            args=SimpleNamespace(output_dir=str(tmp_path / "out"), device="cpu"),
+            save_model=lambda out: saved.append(model.save_pretrained(out)),
+            is_world_process_zero=lambda: main,
+        )
+
+    assert _whole_model(model, trainer(None)) is model and _whole_model(model, trainer(2)) is model
+    assert saved == []
+    assert _whole_model(model, trainer(3, main=False)) is None and len(saved) == 1  # gathered, then done
+    whole = _whole_model(model, trainer(3))
+    assert whole is not model and len(saved) == 2
+    for (name, a), (_, b) in zip(model.state_dict().items(), whole.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
