@@ -49,7 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     view = engine_view(args.model, work)
     argv_vllm = command(view, args.port, args.vllm_python, args.host, extra)
     print("cot-rm rollout server:", " ".join(argv_vllm), file=sys.stderr, flush=True)
-    os.execvpe(argv_vllm[0], argv_vllm, {**os.environ, **SERVER_ENV})  # foreground: the caller owns it
+    # Foreground: the caller owns it. No VLLM_API_KEY: the trainer sends none (a key exported for the
+    # synthesis teacher would otherwise lock the trainer out of its own rollout server).
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_API_KEY"}
+    os.execvpe(argv_vllm[0], argv_vllm, {**env, **SERVER_ENV})
     return 0  # not reached
 
 

@@ -108,9 +108,12 @@ def free_port() -> int:
 
 def engine_env(cpu_kv_cache_gib: int = 1, **overrides: str) -> dict[str, str]:
     """The environment a vLLM server starts in: no PYTHONPATH (our venv's packages must not shadow
-    vLLM's torch), no usage reports, a small CPU KV cache unless the caller's environment sets one."""
+    vLLM's torch), no VLLM_API_KEY (a key exported for a teacher endpoint would make this private
+    engine refuse its own clients, which send none), no usage reports, a small CPU KV cache unless the
+    caller's environment sets one."""
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)
+    env.pop("VLLM_API_KEY", None)
     env.update(VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1", TOKENIZERS_PARALLELISM="false")
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cpu_kv_cache_gib))  # GiB (CPU builds); ignored on GPU
     env.update(overrides)

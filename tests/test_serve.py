@@ -428,3 +428,14 @@ def test_the_page_uploads_judges_and_shows_the_result(server, media, tmp_path):
         assert report.count("data:image/jpeg;base64,") >= 4  # the sampled frames strip (+ any cited ones)
     finally:
         browser.close()
+
+
+def test_private_engines_do_not_inherit_a_teacher_key(monkeypatch):
+    """A VLLM_API_KEY exported for the synthesis teacher must not lock `cot-rm serve` (or the GRPO rollout
+    server) out of its own engine: their clients send no key."""
+    from cot_rm.serve_engine import engine_env
+
+    monkeypatch.setenv("VLLM_API_KEY", "secret")
+    monkeypatch.setenv("PYTHONPATH", "/somewhere")
+    env = engine_env()
+    assert "VLLM_API_KEY" not in env and "PYTHONPATH" not in env and env["VLLM_NO_USAGE_STATS"] == "1"
