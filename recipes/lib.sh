@@ -6,7 +6,10 @@
 #   - a stage that finished writes $OUT/.done/NAME only AFTER its command succeeded, so a killed
 #     stage is never counted as done; the next run skips finished stages and reruns the rest (whose
 #     commands resume on their own where they can: synthesize, sft and eval do);
-#   - to redo a finished stage, delete its marker: rm $OUT/.done/NAME.
+#   - a stage that judges a model (eval, judge) records that model in its marker, and runs again when
+#     the model changed (GRPO finished after it ran): its function sees the old one in PREVIOUS_INPUT;
+#   - to redo a finished stage, delete its marker (rm $OUT/.done/NAME) and, to start it from scratch
+#     rather than resume, its output too.
 
 # The repo's own venv when present (make setup), else whatever is on PATH (a GPU machine's env).
 if [[ -x .venv/bin/cot-rm ]]; then
@@ -16,6 +19,12 @@ else
     COT_RM=cot-rm
     PY=python
 fi
+# accelerate and vllm from the same environment as cot-rm when it has them (a GPU setup with
+# `pip install -e '.[gpu]'` into .venv), else from PATH.
+ACCELERATE=accelerate
+VLLM=vllm
+if [[ -x .venv/bin/accelerate ]]; then ACCELERATE=.venv/bin/accelerate; fi
+if [[ -x .venv/bin/vllm ]]; then VLLM=.venv/bin/vllm; fi
 
 # Markers go under the recipe's output folder, so a fresh OUT is a fresh run.
 _done_dir() { echo "$OUT/.done"; }
@@ -24,18 +33,28 @@ _done_dir() { echo "$OUT/.done"; }
 # is written then, so a later run does the stage once it can.
 STAGE_NOT_RUN=0
 
-# run_stage NAME "title": header, then skip / already done / run + marker.
+# skipped NAME: does SKIP name the stage?
+skipped() { [[ " ${SKIP//,/ } " == *" $1 "* ]]; }
+
+# run_stage NAME "title" [INPUT]: header, then skip / already done / run + marker. INPUT (the model a
+# stage judges) is written into the marker; a marker holding another INPUT does not count as done.
 run_stage() {
-    local name=$1 title=$2
+    local name=$1 title=$2 input=${3:-} marker
+    marker="$(_done_dir)/$name"
     echo
     echo "== [$name] $title"
-    if [[ " ${SKIP//,/ } " == *" $name "* ]]; then
+    if skipped "$name"; then
         echo "   skipped: SKIP names it"
         return 0
     fi
-    if [[ -f "$(_done_dir)/$name" ]]; then
-        echo "   already done ($(_done_dir)/$name exists; delete it to redo this stage)"
-        return 0
+    PREVIOUS_INPUT=
+    if [[ -f $marker ]]; then
+        if [[ "$(cat "$marker")" == "$input" ]]; then
+            echo "   already done ($marker exists; delete it to redo this stage)"
+            return 0
+        fi
+        PREVIOUS_INPUT=$(cat "$marker")
+        echo "   done before with ${PREVIOUS_INPUT:-another input}; now with $input: running again"
     fi
     local t0=$SECONDS
     STAGE_NOT_RUN=0
@@ -45,8 +64,18 @@ run_stage() {
         return 0
     fi
     mkdir -p "$(_done_dir)"
-    : >"$(_done_dir)/$name"
+    printf '%s' "$input" >"$marker"
     echo "   done in $((SECONDS - t0)) s"
+}
+
+# set_aside DIR: move an earlier model's results out of the way (to DIR.before-N), so a stage that
+# runs again for a new model starts clean and nothing is lost.
+set_aside() {
+    [[ -e $1 ]] || return 0
+    local n=1
+    while [[ -e $1.before-$n ]]; do ((n += 1)); done
+    mv "$1" "$1.before-$n"
+    echo "   earlier results moved to $1.before-$n"
 }
 
 # available CMD: does this build of cot-rm have the subcommand? Asks cli.py itself (the same test

@@ -9,25 +9,30 @@
 #
 # Environment (all optional):
 #   POINTWISE     your labelled videos, pointwise JSONL (README, "Data formats"); default data/pointwise.jsonl
-#   PAIRS         pairwise labels over those videos for the head's Bradley-Terry loss; default: the config's
-#   TEACHER_PORT  port of the local vLLM teacher (8000); TEACHER_TP its tensor-parallel size (8)
+#   PAIRS         pairwise labels over those videos for the head's Bradley-Terry loss (SFT and GRPO);
+#                 default: the configs' own; PAIRS=null trains without pairs
+#   TEACHER_PORT  port of the local vLLM teacher (8000); TEACHER_TP its tensor-parallel size (GPUS_PER_NODE)
 #   OPENAI_API_KEY / VLLM_API_KEY  only from the environment, never written to a file: set both to the
-#                 same value to make the teacher endpoint require a key
+#                 same value to make the teacher endpoint require a key (the rollout and serving
+#                 engines, private to cot-rm, start without it)
 #   NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT, GPUS_PER_NODE   multi-node SFT (defaults: one node);
 #                 GRPO, eval and serving run on node 0's GPUs
-#   ROLLOUT_PORT  port of GRPO's vLLM rollout server (8001; the config's rollout.vllm_url must match)
+#   ROLLOUT_PORT  port of GRPO's vLLM rollout server (8001; passed to the trainer as rollout.vllm_url)
+#   SERVER_WAIT_S how long a vLLM server may take to answer /health (1800 s)
 #   BENCH_DIR     where the public benchmarks were unpacked (data/benchmarks)
+#   SERVE_PORT, MEDIA_ROOT   the serve stage's port (8080) and the folder callers' video paths must lie
+#                 under (the repo root)
 #   SKIP          stages to skip, e.g. SKIP="synth grpo"
 
 POINTWISE=${POINTWISE:-data/pointwise.jsonl}
 PAIRS=${PAIRS:-}
 TEACHER_PORT=${TEACHER_PORT:-8000}
-TEACHER_TP=${TEACHER_TP:-8}
 NNODES=${NNODES:-1}
 NODE_RANK=${NODE_RANK:-0}
 MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
 MASTER_PORT=${MASTER_PORT:-29500}
 GPUS_PER_NODE=${GPUS_PER_NODE:-8}
+TEACHER_TP=${TEACHER_TP:-$GPUS_PER_NODE}
 BENCH_DIR=${BENCH_DIR:-data/benchmarks}
 SERVE_PORT=${SERVE_PORT:-8080}
 SKIP=${SKIP:-}
@@ -43,6 +48,8 @@ SFT_OUT=$OUT/sft
 
 # Multi-node: every node runs SFT; data synthesis, eval and serving run on node 0 only, and the
 # other nodes wait for node 0's synthesis marker (OUT must be on a filesystem all nodes share).
+SYNTH_SKIPPED=0
+if skipped synth; then SYNTH_SKIPPED=1; fi  # by the user: the SFT data exists already
 if [[ $NODE_RANK != 0 ]]; then
     SKIP="$SKIP synth grpo eval serve"
 fi
@@ -71,7 +78,7 @@ wait_health() {
 stage_synth() {
     [[ -f $POINTWISE ]] || { echo "no labelled videos at $POINTWISE: set POINTWISE (README, Data formats)" >&2; exit 2; }
     # The teacher is a large VLM behind vLLM's OpenAI-compatible server, on this node's GPUs.
-    vllm serve "$TEACHER_MODEL" --port "$TEACHER_PORT" --tensor-parallel-size "$TEACHER_TP" \
+    "$VLLM" serve "$TEACHER_MODEL" --port "$TEACHER_PORT" --tensor-parallel-size "$TEACHER_TP" \
         >"$OUT/teacher.log" 2>&1 &
     SERVER_PID=$!
     wait_health "http://localhost:$TEACHER_PORT" "$OUT/teacher.log"  # a 72B model loads for minutes
@@ -85,14 +92,18 @@ stage_synth() {
 }
 
 stage_sft() {
-    if [[ $NODE_RANK != 0 ]]; then
-        until [[ -f $OUT/.done/synth ]]; do echo "   waiting for node 0's synthesis ($OUT/.done/synth)"; sleep 60; done
+    if [[ $NODE_RANK != 0 && $SYNTH_SKIPPED == 0 ]]; then
+        until [[ -f $OUT/.done/synth ]]; do
+            echo "   waiting for node 0's synthesis ($OUT/.done/synth; SKIP=synth on every node if it is made)"
+            sleep 60
+        done
     fi
+    [[ -f $SFT_DATA ]] || { echo "no SFT data at $SFT_DATA: run the synth stage (or set OUT)" >&2; exit 2; }
     local overrides=(model.base="$BASE_MODEL" data.train="$SFT_DATA" train.output_dir="$SFT_OUT")
     if [[ -n $PAIRS ]]; then overrides+=(data.pairs="$PAIRS" data.eval_pairs="$PAIRS"); fi
     # ZeRO-3 shards weights, grads and Adam states over all processes; num_processes counts ALL of them.
     # A killed run resumes from its newest checkpoint in $SFT_OUT.
-    accelerate launch --config_file configs/accelerate/zero3.yaml \
+    "$ACCELERATE" launch --config_file configs/accelerate/zero3.yaml \
         --num_machines "$NNODES" --num_processes $((NNODES * GPUS_PER_NODE)) \
         --machine_rank "$NODE_RANK" --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT" \
         -m cot_rm.cli sft --config "$SFT_CONFIG" "${overrides[@]}"
@@ -107,16 +118,18 @@ stage_grpo() {
         # hence ZeRO-2 (ZeRO-3 would leave rank 0 a shard).
         gpus=$((GPUS_PER_NODE - 1)) accel=configs/accelerate/zero2.yaml
         CUDA_VISIBLE_DEVICES=$gpus "$PY" -m cot_rm.grpo_vllm_server --model "$SFT_OUT" --port "$ROLLOUT_PORT" \
-            -- --dtype bfloat16 --gpu-memory-utilization 0.9 >"$OUT/rollout_server.log" 2>&1 &
+            -- --dtype bfloat16 --gpu-memory-utilization 0.9 --max-model-len 16384 >"$OUT/rollout_server.log" 2>&1 &
         SERVER_PID=$!
         wait_health "http://127.0.0.1:$ROLLOUT_PORT" "$OUT/rollout_server.log"
     fi
     # From the SFT checkpoint on the same traces and pairs (`cot-rm grpo --help` lists every key).
     # Node 0 only (the other nodes skip this stage). A killed run resumes from its newest checkpoint.
-    CUDA_VISIBLE_DEVICES=$(seq -s, 0 $((gpus - 1))) accelerate launch --config_file "$accel" \
+    local overrides=(model.checkpoint="$SFT_OUT" data.train="$SFT_DATA" train.output_dir="$OUT/grpo"
+        rollout.vllm_url="http://127.0.0.1:$ROLLOUT_PORT")
+    if [[ -n $PAIRS ]]; then overrides+=(data.pairs="$PAIRS"); fi
+    CUDA_VISIBLE_DEVICES=$(seq -s, 0 $((gpus - 1))) "$ACCELERATE" launch --config_file "$accel" \
         --num_machines 1 --num_processes "$gpus" --main_process_port "$MASTER_PORT" \
-        -m cot_rm.cli grpo --config "$GRPO_CONFIG" model.checkpoint="$SFT_OUT" data.train="$SFT_DATA" \
-        train.output_dir="$OUT/grpo" rollout.vllm_url="http://127.0.0.1:$ROLLOUT_PORT"
+        -m cot_rm.cli grpo --config "$GRPO_CONFIG" "${overrides[@]}"
     stop_server
 }
 
@@ -124,13 +137,16 @@ final_model() {
     if [[ -f "$OUT/.done/grpo" ]]; then echo "$OUT/grpo"; else echo "$SFT_OUT"; fi
 }
 
-# eval_bench BENCH DATA [extra args]: one public benchmark, with its own marker, so a finished
-# benchmark is not redone when a later one fails. A benchmark whose file is absent is skipped with
-# where to get it (README, "Public benchmarks"), and the eval stage stays unfinished.
+# eval_bench BENCH DATA [extra args]: one public benchmark, with its own marker (holding the model
+# judged), so a finished benchmark is not redone when a later one fails, and is when the model changed
+# (its earlier results are set aside). A benchmark whose file is absent is skipped with where to get it
+# (README, "Public benchmarks"), and the eval stage stays unfinished.
 eval_bench() {
-    local bench=$1 data=$2
+    local bench=$1 data=$2 model marker=$OUT/.done/eval-$1
     shift 2
-    if [[ -f $OUT/.done/eval-$bench ]]; then echo "   $bench: already done"; return 0; fi
+    model=$(final_model)
+    if [[ -f $marker && "$(cat "$marker")" == "$model" ]]; then echo "   $bench: already done"; return 0; fi
+    if [[ -f $marker ]]; then set_aside "$OUT/eval/$bench"; fi
     if [[ ! -f $data ]]; then
         echo "   $bench: skipped, $data not found (README, 'Public benchmarks', says where to get it)"
         STAGE_NOT_RUN=1
@@ -138,9 +154,9 @@ eval_bench() {
     fi
     echo "   $bench: $data"
     # Greedy, the checkpoint's own frame sampling; judgments are cached in the out folder (resumable).
-    "$COT_RM" eval --model "$(final_model)" --bench "$bench" --data "$data" "$@" --out "$OUT/eval/$bench"
+    "$COT_RM" eval --model "$model" --bench "$bench" --data "$data" "$@" --out "$OUT/eval/$bench"
     mkdir -p "$OUT/.done"
-    : >"$OUT/.done/eval-$bench"
+    printf '%s' "$model" >"$marker"
 }
 
 stage_eval() {
@@ -167,5 +183,5 @@ mkdir -p "$OUT"
 run_stage synth "synthesis: $TEACHER_MODEL (vLLM) critiques -> consistency filter -> select_frames traces"
 run_stage sft "SFT cold start, ZeRO-3 on $((NNODES * GPUS_PER_NODE)) GPUs ($SFT_CONFIG)"
 run_stage grpo "GRPO with tool rollouts (stage 2)"
-run_stage eval "eval: public benchmarks (VideoGen-RewardBench, GenAI-Bench, MJ-Bench-Video, VideoScore-Bench-v2)"
+run_stage eval "eval: public benchmarks (VideoGen-RewardBench, GenAI-Bench, MJ-Bench-Video, VideoScore-Bench-v2)" "$(final_model)"
 run_stage serve "serve: judge API and interactive page"

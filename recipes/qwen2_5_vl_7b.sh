@@ -8,7 +8,8 @@
 #   POINTWISE=data/pointwise.jsonl PAIRS=data/pairs.jsonl recipes/qwen2_5_vl_7b.sh
 #   SKIP="synth" recipes/qwen2_5_vl_7b.sh                       # SFT data already made
 #   NNODES=2 NODE_RANK=$RANK MASTER_ADDR=node0 recipes/qwen2_5_vl_7b.sh   # on each node
-# Rerunning skips the stages that finished ($OUT/.done/NAME); delete a marker to redo its stage.
+# Rerunning skips the stages that finished ($OUT/.done/NAME); eval runs again when the model changed.
+# Delete a marker to redo its stage (recipes/lib.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."  # config paths are relative to the repo root
 

@@ -10,7 +10,8 @@
 #   recipes/tiny_cpu.sh
 #   SKIP="synth sft" recipes/tiny_cpu.sh               # skip stages by name
 #   N=24 SFT_ARGS="train.max_steps=2" GRPO_ARGS="train.max_steps=1" recipes/tiny_cpu.sh   # the test's sizes
-# Rerunning skips the stages that finished ($OUT/.done/NAME); delete a marker to redo its stage.
+# Rerunning skips the stages that finished ($OUT/.done/NAME); eval and judge run again when the model
+# they judge changed (GRPO finished since). Delete a marker to redo its stage (recipes/lib.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."  # config paths and cot-rm's defaults are relative to the repo root
 
@@ -26,7 +27,7 @@ SFT_ARGS=${SFT_ARGS:-}
 EVAL_LIMIT=${EVAL_LIMIT:-64}               # test pairs judged by `cot-rm eval` (greedy, CPU)
 MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-512}      # per assistant turn, for eval and judge
 SKIP=${SKIP:-}
-GRPO_CONFIG=${GRPO_CONFIG:-configs/tiny/grpo.yaml}
+GRPO_CONFIG=${GRPO_CONFIG-configs/tiny/grpo.yaml}  # GRPO_CONFIG="" skips GRPO
 # Extra GRPO key=value overrides, e.g. "train.max_steps=2".
 GRPO_ARGS=${GRPO_ARGS:-}
 
@@ -82,7 +83,8 @@ final_model() {
 
 stage_eval() {
     # The toy world's held-out test pairs (colour x shape combinations never seen in training).
-    # eval caches judgments in $OUT/eval and resumes a killed run by itself.
+    # eval caches judgments in $OUT/eval and resumes a killed run by itself; another model's are set aside.
+    if [[ -n $PREVIOUS_INPUT ]]; then set_aside "$OUT/eval"; fi
     "$COT_RM" eval --model "$(final_model)" --bench jsonl --data "$TOY/pairs.jsonl" --split test \
         --limit "$EVAL_LIMIT" --max-new-tokens "$MAX_NEW_TOKENS" --out "$OUT/eval"
 }
@@ -111,8 +113,8 @@ run_stage toyworld "toy world: $N procedural videos with exact defect labels"
 run_stage synth "synthesis: oracle critiques -> consistency filter -> select_frames traces (+ negatives)"
 run_stage sft "SFT cold start of a tiny random Qwen2.5-VL ($SFT_CONFIG)"
 run_stage grpo "GRPO with tool rollouts (stage 2)"
-run_stage eval "eval: held-out toy test pairs (metrics.json, report.md)"
-run_stage judge "judge: one held-out video -> HTML critique"
+run_stage eval "eval: held-out toy test pairs (metrics.json, report.md)" "$(final_model)"
+run_stage judge "judge: one held-out video -> HTML critique" "$(final_model)"
 echo
 echo "Done in ${SECONDS} s. Outputs under $OUT/:"
 echo "  toy/ (videos, pointwise.jsonl, pairs.jsonl)   sft_data.jsonl (synthesised traces)"

@@ -89,3 +89,60 @@ def test_skip_names_stages(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("skipped: SKIP names it") == 6
     assert not (tmp_path / "r" / ".done").exists()
+
+
+def _bash(script: str, cwd: Path, env: dict | None = None) -> str:
+    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=cwd, capture_output=True, text=True,
+                          timeout=60, env=dict(os.environ, **(env or {})))  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_a_stage_runs_again_when_the_model_it_judges_changed(tmp_path):
+    """lib.sh: the marker records the stage's input (the model judged); another input runs the stage
+    again, with the earlier input in PREVIOUS_INPUT, and set_aside keeps the earlier results."""
+    script = f"""
+        OUT={tmp_path}/out SKIP= ; source {ROOT}/recipes/lib.sh
+        stage_eval() {{ echo "ran prev=[$PREVIOUS_INPUT]"; set_aside "$OUT/eval"; mkdir -p "$OUT/eval"; }}
+        run_stage eval "eval" runs/sft
+        run_stage eval "eval" runs/sft
+        run_stage eval "eval" runs/grpo
+        run_stage eval "eval" runs/grpo
+        cat "$OUT/.done/eval"; echo
+    """
+    out = _bash(script, tmp_path)
+    assert out.count("ran prev=") == 2 and "ran prev=[]" in out and "ran prev=[runs/sft]" in out
+    assert out.count("already done") == 2 and "now with runs/grpo: running again" in out
+    assert out.rstrip().endswith("runs/grpo")
+    assert (tmp_path / "out" / "eval.before-1").is_dir() and (tmp_path / "out" / "eval").is_dir()
+
+
+def _stubbed(tmp_path: Path) -> tuple[Path, dict]:
+    """A copy of recipes/ and configs/ with accelerate, vllm, curl, cot-rm and python stubs that print
+    their command lines: what the 8-GPU recipes launch, without GPUs."""
+    import shutil
+
+    work = tmp_path / "repo"
+    for name in ("recipes", "configs"):
+        shutil.copytree(ROOT / name, work / name)
+    stubs = work / "bin"
+    stubs.mkdir()
+    for cmd in ("accelerate", "vllm", "curl", "cot-rm", "python"):
+        (stubs / cmd).write_text(f'#!/bin/bash\necho "STUB {cmd} $*"\n')
+        (stubs / cmd).chmod(0o755)
+    return work, {"PATH": f"{stubs}:{os.environ['PATH']}", "OUT": "runs/q"}
+
+
+def test_multi_gpu_recipe_launches_with_pairs_and_skipped_synthesis(tmp_path):
+    work, env = _stubbed(tmp_path)
+    (work / "runs" / "q").mkdir(parents=True)
+    (work / "runs" / "q" / "sft_data.jsonl").write_text("")
+    # a second node with the SFT data already made: no wait for a synthesis that never runs
+    out = _bash("recipes/qwen2_5_vl_7b.sh", work, {**env, "NNODES": "2", "NODE_RANK": "1", "SKIP": "synth"})
+    assert "waiting for node 0" not in out and "--machine_rank 1" in out
+    # node 0: the pairs reach GRPO too, and the rollout server gets the config's context length
+    out = _bash(
+        "recipes/qwen2_5_vl_7b.sh", work, {**env, "SKIP": "synth sft eval serve", "PAIRS": "/d/p.jsonl"}
+    )
+    grpo = next(line for line in out.splitlines() if "cot_rm.cli grpo" in line)
+    assert "data.pairs=/d/p.jsonl" in grpo and "rollout.vllm_url=http://127.0.0.1:8001" in grpo
