@@ -292,6 +292,13 @@ def publish(res: dict, text: str, out: str | None, results_md: str, append: bool
     print(text)
 
 
+def need_inputs(ap, *paths: str) -> None:
+    """argparse error naming the first missing input (the defaults are the demo's outputs)."""
+    for path in paths:
+        if path and not Path(path).exists():
+            ap.error(f"{path} not found: run `make demo` first (it writes runs/demo), or pass your own")
+
+
 def machine() -> str:
     try:
         out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,

@@ -52,7 +52,7 @@ import transformers
 import trl
 from transformers import set_seed
 
-from bench.generation import machine, publish
+from bench.generation import machine, need_inputs, publish
 from bench.sft_step import random_init_loader, write_model_dir, write_videos
 from cot_rm import grpo
 from cot_rm.config import check_trl_args, load_config
@@ -292,6 +292,8 @@ def parse_args(argv):
     add("--results-md", default=str(ROOT / "bench" / "RESULTS.md"), help="markdown to append to")
     add("--no-append", action="store_true", help="print the section, do not append it")
     args = ap.parse_args(argv)
+    if not args.random_init:
+        need_inputs(ap, str(Path(args.model) / "cot_rm.json"), args.data)
     args.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.random_init == "7b" and args.device.type != "cuda":
         ap.error("--random-init 7b needs a GPU")

@@ -49,7 +49,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch
 import transformers
 
-from bench.generation import machine, publish
+from bench.generation import machine, need_inputs, publish
 from cot_rm.config import read_yaml
 from cot_rm.modeling import ThinkThenScore
 from cot_rm.packing import pack_batch, packed_forward, use_varlen_sdpa
@@ -254,6 +254,7 @@ def parse_args(argv):
     add("--results-md", default=str(ROOT / "bench" / "RESULTS.md"), help="markdown to append to")
     add("--no-append", action="store_true", help="print the section, do not append it")
     args = ap.parse_args(argv)
+    need_inputs(ap, str(Path(args.model) / "cot_rm.json"), args.data, args.pairs)
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if args.modes[:1] != ["padded"] or any(m not in MODES for m in args.modes):
         ap.error(f"--modes: padded first, then any of {MODES[1:]}")

@@ -16,6 +16,9 @@ attention_mask sums of the micro-batches it was fed; the first `--warmup` steps 
 
     PYTHONPATH=. python3 bench/sft_step.py --out sft_step.json  # GPU: the 7B architecture
     python bench/sft_step.py --size tiny --frames 4 --resolution 224 --out /tmp/sft_step.json  # CPU
+
+The JSON (`--out`) holds every per-step figure; a section with the table and ratios is appended to
+bench/RESULTS.md (`--results-md`, `--no-append`), like every bench here.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor,
 from transformers.models.qwen2_5_vl import Qwen2_5_VLConfig
 
 import cot_rm.modeling
+from bench.generation import machine, publish
 from cot_rm import tiny
 from cot_rm.config import check_trl_args, load_config, read_yaml
 from cot_rm.protocol import JudgeSpec, judgment_conversation, render
@@ -433,7 +437,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--rationale-dropout", type=float, default=0.0, help="config: 0.5; 0: every step the same sample")
     add("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config override")
     add("--work", default=None, help="scratch folder (default: a temp dir, removed)")
-    add("--out", required=True, help="JSON results file")
+    add("--out", required=True, help="JSON results file (rewritten after each configuration)")
+    add("--results-md", default=str(ROOT / "bench" / "RESULTS.md"), help="markdown to append to")
+    add("--no-append", action="store_true", help="print the section, do not append it")
     args = ap.parse_args(argv)
     args.names = [n.strip() for n in args.configs.split(",") if n.strip()]
     if unknown := [n for n in args.names if n not in CONFIGS]:
@@ -489,10 +495,29 @@ def main(argv: list[str] | None = None) -> int:
                   + (f", ERROR {r['error']}" if "error" in r else ""), flush=True)  # fmt: skip
             results |= {"ratios": ratios(results["configs"]), "total_s": time.perf_counter() - t_start}
             out.write_text(json.dumps(results, indent=2) + "\n")  # after each one: partial results survive
-    print(f"\n{table(results['configs'])}\n")
-    print(f"ratios: {json.dumps({k: round(v, 3) for k, v in results['ratios'].items()})}; "
-          f"ENVIRONMENT.md naive baseline (H200): {ENV_NAIVE_TOK_S:,.0f} tok/s; total {results['total_s']:.0f} s")  # fmt: skip
+    results["machine"] = machine()
+    publish(results, section(results), args.out, args.results_md, append=not args.no_append)
     return 1 if any("error" in r for r in results["configs"].values()) else 0
+
+
+def section(results: dict) -> str:
+    """The RESULTS.md section: machine, command, sample, the table and the ratios."""
+    s = results["sample"]
+    ratio_text = (
+        ", ".join(f"{k} {v:.3f}" for k, v in results["ratios"].items()) or "none (a configuration failed)"
+    )
+    versions = ", ".join(f"{k} {v}" for k, v in results["versions"].items())
+    return (
+        f"\n## sft_step — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} ({results['device']})\n\n"
+        f"- Machine: {results['machine']}; {versions}\n"
+        f"- Command: `{results['command']}`\n"
+        f"- Model: the Qwen2.5-VL {results['size']} architecture, random weights; config {results['config_file']}\n"
+        f"- Sample: {s['tokens_per_sample']:,} tokens ({s['video_tokens']:,} video + {s['prompt_tokens']:,} prompt + "
+        f"{s['rationale_tokens']:,} rationale); settings {json.dumps(results['settings'])}\n\n"
+        f"{table(results['configs'])}\n\n"
+        f"Ratios (tokens/s): {ratio_text}. ENVIRONMENT.md's naive baseline (H200): {ENV_NAIVE_TOK_S:,.0f} tok/s. "
+        f"Total {results['total_s']:.0f} s.\n"
+    )
 
 
 if __name__ == "__main__":

@@ -33,10 +33,18 @@ def _bench(tmp_path: Path, *extra: str) -> dict:
         str(tmp_path / "work"),
         "--out",
         str(out),
+        "--results-md",
+        str(tmp_path / "RESULTS.md"),
     ]
     run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, (run.stdout[-3000:], run.stderr[-3000:])
     assert "| reuse |" in run.stdout  # the markdown table
+    md = (tmp_path / "RESULTS.md").read_text()  # the section a user's run appends to bench/RESULTS.md
+    assert (
+        md.startswith("\n## sft_step — ")
+        and "| reuse |" in md
+        and "- Command: `python3 bench/sft_step.py" in md
+    )
     return json.loads(out.read_text())
 
 
