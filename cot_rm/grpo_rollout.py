@@ -21,8 +21,8 @@ and the judge do: `"\\n<|reward|>"` after the final `<|im_end|>` (or `"<|im_end|
 the last turn was cut), so `prompt_ids + completion_ids` is `render(conversation) + reward_token`.
 
 Visual memory window (`JudgeSpec.memory_window`): each turn is generated in the windowed context
-(`protocol.apply_memory_window`: only the last `window` tool rounds keep their images; older ones are
-rendered with the placeholder text). The returned sequence is the final windowed conversation, what
+(`protocol.apply_memory_window`: only the last `window` tool rounds that returned images keep them;
+older ones are rendered with the placeholder text; a round that returned only an error does not count). The returned sequence is the final windowed conversation, what
 the judge scores and SFT trains on. A generated turn whose context differed from that (it saw images
 that are placeholders in the final sequence) is "stale": with `stale_turns="mask"` (default) its
 tokens get `tool_mask` 0, with "keep" they stay in the loss; both count `stale_turns`/`stale_tokens`.
@@ -174,10 +174,10 @@ class _State:
         return [s for s in self.segs if s.kind == "tool"]
 
     def full_rounds(self, window: int) -> frozenset:
-        """Indices of tool rounds with images that the memory window keeps."""
-        rounds = self.rounds()
-        keep = range(max(len(rounds) - window, 0), len(rounds)) if window > 0 else range(0)
-        return frozenset(r for r in keep if rounds[r].alt is not None)
+        """Indices of tool rounds with images that the memory window keeps (the last `window` of the
+        rounds with images: an error-only round does not count, as in `protocol.apply_memory_window`)."""
+        with_images = [r for r, seg in enumerate(self.rounds()) if seg.alt is not None]
+        return frozenset(with_images[-window:] if window > 0 else ())
 
     def context(self, window: int) -> tuple[list[int], list[_Seg]]:
         """Completion ids in the windowed context, and the tool rounds shown with images."""

@@ -50,7 +50,7 @@ class JudgeSpec:
     score_max: float = 5.0
     max_tool_calls: int = 3  # select_frames calls per judgment
     max_frames_per_call: int = 8
-    memory_window: int = 1  # tool rounds whose images stay in context; older ones become placeholders
+    memory_window: int = 1  # tool rounds (with images) whose images stay in context; older: placeholders
 
     def __post_init__(self):
         if not self.dimensions or len(set(self.dimensions)) != len(self.dimensions):
@@ -59,6 +59,11 @@ class JudgeSpec:
             raise ValueError(f"score_min {self.score_min} must be below score_max {self.score_max}")
         if self.max_tool_calls < 0 or self.max_frames_per_call < 1 or self.memory_window < 0:
             raise ValueError("tool budgets must be non-negative (frames per call at least 1)")
+        if self.max_tool_calls > 0 and self.memory_window == 0:
+            raise ValueError(
+                "memory_window 0 would drop every frame the tool returns; keep at least 1 tool round "
+                "(or set max_tool_calls 0 for no tool)"
+            )
 
     def to_unit(self, score: float) -> float:
         """A score on the scale -> [-1, 1] (the regression head's target space)."""
@@ -198,7 +203,9 @@ def format_tool_call(frames: Sequence[int]) -> str:
 
 
 def apply_memory_window(messages: list[dict], window: int) -> list[dict]:
-    """Keep the images of the last `window` tool rounds; older ones become a short text placeholder.
+    """Keep the images of the last `window` tool rounds that returned images; older ones become a short
+    text placeholder. A round that returned only an error does not count: a bad call must not push the
+    frames the model already chose out of its context.
 
     A tool round is a run of consecutive tool messages. Returns new message dicts (inputs untouched).
     """
@@ -209,6 +216,7 @@ def apply_memory_window(messages: list[dict], window: int) -> list[dict]:
         if m["role"] == "tool":
             rounds[-1].append(i)
         prev_tool = m["role"] == "tool"
+    rounds = [r for r in rounds if any(_has_image(messages[i]) for i in r)]
     stale = {i for r in (rounds[:-window] if window > 0 else rounds) for i in r}
     out = []
     for i, m in enumerate(messages):
@@ -216,6 +224,10 @@ def apply_memory_window(messages: list[dict], window: int) -> list[dict]:
             m = {**m, "content": [_placeholder(c) for c in m["content"]]}
         out.append(m)
     return out
+
+
+def _has_image(message: dict) -> bool:
+    return isinstance(message["content"], list) and any(p.get("type") == "image" for p in message["content"])
 
 
 def _placeholder(part: dict) -> dict:

@@ -286,8 +286,9 @@ def test_window_with_an_error_round_in_between(processor, sample_mp4):
     script = [call([1, 5]), '<think>x</think><tool_call>{"name": bad</tool_call>', call([2]), FINAL]
     batch = rollouts(processor, [script], spec).run([row(sample_mp4)])
     assert batch.prompt_ids[0] + batch.completion_ids[0] == reference_ids(processor, batch, 0, spec)
-    # turn 1 saw frames 1 and 5; turn 2 already saw them as placeholders (the error round is the window)
-    assert batch.stale_turns == [[1]] and batch.media[0].image_refs == [
+    # turns 1 and 2 saw frames 1 and 5 (an error round does not take the window); in the final context
+    # only frame 2's round keeps its images, so both are stale
+    assert batch.stale_turns == [[1, 2]] and batch.media[0].image_refs == [
         {"video": str(sample_mp4), "frame": 2}
     ]
 

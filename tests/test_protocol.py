@@ -262,6 +262,14 @@ def test_conversation_structure_and_memory_window():
     msgs2 = _conversation(JudgeSpec(memory_window=2))
     assert [c["type"] for c in msgs2[3]["content"]] == ["text", "image", "text", "image"]
     assert P.tool_turn(error="frame 99 is out of range")["content"][0]["text"].startswith("Error: frame 99")
+    # a round that returned only an error does not count: the chosen frames stay in context
+    bad = [{"role": "assistant", "content": "<think>x</think><tool_call>{bad}</tool_call>"},
+           P.tool_turn(error="malformed_tool_call")]  # fmt: skip
+    kept = P.apply_memory_window(msgs2[:4] + bad, 1)  # msgs2: round 1 still has its images
+    assert [c["type"] for c in kept[3]["content"]] == ["text", "image", "text", "image"]
+    with pytest.raises(ValueError, match="memory_window 0 would drop every frame"):
+        JudgeSpec(memory_window=0)
+    assert JudgeSpec(memory_window=0, max_tool_calls=0).memory_window == 0  # no tool, nothing to keep
 
 
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
