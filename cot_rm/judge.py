@@ -183,8 +183,10 @@ class Judge:
             return
         parsed = protocol.parse_turn(text, self.spec)
         if isinstance(parsed, ParseError) and parsed.reason in ("malformed_tool_call", "unknown_tool"):
-            # A bad call is answered with an error as the tool result (and spends a call), never ends it.
-            conv.calls.append({"frames": [], "error": str(parsed)})
+            # A bad call is answered with an error as the tool result (and spends a call), never ends it;
+            # `request` keeps what the model wrote, since it has no frames to show.
+            request = text.split("<tool_call>", 1)[-1].split("</tool_call>", 1)[0].strip()[:300]
+            conv.calls.append({"frames": [], "error": str(parsed), "request": request})
             conv.messages.append({"role": "assistant", "content": text.strip()})
             conv.messages.append(protocol.tool_turn(error=f"{parsed}; call select_frames as the system says"))
             return

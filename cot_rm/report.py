@@ -220,12 +220,14 @@ def _trace(j: dict, frames: _Frames) -> str:
         return "<p>No select_frames calls.</p>"
     items = []
     for call in calls:
-        asked = _e(", ".join(map(str, call.get("frames") or [])))
+        asked = f"select_frames([{', '.join(map(str, call.get('frames') or []))}])"
+        if call.get("request"):  # a malformed call: what the model wrote
+            asked = call["request"]
         if call.get("error") is not None:
             body = f'<div class="err">tool error: {_e(call["error"])}</div>'
         else:
             body = '<div class="calls">' + "".join(frames.figure(i) for i in call["frames"]) + "</div>"
-        items.append(f"<li><code>select_frames([{asked}])</code>{body}</li>")
+        items.append(f"<li><code>{_e(asked)}</code>{body}</li>")
     return f'<ol class="trace">{"".join(items)}</ol>'
 
 

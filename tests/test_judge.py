@@ -36,6 +36,7 @@ def test_tool_loop_answers_bad_calls_with_errors(judge, sample_mp4):
         conv, '<think>a</think><tool_call>{"name": "zoom", "arguments": {"frames": [1]}}</tool_call>'
     )
     assert conv.result is None and "unknown_tool" in conv.messages[-1]["content"][0]["text"]
+    assert conv.calls[0]["request"] == '{"name": "zoom", "arguments": {"frames": [1]}}'  # what it asked for
     judge._advance(conv, _call([999]))
     assert conv.result is None and "out of range" in conv.messages[-1]["content"][0]["text"]
     judge._advance(conv, _call([1, 2]))

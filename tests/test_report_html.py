@@ -29,7 +29,8 @@ def _judgment(rationale=CRITIQUE, **kw) -> dict:
     scores = {"visual_quality": 4.2, "text_alignment": 3.0, "physical_consistency": 1.8, "overall": 2.5}
     return {"id": "clip", "scores": scores, "answer_scores": {d: round(v) for d, v in scores.items()},
             "rationale": rationale, "frames_cited": [3, 8, 12],
-            "tool_calls": [{"frames": [8, 12], "error": None}, {"frames": [99], "error": "frame 99 is out of range"}],
+            "tool_calls": [{"frames": [8, 12], "error": None}, {"frames": [99], "error": "frame 99 is out of range"},
+                           {"frames": [], "error": "unknown_tool: 'zoom'", "request": '{"name": "zoom", "x": "<b>"}'}],
             "parse_error": None, "model": "tiny", "protocol_version": PROTOCOL_VERSION, **kw}  # fmt: skip
 
 
@@ -123,6 +124,9 @@ def test_tool_trace_parse_errors_and_unreadable_videos(sample_mp4):
     )
     assert page.count('<section class="video">') == 3
     assert "<code>select_frames([8, 12])</code>" in page and "tool error: frame 99 is out of range" in page
+    assert (
+        "<code>{&quot;name&quot;: &quot;zoom&quot;, &quot;x&quot;: &quot;&lt;b&gt;&quot;}</code>" in page
+    )  # as asked
     assert "did not parse: unclosed_tag" in page and "&lt;think&gt;frame 5 &lt;answer&gt;{" in page
     assert "video_error: x.mp4: no such file" in page
     # the unparsed output is shown as text, not as a critique with cited frames
