@@ -29,6 +29,7 @@ import json
 import math
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -363,17 +364,32 @@ class CotRmGRPOTrainer(CotRmSaveMixin, GRPOTrainer):
 # --------------------------------------------------------------------------------------------- data
 
 
-def load_rows(data, sampling: dict, dims) -> tuple[list[dict], list[tuple[int, ...]] | None]:
+def _first_object(path: Path) -> dict:
+    """The file's first record (it tells traces from pointwise rows); a bad one names its line."""
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{lineno}: invalid JSON ({err.msg})") from None
+            if not isinstance(obj, dict):
+                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            return obj
+    raise ValueError(f"{path}: empty; give SFT traces or pointwise rows")
+
+
+def load_rows(data, sampling: dict, spec) -> tuple[list[dict], list[tuple[int, ...]] | None]:
     """Dataset rows (prompt, video, sampling, tool_max_pixels, scores, defect_frames + pair columns) and
-    the sampler units when a pairs file is given (both rows of a pair adjacent, then the singles)."""
+    the sampler units when a pairs file is given (both rows of a pair adjacent, then the singles).
+    Labels must be on the checkpoint's dimensions and scale; videos must exist (checked now)."""
     from cot_rm.rewards import defect_frames_of
     from cot_rm.schema import read_jsonl
 
+    dims = spec.dimensions
     path = Path(data.train)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    first = next((json.loads(line) for line in path.read_text().splitlines() if line.strip()), {})
-    if "messages" in first:  # SFT traces
+    if "messages" in _first_object(path):  # SFT traces
         from cot_rm.sft_data import load_traces
 
         records = [
@@ -385,6 +401,7 @@ def load_rows(data, sampling: dict, dims) -> tuple[list[dict], list[tuple[int, .
             for r in read_jsonl(path, kind="pointwise")
             if (r.split or "train") in data.splits
         ]
+    _check_labels(records, spec, path)
     rows, seen = [], set()
     for t in records:
         key = (os.path.realpath(t["video"]), t["prompt"])
@@ -403,22 +420,52 @@ def load_rows(data, sampling: dict, dims) -> tuple[list[dict], list[tuple[int, .
     if not data.pairs:
         return rows, None
     index = {(os.path.realpath(r["video"]), r["prompt"]): i for i, r in enumerate(rows)}
-    paired, used, units = [], set(), []
+    paired, used, units, skipped = [], set(), [], Counter()
     for p in read_jsonl(data.pairs, kind="pairwise"):
         if (p.split or "train") not in data.splits:
             continue
         a = index.get((os.path.realpath(p.video_a), p.prompt))
         b = index.get((os.path.realpath(p.video_b), p.prompt_b or p.prompt))
-        if a is None or b is None or a in used or b in used or a == b:
+        if a is None or b is None or a == b:
+            skipped["no row for both videos with the pair's prompt"] += 1
+            continue
+        if a in used or b in used:  # a video's rollouts serve one pair per step
+            skipped["a video already in another pair"] += 1
             continue
         used.update((a, b))
         label = {d: (p.dims or {"overall": p.preference}).get(d) for d in dims}
         for i, side in ((a, "A"), (b, "B")):
             paired.append({**rows[i], "pair_id": p.id, "side": side, "pair_label": label})
         units.append((len(paired) - 2, len(paired) - 1))
+    if skipped:
+        reasons = "; ".join(f"{n}: {why}" for why, n in skipped.items())
+        print(
+            f"note: {data.pairs}: {len(units)} pairs used, {sum(skipped.values())} not ({reasons})",
+            file=sys.stderr,
+        )
     singles = [r for i, r in enumerate(rows) if i not in used]
     units += [(len(paired) + k,) for k in range(len(singles))]
     return paired + singles, units
+
+
+def _check_labels(records: list[dict], spec, path: Path) -> None:
+    """The rows' labels against the checkpoint (GRPO has no signal from labels it does not score) and
+    their videos on disk."""
+    labelled = sorted({d for t in records for d, v in t["scores"].items() if v is not None})
+    if extra := [d for d in labelled if d not in spec.dimensions]:
+        raise ValueError(
+            f"{path}: labelled on {extra}, which the checkpoint does not score (its dimensions: "
+            f"{list(spec.dimensions)}); relabel the data or train a checkpoint on these dimensions"
+        )
+    for t in records:
+        for d, v in t["scores"].items():
+            if v is not None and not spec.score_min <= v <= spec.score_max:
+                raise ValueError(f"{path}: {t['video']}: {d} = {v} is off the checkpoint's "
+                                 f"{spec.score_min:g}-{spec.score_max:g} scale; rescale the labels")  # fmt: skip
+    if missing := sorted(
+        {t["video"] for t in records if "://" not in t["video"] and not os.path.exists(t["video"])}
+    ):
+        raise ValueError(f"{path}: {len(missing)} videos not found (e.g. {missing[0]})")
 
 
 # --------------------------------------------------------------------------------------------- run
@@ -443,7 +490,7 @@ def build(cfg):
     spec = JudgeSpec.from_dict(model.config.judge_spec)
     funcs, weights = build_rewards(cfg.rewards, spec)
     args.reward_weights = weights
-    rows, units = load_rows(d, model.config.sampling, spec.dimensions)
+    rows, units = load_rows(d, model.config.sampling, spec)
     cache = None
     if model.config.freeze_vision and m.reuse_vision_features:
         cache = training_cache(model)
@@ -473,7 +520,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from cot_rm.config import ConfigError, check_trl_args, config_from_args
     from cot_rm.grpo_config import GRPORunConfig
-    from cot_rm.sft import start_run
+    from cot_rm.sft import finished, start_run
 
     try:
         cfg = config_from_args(GRPORunConfig, args)
@@ -489,9 +536,22 @@ def main(args: argparse.Namespace) -> int:
     ) as err:
         print(f"cot-rm grpo: {err}", file=sys.stderr)
         return 2
-    resume = start_run(trainer, cfg, "cot-rm grpo", f"{len(rows)} rows from {cfg.model.checkpoint}")
+    try:
+        resume = start_run(trainer, cfg, "cot-rm grpo", f"{len(rows)} rows from {cfg.model.checkpoint}")
+    except ValueError as err:
+        print(f"cot-rm grpo: {err}", file=sys.stderr)
+        return 2
     out = Path(trainer.args.output_dir)
-    trainer.train(resume_from_checkpoint=resume)
+    done = finished(trainer, resume)
+    if done and (out / "cot_rm.json").is_file():
+        print(f"cot-rm grpo: {resume} is the last step and {out} holds the final model: nothing to do "
+              "(another train.output_dir, or a larger train.max_steps, trains more)", file=sys.stderr)  # fmt: skip
+        return 0
+    if done and not trainer.is_deepspeed_enabled:  # killed after its last step: save from there
+        trainer.state = trainer.state.load_from_json(str(Path(resume) / "trainer_state.json"))
+        trainer._load_from_checkpoint(resume)
+    else:
+        trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(str(out))  # cot-rm checkpoint: VLM or adapter + head + processor + cot_rm.json
     trainer.save_state()  # trainer_state.json (log history with `reward`) beside the final model
     if trainer.is_world_process_zero():

@@ -160,6 +160,16 @@ class Judge:
         batch = encode(self.processor, texts, videos=videos, images=images or None, padding_side="left")
         return {k: v.to(device) for k, v in batch.items()}
 
+    @classmethod
+    def from_model(cls, model, **kwargs) -> Judge:
+        """A judge with the checkpoint's own settings (`cot_rm.json`: frame sampling, tool budgets and
+        tool resolution), so it judges the way the model was trained; `kwargs` as for `Judge`."""
+        cfg = model.config
+        spec = JudgeSpec.from_dict(cfg.judge_spec or {"dimensions": cfg.dimensions})
+        return cls(
+            model, Sampling.from_dict(cfg.sampling), spec, tool_max_pixels=cfg.tool_max_pixels, **kwargs
+        )
+
     @torch.inference_mode()
     def _generate(self, convs: list[_Conv]) -> list[tuple[str, bool]]:
         """Each conversation's next turn, and whether it was cut by `max_new_tokens` (no end token)."""
@@ -428,9 +438,7 @@ def _build_judge(args) -> Judge:
     except (OSError, ValueError, KeyError, RuntimeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UsageError(f"{args.model}: cannot load the checkpoint ({first})") from None
-    spec = JudgeSpec.from_dict(model.config.judge_spec or {"dimensions": model.config.dimensions})
-    sampling = Sampling.from_dict(model.config.sampling)
-    return Judge(model, sampling, spec, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+    return Judge.from_model(model, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                  cache=None if args.no_cache else FrameCache(args.cache_dir), name=str(args.model.resolve()),
                  temperature=args.temperature if args.samples else 0.0, top_p=args.top_p)  # fmt: skip
 

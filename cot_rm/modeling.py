@@ -184,7 +184,9 @@ def _load_vlm(path: str | Path, torch_dtype=None, attn_implementation: str | Non
 
 def _unwrap(vlm):
     """The HF model under a PEFT wrapper (LoRA layers stay injected in it)."""
-    return vlm.get_base_model() if hasattr(vlm, "peft_config") else vlm
+    return (
+        vlm.get_base_model() if hasattr(vlm, "get_base_model") else vlm
+    )  # PeftModel (the HF model under it has peft_config too)
 
 
 def _freeze_vision(vlm) -> None:

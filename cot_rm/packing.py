@@ -116,7 +116,7 @@ MODEL_KEYS = ("input_ids", "position_ids", "mm_token_type_ids", "pixel_values", 
 def _inner(model):
     """The HF `...Model` (owner of `get_rope_index`) under ThinkThenScore / PEFT / ...ForConditionalGeneration."""
     m = model.base_vlm if isinstance(model, ThinkThenScore) else model
-    m = m.get_base_model() if hasattr(m, "peft_config") else m
+    m = m.get_base_model() if hasattr(m, "get_base_model") else m  # a PeftModel, not the HF model inside
     return getattr(m, "model", m)
 
 

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from cot_rm.protocol import DEFAULT_DIMENSIONS, FAMILIES, PROTOCOL_VERSION, JudgeSpec
+from cot_rm.protocol import DEFAULT_DIMENSIONS, FAMILIES, PROTOCOL_VERSION, TOOL_MAX_PIXELS, JudgeSpec
 from cot_rm.video import Sampling
 
 CONFIG_NAME = "cot_rm.json"
@@ -37,6 +37,7 @@ class CotRmConfig:
     protocol_version: str = PROTOCOL_VERSION
     sampling: dict[str, Any] | None = None
     judge_spec: dict[str, Any] | None = None
+    tool_max_pixels: int = TOOL_MAX_PIXELS  # frames the select_frames tool returns, as in training
     calibration: dict[str, dict[str, float]] = field(default_factory=dict)
     tie_margin: float = 0.0
     lora: dict[str, Any] | None = None
@@ -58,6 +59,12 @@ class CotRmConfig:
         if sampling.family != self.family:
             raise ValueError(f"sampling family {sampling.family!r} != model family {self.family!r}")
         self.sampling = sampling.to_dict()
+        if (
+            isinstance(self.tool_max_pixels, bool)
+            or not isinstance(self.tool_max_pixels, int)
+            or self.tool_max_pixels < 1
+        ):
+            raise ValueError(f"tool_max_pixels must be a positive integer, got {self.tool_max_pixels!r}")
         if unknown := set(self.calibration) - set(self.dimensions):
             raise ValueError(f"calibration for unknown dimensions {sorted(unknown)}")
 

@@ -27,16 +27,13 @@ def load_judge(args: argparse.Namespace):
 
     from cot_rm.judge import Judge
     from cot_rm.modeling import ThinkThenScore
-    from cot_rm.protocol import JudgeSpec
-    from cot_rm.video import Sampling
 
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
     model = ThinkThenScore.from_pretrained(args.model, torch_dtype=getattr(torch, dtype)).to(device).eval()
-    spec = JudgeSpec.from_dict(model.config.judge_spec or {"dimensions": model.config.dimensions})
-    return Judge(model, Sampling.from_dict(model.config.sampling), spec, max_new_tokens=args.max_new_tokens,
+    return Judge.from_model(model, max_new_tokens=args.max_new_tokens,
                  batch_size=args.score_batch_size, name=str(args.model.resolve()))  # fmt: skip
 
 

@@ -144,7 +144,8 @@ def build(cfg):
     from cot_rm.modeling import ThinkThenScore
     from cot_rm.protocol import JudgeSpec
     from cot_rm.schema import read_jsonl
-    from cot_rm.sft_data import SFTCollator, build_examples, load_traces
+    from cot_rm.sft_data import SFTCollator, build_examples, load_traces, trace_settings
+    from cot_rm.video import Sampling
 
     m, d = cfg.model, cfg.data
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[m.dtype]
@@ -160,12 +161,17 @@ def build(cfg):
     for path in (d.pairs, d.eval_pairs):  # fail now, not after the training time is spent
         if path:
             read_jsonl(path, kind="pairwise")
-    traces = load_traces(d.train, d.splits)
+    # Every line checked now (the end-of-run report reads the val split too), not steps into training.
+    traces = [t for t in load_traces(d.train) if not d.splits or t.get("split", "train") in d.splits]
     check_dimensions(traces, m.dimensions, d.train)
     examples = build_examples(traces, d.pairs, d.splits)
     if not examples:
         raise ValueError(f"{d.train}: no traces in splits {d.splits}")
-    spec = JudgeSpec(dimensions=tuple(m.dimensions))
+    # The checkpoint judges as the traces were written: their frames, tool resolution and budgets.
+    sampling, tool_px, traced_spec = trace_settings(traces, d.train)
+    spec = JudgeSpec.from_dict({**(traced_spec or {}), "dimensions": tuple(m.dimensions)})
+    model.config.sampling = Sampling.from_dict({**sampling, "family": model.config.family}).to_dict()
+    model.config.tool_max_pixels, model.config.judge_spec = tool_px, spec.to_dict()
     collator = SFTCollator(model.processor, model.config.family, spec, model.config.reward_token,
                            cfg.loss.rationale_dropout, d.frame_cache, args.seed, d.max_length)  # fmt: skip
     dataset = Dataset.from_dict({"example": [json.dumps(e) for e in examples]})
@@ -225,12 +231,27 @@ def main(args: argparse.Namespace) -> int:
     except (ConfigError, FileNotFoundError, ValueError) as err:  # SchemaError is a ValueError
         print(f"cot-rm sft: {err}", file=sys.stderr)
         return 2
-    resume = start_run(trainer, cfg, "cot-rm sft", f"{len(examples)} examples ({len(traces)} traces)")
-    if resume is not None:
-        # The collator draws rationale-dropout masks from (seed, its call count): continue the count where
-        # the killed run stood, so the resumed run sees the batches an uninterrupted run would.
-        trainer.data_collator.calls = _batches_before(trainer, resume)
-    trainer.train(resume_from_checkpoint=resume)
+    try:
+        resume = start_run(trainer, cfg, "cot-rm sft", f"{len(examples)} examples ({len(traces)} traces)")
+    except ValueError as err:
+        print(f"cot-rm sft: {err}", file=sys.stderr)
+        return 2
+    out = Path(trainer.args.output_dir)
+    done = finished(trainer, resume)
+    if done and (out / "report.json").is_file() and (out / "cot_rm.json").is_file():
+        print(f"cot-rm sft: {resume} is the last step and {out} holds the final model: nothing to do "
+              "(another train.output_dir, or a larger train.max_steps, trains more)", file=sys.stderr)  # fmt: skip
+        print((out / "report.json").read_text().rstrip())
+        return 0
+    if done and not trainer.is_deepspeed_enabled:  # killed after its last step: finish from there
+        trainer.state = trainer.state.load_from_json(str(Path(resume) / "trainer_state.json"))
+        trainer._load_from_checkpoint(resume)
+    else:
+        if resume is not None:
+            # The collator draws rationale-dropout masks from (seed, its call count): continue the count
+            # where the killed run stood, so the resumed run sees the batches an uninterrupted run would.
+            trainer.data_collator.calls = _batches_before(trainer, resume)
+        trainer.train(resume_from_checkpoint=resume)
     trainer.save_state()  # trainer_state.json (log history) beside the final model
     model = _whole_model(model, trainer)
     if trainer.is_world_process_zero():
@@ -257,23 +278,53 @@ def _whole_model(model, trainer):
     return whole.to(trainer.args.device)
 
 
+# Settings a checkpoint's weights are shaped by: a run cannot resume under other values of these.
+FIXED_KEYS = (
+    "model.base",
+    "model.checkpoint",
+    "model.dimensions",
+    "model.head",
+    "model.lora",
+    "model.freeze_vision",
+)
+
+
 def start_run(trainer, cfg, prog: str, what: str) -> str | None:
     """Shared by `cot-rm sft` and `cot-rm grpo`: the output folder and its run_config.yaml (main
-    process), a line saying what trains where, and the checkpoint a killed run resumes from (or None)."""
+    process), a line saying what trains where, and the checkpoint a killed run resumes from (or None).
+    Raises ValueError when the folder holds another kind of run, or one the new settings cannot resume."""
     from cot_rm.config import save_config
 
     out = Path(trainer.args.output_dir)
     resume = last_checkpoint(out)
+    if resume is not None:
+        changed = _changed_keys(out / "run_config.yaml", cfg)
+        if fixed := [k for k in changed if k.startswith(FIXED_KEYS)]:
+            raise ValueError(
+                f"{out} holds a run with other {', '.join(fixed[:4])}; its checkpoints cannot continue "
+                "under these settings: give another train.output_dir (or the old settings)"
+            )
+        if changed and trainer.is_world_process_zero():
+            print(f"{prog}: resuming a run started with other settings ({', '.join(changed[:8])}); data and "
+                  "loss settings apply from here, the optimizer and learning-rate schedule continue from "
+                  "the checkpoint", file=sys.stderr)  # fmt: skip
     if trainer.is_world_process_zero():
         out.mkdir(parents=True, exist_ok=True)
-        if resume is not None and (changed := _changed_keys(out / "run_config.yaml", cfg)):
-            print(f"{prog}: resuming a run started with other settings ({', '.join(changed[:8])}); the "
-                  "new ones apply from here (another train.output_dir starts afresh)", file=sys.stderr)  # fmt: skip
         save_config(cfg, out / "run_config.yaml")
         print(f"{prog}: {what} -> {out}", file=sys.stderr)
     if resume is not None:
         print(f"{prog}: resuming from {resume}", file=sys.stderr)
     return resume
+
+
+def finished(trainer, resume: str | None) -> bool:
+    """Whether the checkpoint already reached the run's last step (a rerun of a finished run would
+    otherwise train one step more)."""
+    if resume is None:
+        return False
+    state = json.loads((Path(resume) / "trainer_state.json").read_text())
+    target = trainer.args.max_steps if trainer.args.max_steps > 0 else state.get("max_steps", 0)
+    return bool(target) and state.get("global_step", 0) >= target
 
 
 def _changed_keys(path: Path, cfg) -> list[str]:
@@ -292,7 +343,13 @@ def _changed_keys(path: Path, cfg) -> list[str]:
             return {prefix: d}
         return {k: v for key, sub in d.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
 
-    a, b = flat(old), flat(dump_config(cfg))
+    new = dump_config(cfg)
+    if isinstance(old, dict) and set(old) != set(new):  # e.g. an SFT run's folder given to `cot-rm grpo`
+        raise ValueError(
+            f"{path.parent} holds another kind of run (its run_config.yaml has sections {sorted(old)}); "
+            "give this one its own train.output_dir"
+        )
+    a, b = flat(old), flat(new)
     return sorted(k.rstrip(".") for k in a.keys() | b.keys() if a.get(k) != b.get(k))
 
 

@@ -12,8 +12,10 @@ are masked. A rationale-free sequence (answer only) trains the head alone: its L
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -43,22 +45,80 @@ def load_traces(path: str | Path, splits: Sequence[str] | None = None) -> list[d
             continue
         try:
             row = json.loads(line)
-            missing = [k for k in ("id", "messages", "video", "sampling", "scores", "prompt") if k not in row]
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}:{lineno}: invalid JSON ({err.msg})") from None
-        if missing:
-            raise ValueError(f"{path}:{lineno}: not an SFT trace (missing {missing[0]!r})")
-        if splits and row.get("split", "train") not in splits:
+        if splits and isinstance(row, dict) and row.get("split", "train") not in splits:
             continue
-        rows.append({**row, "video": resolve_media(row["video"], path.resolve().parent)})
+        row = {**row, "video": resolve_media(row["video"], path.resolve().parent)} if _has_video(row) else row
+        if (bad := trace_problem(row)) is not None:  # now, not steps into training
+            raise ValueError(f"{path}:{lineno}: {bad}")
+        rows.append(row)
     return rows
+
+
+def _has_video(row) -> bool:
+    return isinstance(row, dict) and isinstance(row.get("video"), str) and bool(row["video"])
+
+
+def trace_problem(row) -> str | None:
+    """Why `row` (video path resolved) cannot be trained on, or None: an object with the trace keys,
+    numeric labels on the traces' score scale, a sampling mapping and a video file that exists."""
+    if not isinstance(row, dict):
+        return f"expected a JSON object (an SFT trace), got {type(row).__name__}"
+    if missing := [k for k in ("id", "messages", "video", "sampling", "scores", "prompt") if k not in row]:
+        return f"not an SFT trace (missing {missing[0]!r})"
+    try:
+        spec = (
+            JudgeSpec.from_dict(row["judge_spec"]) if isinstance(row.get("judge_spec"), dict) else JudgeSpec()
+        )
+    except (TypeError, ValueError) as err:
+        return f"judge_spec: {err}"
+    lo, hi = spec.score_min, spec.score_max
+    scores = row["scores"]
+    if not isinstance(scores, dict) or not scores:
+        return f"scores must be an object of dimension -> number, got {scores!r}"
+    for dim, v in scores.items():
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            return f"scores[{dim!r}] must be a number, got {v!r}"
+        if not lo <= v <= hi:
+            return f"scores[{dim!r}] = {v} is off the judge's {lo:g}-{hi:g} scale; rescale the labels"
+    if not isinstance(row["sampling"], dict):
+        return f"sampling must be an object (cot-rm synthesize writes it), got {row['sampling']!r}"
+    if not _has_video(row):
+        return f"video must be a non-empty path, got {row['video']!r}"
+    if "://" not in row["video"] and not os.path.exists(row["video"]):
+        return f"{row['video']}: no such video"
+    return None
+
+
+def trace_settings(traces: list[dict], source) -> tuple[dict, int, dict | None]:
+    """The frame sampling, tool resolution and tool budgets (`judge_spec`, None in traces written before
+    it was recorded) the traces were synthesized with: one of each, which the checkpoint records so that
+    it judges the way it was trained."""
+
+    def one(key: str, default=None):
+        def value(t):
+            v = t.get(key, default)  # a spec's dimensions are each record's labels: only its budgets count
+            return {k: x for k, x in v.items() if k != "dimensions"} if key == "judge_spec" and v else v
+
+        seen = {json.dumps(value(t), sort_keys=True) for t in traces}
+        if len(seen) > 1:
+            raise ValueError(
+                f"{source}: the traces mix {len(seen)} {key} settings (e.g. {sorted(seen)[:2]}); "
+                "synthesize one file with one setting, as the checkpoint judges with one"
+            )
+        return json.loads(seen.pop()) if seen else default
+
+    return one("sampling"), one("tool_max_pixels", protocol.TOOL_MAX_PIXELS), one("judge_spec")
 
 
 def build_examples(traces: list[dict], pairs_path: str | None = None, splits=None) -> list[dict]:
     """Pairs whose two videos both have a trace, then every trace not in such a pair, as singles."""
     # Real paths on both sides: a pairs file reached through a symlinked folder names the same videos.
     by_video = {(os.path.realpath(t["video"]), t["prompt"]): t for t in traces if not t.get("rationale_free")}
-    examples, used = [], set()
+    examples, used, unmatched = [], set(), 0
     if pairs_path:
         for p in read_jsonl(pairs_path, kind="pairwise"):
             if splits and (p.split or "train") not in splits:  # as traces: no split means train
@@ -69,6 +129,11 @@ def build_examples(traces: list[dict], pairs_path: str | None = None, splits=Non
                 dims = p.dims or {"overall": p.preference}
                 examples.append({"rows": [a, b], "dims": dims})
                 used.update((a["id"], b["id"]))
+            else:
+                unmatched += 1
+    if unmatched:  # said, not silently dropped: usually another prompt text or another video path
+        print(f"note: {pairs_path}: {unmatched} of {unmatched + len(examples)} pairs unused: no trace of both "
+              "videos with the pair's prompt (same video path and prompt text needed)", file=sys.stderr)  # fmt: skip
     examples += [{"rows": [t]} for t in traces if t["id"] not in used]
     return examples
 

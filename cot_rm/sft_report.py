@@ -19,10 +19,8 @@ import torch
 from cot_rm import losses
 from cot_rm.packing import use_varlen_sdpa
 from cot_rm.processing import encode
-from cot_rm.protocol import JudgeSpec
 from cot_rm.schema import read_jsonl
 from cot_rm.sft_data import PREF, load_traces
-from cot_rm.video import Sampling
 
 
 def finish(model, trainer, cfg, skip_judging: bool = False) -> dict:
@@ -31,9 +29,7 @@ def finish(model, trainer, cfg, skip_judging: bool = False) -> dict:
     if getattr(trainer, "packing", False) and cfg.model.attn_implementation == "sdpa":
         use_varlen_sdpa(model, False)  # judge and save with transformers' own sdpa
     collator = trainer.data_collator
-    traces = load_traces(cfg.data.train, None)
-    sampling = Sampling.from_dict({**traces[0]["sampling"], "family": model.config.family})
-    model.config.sampling = sampling.to_dict()
+    traces = load_traces(cfg.data.train, None)  # the checkpoint's sampling and tool settings: sft.build
     val = [t for t in traces if t.get("split") == "val" and not t.get("rationale_free")]
     calibrate(model, collator, val, cfg.data.pairs)
     model.save_pretrained(out)
@@ -42,7 +38,7 @@ def finish(model, trainer, cfg, skip_judging: bool = False) -> dict:
     report = {"checkpoint": str(out), "train_seconds": runtime and round(runtime), **lm_trend(history)}
     report["lm_loss_val_video_swapped"] = video_reliance(model, collator, val)
     if not skip_judging and cfg.data.eval_pairs:
-        report.update(judged_report(model, cfg, sampling))
+        report.update(judged_report(model, cfg))
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
 
@@ -132,7 +128,7 @@ def lm_trend(history: list[dict]) -> dict:
     return {"lm_loss_first": round(first, 4), "lm_loss_last": round(last, 4), "lm_loss_fell": last < first}
 
 
-def judged_report(model, cfg, sampling: Sampling) -> dict:
+def judged_report(model, cfg) -> dict:
     """Greedy judgments with the tool loop on held-out pairs: parse rate and head/answer accuracy."""
     from cot_rm.judge import Judge
 
@@ -146,8 +142,7 @@ def judged_report(model, cfg, sampling: Sampling) -> dict:
     for p in pairs:
         for path, prompt in ((p.video_a, p.prompt), (p.video_b, p.prompt_b or p.prompt)):
             videos.setdefault((path, prompt), f"{path}#{len(videos)}")
-    spec = JudgeSpec(dimensions=tuple(model.config.dimensions))
-    judge = Judge(model, sampling, spec, name=str(Path(cfg.train["output_dir"])))
+    judge = Judge.from_model(model, name=str(Path(cfg.train["output_dir"])))
     results = judge.judge([(vid, path, prompt) for (path, prompt), vid in videos.items()])
     judged = {key: j for key, j in zip(videos, results, strict=True)}
     parsed = sum(j["parse_error"] is None for j in judged.values())

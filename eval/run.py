@@ -24,7 +24,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cot_rm.protocol import TOOL_MAX_PIXELS  # pinned and recorded with the results
 from eval import metrics
 from eval.benchmarks import BENCHES, BenchError
 from eval.report import write_report
@@ -318,7 +317,7 @@ def cache_key(args, model, device: str, dtype: str) -> dict:
         "sampling": model.config.sampling,
         "judge_spec": model.config.judge_spec,
         "max_new_tokens": args.max_new_tokens,
-        "tool_max_pixels": TOOL_MAX_PIXELS,
+        "tool_max_pixels": model.config.tool_max_pixels,
         "device": device.split(":")[0],  # greedy decoding can differ between CPU and GPU kernels
         "dtype": dtype,
     }
@@ -334,8 +333,6 @@ def judge_videos(model, videos: dict[str, tuple[str, str]], args, cache: Path, k
     from tqdm import tqdm
 
     from cot_rm.judge import Judge, video_error_of
-    from cot_rm.protocol import JudgeSpec
-    from cot_rm.video import Sampling
 
     done = load_cache(cache, key)
     cache.with_suffix(".key.json").write_text(json.dumps(key, indent=2, sort_keys=True) + "\n")
@@ -350,9 +347,8 @@ def judge_videos(model, videos: dict[str, tuple[str, str]], args, cache: Path, k
         + (f" ({redo} changed or unreadable since cached)" if redo else ""),
         file=sys.stderr,
     )
-    spec = JudgeSpec.from_dict(model.config.judge_spec or {"dimensions": model.config.dimensions})
-    judge = Judge(model, Sampling.from_dict(model.config.sampling), spec, tool_max_pixels=TOOL_MAX_PIXELS,
-                  max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, name=key["model"])  # fmt: skip
+    judge = Judge.from_model(model, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                             name=key["model"])  # fmt: skip
     stamp = key_id(key)
     with (
         open(cache, "a", encoding="utf-8") as fh,

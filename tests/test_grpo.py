@@ -273,3 +273,47 @@ def test_head_loss_is_scaled_for_gradient_accumulation(trainer, monkeypatch):
         trainer.current_gradient_accumulation_steps = 1
     assert full.abs().sum() > 0
     torch.testing.assert_close(full, halves, atol=1e-5, rtol=1e-4)
+
+
+def test_rows_are_checked_against_the_checkpoint_up_front(data, tmp_path, capsys):
+    """Labels the checkpoint does not score, labels off its scale, missing videos and a bad first line
+    are one-line errors before any rollout; pairs that cannot be used are counted aloud."""
+    from types import SimpleNamespace
+
+    from cot_rm.grpo import load_rows
+    from cot_rm.protocol import JudgeSpec
+
+    rows = [json.loads(line) for line in (data / "pointwise.jsonl").read_text().splitlines()]
+    for r in rows:
+        r["video"] = str((data / r["video"]).resolve())
+
+    def load(lines, pairs=None, spec=JudgeSpec()):
+        path = tmp_path / "rows.jsonl"
+        path.write_text("".join(x if isinstance(x, str) else json.dumps(x) + "\n" for x in lines))
+        return load_rows(
+            SimpleNamespace(train=str(path), splits=["train"], limit=None, pairs=pairs), {}, spec
+        )
+
+    assert len(load(rows)[0]) == 2
+    with pytest.raises(ValueError, match=r"labelled on \['sharpness'\], which the checkpoint does not score"):
+        load([{**rows[0], "scores": {"sharpness": 3}}])
+    with pytest.raises(ValueError, match="g0.mp4: visual_quality = 5 is off the checkpoint's 1-3 scale"):
+        load(rows, spec=JudgeSpec(score_max=3))
+    with pytest.raises(ValueError, match=r"1 videos not found \(e\.g\. .*gone\.mp4\)"):
+        load([rows[0], {**rows[1], "video": str(tmp_path / "gone.mp4")}])
+    with pytest.raises(ValueError, match=r"rows\.jsonl:2: expected a JSON object, got NoneType"):
+        load(["\n", "null\n", rows[0]])
+    with pytest.raises(ValueError, match=r"rows\.jsonl:1: invalid JSON"):
+        load(["{bad\n"])
+    pairs = tmp_path / "pairs.jsonl"
+    pair = {
+        "prompt": rows[0]["prompt"],
+        "video_a": rows[0]["video"],
+        "video_b": rows[1]["video"],
+        "preference": "A",
+    }
+    pairs.write_text("".join(json.dumps({"id": f"p{i}", **pair, "prompt": p}) + "\n"
+                             for i, p in enumerate([rows[0]["prompt"], "another prompt"])))  # fmt: skip
+    capsys.readouterr()
+    _, units = load(rows, pairs=str(pairs))
+    assert units[0] == (0, 1) and "1 pairs used, 1 not (1: no row for both videos" in capsys.readouterr().err

@@ -209,6 +209,16 @@ def test_killed_run_resumes_to_the_same_weights(data, tmp_path):
     _assert_cot_rm_checkpoint(killed)
     assert _max_diff(_weights(killed), _weights(full)) < 1e-5
 
+    # The finished run again: nothing to train (it used to take a 13th step), the same final model.
+    before = _weights(full)
+    run = _run(_sft_cmd(data, full, "--no-report", *steps))
+    assert "nothing to do" in run.stderr and not (full / "checkpoint-13").exists()
+    assert _state(full / "checkpoint-12")["global_step"] == 12 and _max_diff(_weights(full), before) == 0
+    # Settings the checkpoint's weights depend on cannot change under a resume: one line, exit 2.
+    bad = subprocess.run(_sft_cmd(data, full, "--no-report", *steps, "model.head=mlp"), cwd=ROOT,
+                         capture_output=True, text=True, timeout=240)  # fmt: skip
+    assert bad.returncode == 2 and "holds a run with other model.head" in bad.stderr, bad.stderr[-2000:]
+
 
 # ------------------------------------------------------------------------------------------ two procs
 

@@ -9,7 +9,7 @@ from transformers import AutoProcessor
 
 from cot_rm import protocol as P
 from cot_rm.protocol import JudgeSpec
-from cot_rm.sft_data import IGNORE, SFTCollator, assistant_mask, build_examples, load_traces
+from cot_rm.sft_data import IGNORE, SFTCollator, assistant_mask, build_examples, load_traces, trace_settings
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +132,38 @@ def test_load_traces_names_file_and_line(tmp_path):
         load_traces(bad)
     with pytest.raises(FileNotFoundError, match="cot-rm synthesize"):
         load_traces(tmp_path / "none.jsonl")
+
+
+def test_bad_traces_are_refused_up_front_with_their_line(traces, tmp_path):
+    """What used to fail steps into training (or after it, in the report): each a `file:line: reason`."""
+    good = json.loads((traces / "sft.jsonl").read_text().splitlines()[0])
+    good["video"] = str((traces / good["video"]).resolve())
+    cases = [
+        ("5", "expected a JSON object"),
+        (
+            json.dumps({**good, "scores": {"visual_quality": "high"}}),
+            r"scores\['visual_quality'\] must be a number",
+        ),
+        (
+            json.dumps({**good, "scores": {"visual_quality": 9}}),
+            r"scores\['visual_quality'\] = 9 is off the judge's 1-5 scale",
+        ),
+        (json.dumps({**good, "sampling": "bogus"}), "sampling must be an object"),
+        (json.dumps({**good, "video": "nope.mp4"}), ".*nope.mp4: no such video"),
+    ]
+    for text, reason in cases:
+        bad = tmp_path / "bad.jsonl"
+        bad.write_text(json.dumps(good) + "\n\n" + text + "\n")
+        with pytest.raises(ValueError, match=rf"bad.jsonl:3: {reason}"):
+            load_traces(bad)
+    # the traces' settings, one of each, for the checkpoint to record
+    rows = load_traces(traces / "sft.jsonl")
+    sampling, tool_px, spec = trace_settings(rows, "sft.jsonl")
+    budgets = {k: v for k, v in JudgeSpec().to_dict().items() if k != "dimensions"}
+    assert sampling == rows[0]["sampling"] and tool_px == P.TOOL_MAX_PIXELS and spec == budgets
+    mixed = [rows[0], {**rows[1], "tool_max_pixels": 401408}]
+    with pytest.raises(ValueError, match="the traces mix 2 tool_max_pixels settings"):
+        trace_settings(mixed, "sft.jsonl")
 
 
 def test_too_long_samples_are_skipped_and_counted(traces, tiny_qwen25vl_dir):
