@@ -203,6 +203,9 @@ def test_parse_value_is_yaml():
     assert parse_value("5e-5") == 5e-5 and parse_value("1E3") == 1000.0 and parse_value("-2.5e-1") == -0.25
     assert parse_value("3") == 3 and parse_value("null") is None and parse_value("[a, 1]") == ["a", 1]
     assert parse_value("e5") == "e5" and parse_value("1e") == "1e"  # not numbers
+    # only true/false are booleans (YAML 1.2): `train.save_strategy=no` is the text "no", not False
+    assert [parse_value(t) for t in ("no", "yes", "off", "on")] == ["no", "yes", "off", "on"]
+    assert parse_value("true") is True and parse_value("False") is False
 
 
 # ------------------------------------------------------------------------------------- failures
