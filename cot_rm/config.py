@@ -398,6 +398,11 @@ def _show(value: Any) -> str:
         return repr(value)
 
 
+# Counts TRL divides by or batches with (0 fails deep in torch, not with the key's name).
+POSITIVE_COUNTS = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                   "num_generations", "generation_batch_size")  # fmt: skip
+
+
 def check_trl_args(trl_config_cls: type, d: Mapping[str, Any], section: str = "train") -> None:
     """Raise if `d` has keys that `trl_config_cls` (e.g. trl.SFTConfig) does not take, with suggestions,
     or a text where that option is a number or a boolean (TRL would fail later with a bare TypeError)."""
@@ -417,6 +422,12 @@ def check_trl_args(trl_config_cls: type, d: Mapping[str, Any], section: str = "t
         scalar = {a for a in get_args(hints[key]) or (hints[key],) if a is not type(None)}
         if scalar and scalar <= {int, float, bool} and isinstance(value, str):
             raise ConfigError(f"'{section}.{key}' = {value!r}: expected {_expected(hints[key])}")
+        if (
+            key in POSITIVE_COUNTS
+            and value is not None
+            and (isinstance(value, bool) or not isinstance(value, int) or value < 1)
+        ):
+            raise ConfigError(f"'{section}.{key}' = {value!r}: expected a whole number of at least 1")
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
@@ -426,8 +437,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         "overrides",
         nargs="*",
         metavar="KEY=VALUE",
-        help="override config keys (YAML values), e.g. train.learning_rate=1e-4 model.lora.r=8 "
-        "data.splits=[train,val] model.lora=null",
+        help="override config keys (YAML values; the keys are listed below), e.g. "
+        "train.learning_rate=1e-4 data.splits=[train,val] train.save_strategy=no",
     )
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = "config keys (defaults <- --config YAML <- KEY=VALUE overrides):\n\n" + describe(cls)

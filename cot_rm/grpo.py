@@ -551,7 +551,12 @@ def main(args: argparse.Namespace) -> int:
         trainer.state = trainer.state.load_from_json(str(Path(resume) / "trainer_state.json"))
         trainer._load_from_checkpoint(resume)
     else:
-        trainer.train(resume_from_checkpoint=resume)
+        try:
+            trainer.train(resume_from_checkpoint=resume)
+        except KeyboardInterrupt:
+            print("cot-rm grpo: interrupted; rerun the same command to resume from the last checkpoint",
+                  file=sys.stderr)  # fmt: skip
+            return 130
     trainer.save_model(str(out))  # cot-rm checkpoint: VLM or adapter + head + processor + cot_rm.json
     trainer.save_state()  # trainer_state.json (log history with `reward`) beside the final model
     if trainer.is_world_process_zero():

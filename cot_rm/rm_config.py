@@ -96,4 +96,10 @@ class CotRmConfig:
 
     @classmethod
     def load(cls, directory: str | Path) -> CotRmConfig:
-        return cls.from_dict(json.loads((Path(directory) / CONFIG_NAME).read_text()))
+        path = Path(directory) / CONFIG_NAME
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{directory}: not a cot-rm checkpoint (no {CONFIG_NAME}); `cot-rm sft` writes one, "
+                "a released base model is the `model.base` of an SFT run"
+            )
+        return cls.from_dict(json.loads(path.read_text()))

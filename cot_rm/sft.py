@@ -251,7 +251,12 @@ def main(args: argparse.Namespace) -> int:
             # The collator draws rationale-dropout masks from (seed, its call count): continue the count
             # where the killed run stood, so the resumed run sees the batches an uninterrupted run would.
             trainer.data_collator.calls = _batches_before(trainer, resume)
-        trainer.train(resume_from_checkpoint=resume)
+        try:
+            trainer.train(resume_from_checkpoint=resume)
+        except KeyboardInterrupt:
+            print("cot-rm sft: interrupted; rerun the same command to resume from the last checkpoint",
+                  file=sys.stderr)  # fmt: skip
+            return 130
     trainer.save_state()  # trainer_state.json (log history) beside the final model
     model = _whole_model(model, trainer)
     if trainer.is_world_process_zero():
