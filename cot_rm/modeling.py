@@ -247,6 +247,11 @@ class ThinkThenScore(nn.Module):
         """
         if lora is not None and lora.lora_vision and freeze_vision:
             raise ValueError("freeze_vision=True contradicts LoraSettings(lora_vision=True)")
+        if (Path(path) / CONFIG_NAME).is_file():  # its head and calibration would be silently dropped
+            raise ValueError(
+                f"{path} is a cot-rm checkpoint, not a base model: start SFT from its base "
+                f"({CotRmConfig.load(path).base_model}), or train it further with `cot-rm grpo` (model.checkpoint)"
+            )
         _check_local(path)
         processor = AutoProcessor.from_pretrained(str(path))
         vlm = _load_vlm(path, torch_dtype, attn_implementation)

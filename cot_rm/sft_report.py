@@ -132,9 +132,15 @@ def judged_report(model, cfg) -> dict:
     """Greedy judgments with the tool loop on held-out pairs: parse rate and head/answer accuracy."""
     from cot_rm.judge import Judge
 
-    pairs = [
-        p for p in read_jsonl(cfg.data.eval_pairs, kind="pairwise") if p.split in (None, cfg.data.eval_split)
-    ]
+    # A pair without a split is a training pair (as SFT reads the same file), never a held-out one,
+    # unless the eval file is not the training one.
+    own = cfg.data.pairs and Path(cfg.data.eval_pairs).resolve() == Path(cfg.data.pairs).resolve()
+    allowed = (cfg.data.eval_split,) if own else (None, cfg.data.eval_split)
+    pairs = [p for p in read_jsonl(cfg.data.eval_pairs, kind="pairwise") if p.split in allowed]
+    if not pairs:
+        print(f"note: {cfg.data.eval_pairs}: no pairs with split {cfg.data.eval_split!r} to report on "
+              "(pairs without a split are trained on)", file=sys.stderr)  # fmt: skip
+        return {"pairs": 0}
     if cfg.data.eval_limit and len(pairs) > cfg.data.eval_limit:  # spread over the file: pairs come by prompt
         step = len(pairs) / cfg.data.eval_limit
         pairs = [pairs[int(i * step)] for i in range(cfg.data.eval_limit)]

@@ -129,3 +129,20 @@ def test_sft_forward_padded_and_packed_agree(model, batch):
     assert packed_labels.shape == (1, int(batch["attention_mask"].sum())) and labels is batch["labels"]
     torch.testing.assert_close(packed.rewards, padded.rewards, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(lm_loss(packed.logits, packed_labels), lm_loss(padded.logits, labels))
+
+
+def test_lora_models_reach_the_inner_model(ckpt):
+    """PEFT sets `peft_config` on the HF model it wraps too: only a PeftModel may be unwrapped (this used to
+    crash LoRA training with packing, `model.lora.r=8 data.packing=true`)."""
+    from cot_rm.modeling import LoraSettings
+    from cot_rm.packing import _inner, use_varlen_sdpa
+
+    model = ThinkThenScore.from_base(ckpt, lora=LoraSettings(r=2, dropout=0.0), attn_implementation="sdpa")
+    assert type(_inner(model)).__name__ == "Qwen2_5_VLModel" and hasattr(
+        model.vlm.get_base_model(), "peft_config"
+    )
+    use_varlen_sdpa(model)
+    assert _inner(model).language_model.config._attn_implementation != "sdpa"
+    use_varlen_sdpa(model, False)
+    with pytest.raises(ValueError, match="is a cot-rm checkpoint, not a base model"):
+        ThinkThenScore.from_base(model.save_pretrained(ckpt.parent / "lora_rm"))
