@@ -77,7 +77,9 @@ def message_text(message: dict) -> str:
         content = "".join(
             p.get("text") or "" for p in content if isinstance(p, dict) and p.get("type") == "text"
         )
-    think = message.get("reasoning_content")
+    think = message.get("reasoning_content") or message.get(
+        "reasoning"
+    )  # vLLM's reasoning parsers: either name
     if isinstance(think, str) and "<think>" not in content:
         content = f"<think>{think}</think>\n{content}"
     calls = message.get("tool_calls") or []

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from cot_rm.rewards import message_text
+
 __all__ = [
     "HFTeacher",
     "OpenAITeacher",
@@ -247,7 +249,10 @@ class OpenAITeacher:
     def _one(self, request: TeacherRequest) -> TeacherReply:
         try:
             out = self._call("POST", "/chat/completions", self.payload(request))
-            text = out["choices"][0]["message"]["content"]
+            message = out["choices"][0]["message"]
+            # A server with a reasoning parser returns the <think> body apart (`reasoning_content`): put
+            # the turn back together as the parser reads it.
+            text = message_text(message) if message.get("content") is not None else None
         except (_Retryable, _Fatal) as e:
             return TeacherReply(request.id, None, str(e))
         except (KeyError, IndexError, TypeError) as e:

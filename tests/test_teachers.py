@@ -108,6 +108,10 @@ class FakeOpenAI:
                     fake.release.wait(30)
                 elif action == "close":
                     self.close_connection = True  # no response at all
+                elif action == "reasoning":  # vLLM with a reasoning parser: the think body apart
+                    message = {"role": "assistant", "reasoning_content": f"frame 3 of {key} is blurred",
+                               "content": "<answer>{}</answer>"}  # fmt: skip
+                    self._json(200, {"choices": [{"message": message}]})
                 elif action == "ok":
                     reply = f"reply to {key} seed {body['seed']}"
                     self._json(200, {"choices": [{"message": {"role": "assistant", "content": reply}}]})
@@ -207,6 +211,12 @@ def test_one_failure_does_not_spoil_the_batch():
     assert a.text == "reply to x seed 0"
     assert b.text is None and b.error.startswith("HTTP 400")
     assert c.text is None and "2 images but 1 captions" in c.error  # never sent
+
+
+def test_reasoning_content_is_put_back_into_the_turn():
+    with FakeOpenAI({"x": ["reasoning"]}) as fake:
+        (reply,) = fast_teacher(fake.url).generate([request("a", "x")])
+    assert reply.text == "<think>frame 3 of x is blurred</think>\n<answer>{}</answer>"
 
 
 def test_payload_shape(monkeypatch):
