@@ -328,7 +328,12 @@ def finished(trainer, resume: str | None) -> bool:
     if resume is None:
         return False
     state = json.loads((Path(resume) / "trainer_state.json").read_text())
-    target = trainer.args.max_steps if trainer.args.max_steps > 0 else state.get("max_steps", 0)
+    if trainer.args.max_steps > 0:
+        target = trainer.args.max_steps
+    elif trainer.args.num_train_epochs > state.get("num_train_epochs", 0):  # more epochs asked for now
+        return False
+    else:
+        target = state.get("max_steps", 0)
     return bool(target) and state.get("global_step", 0) >= target
 
 
