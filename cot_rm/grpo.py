@@ -520,7 +520,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from cot_rm.config import ConfigError, check_trl_args, config_from_args
     from cot_rm.grpo_config import GRPORunConfig
-    from cot_rm.sft import finished, start_run
+    from cot_rm.sft import start_run, train_to_the_end
 
     try:
         cfg = config_from_args(GRPORunConfig, args)
@@ -541,22 +541,9 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"cot-rm grpo: {err}", file=sys.stderr)
         return 2
+    if (status := train_to_the_end(trainer, resume, "cot-rm grpo", ("cot_rm.json",))) is not None:
+        return status
     out = Path(trainer.args.output_dir)
-    done = finished(trainer, resume)
-    if done and (out / "cot_rm.json").is_file():
-        print(f"cot-rm grpo: {resume} is the last step and {out} holds the final model: nothing to do "
-              "(another train.output_dir, or a larger train.max_steps, trains more)", file=sys.stderr)  # fmt: skip
-        return 0
-    if done and not trainer.is_deepspeed_enabled:  # killed after its last step: save from there
-        trainer.state = trainer.state.load_from_json(str(Path(resume) / "trainer_state.json"))
-        trainer._load_from_checkpoint(resume)
-    else:
-        try:
-            trainer.train(resume_from_checkpoint=resume)
-        except KeyboardInterrupt:
-            print("cot-rm grpo: interrupted; rerun the same command to resume from the last checkpoint",
-                  file=sys.stderr)  # fmt: skip
-            return 130
     trainer.save_model(str(out))  # cot-rm checkpoint: VLM or adapter + head + processor + cot_rm.json
     trainer.save_state()  # trainer_state.json (log history with `reward`) beside the final model
     if trainer.is_world_process_zero():

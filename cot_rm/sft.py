@@ -236,27 +236,16 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"cot-rm sft: {err}", file=sys.stderr)
         return 2
-    out = Path(trainer.args.output_dir)
-    done = finished(trainer, resume)
-    if done and (out / "report.json").is_file() and (out / "cot_rm.json").is_file():
-        print(f"cot-rm sft: {resume} is the last step and {out} holds the final model: nothing to do "
-              "(another train.output_dir, or a larger train.max_steps, trains more)", file=sys.stderr)  # fmt: skip
-        print((out / "report.json").read_text().rstrip())
-        return 0
-    if done and not trainer.is_deepspeed_enabled:  # killed after its last step: finish from there
-        trainer.state = trainer.state.load_from_json(str(Path(resume) / "trainer_state.json"))
-        trainer._load_from_checkpoint(resume)
-    else:
-        if resume is not None:
-            # The collator draws rationale-dropout masks from (seed, its call count): continue the count
-            # where the killed run stood, so the resumed run sees the batches an uninterrupted run would.
-            trainer.data_collator.calls = _batches_before(trainer, resume)
-        try:
-            trainer.train(resume_from_checkpoint=resume)
-        except KeyboardInterrupt:
-            print("cot-rm sft: interrupted; rerun the same command to resume from the last checkpoint",
-                  file=sys.stderr)  # fmt: skip
-            return 130
+    if resume is not None:
+        # The collator draws rationale-dropout masks from (seed, its call count): continue the count where
+        # the killed run stood, so the resumed run sees the batches an uninterrupted run would.
+        trainer.data_collator.calls = _batches_before(trainer, resume)
+    if (
+        status := train_to_the_end(trainer, resume, "cot-rm sft", ("cot_rm.json", "report.json"))
+    ) is not None:
+        if status == 0:
+            print((Path(trainer.args.output_dir) / "report.json").read_text().rstrip())
+        return status
     trainer.save_state()  # trainer_state.json (log history) beside the final model
     model = _whole_model(model, trainer)
     if trainer.is_world_process_zero():
@@ -320,6 +309,30 @@ def start_run(trainer, cfg, prog: str, what: str) -> str | None:
     if resume is not None:
         print(f"{prog}: resuming from {resume}", file=sys.stderr)
     return resume
+
+
+def train_to_the_end(trainer, resume: str | None, prog: str, final: tuple[str, ...]) -> int | None:
+    """Train, or resume, up to the run's last step. Returns an exit status to stop with (0: the run had
+    finished and `final` files are in the output folder, nothing to do; 130: interrupted), or None to go
+    on to the final save."""
+    out = Path(trainer.args.output_dir)
+    done = finished(trainer, resume)
+    if done and all((out / name).is_file() for name in final):
+        print(f"{prog}: {resume} is the last step and {out} holds the final model: nothing to do "
+              "(another train.output_dir, or more train.max_steps or epochs, trains more)", file=sys.stderr)  # fmt: skip
+        return 0
+    if done and not trainer.is_deepspeed_enabled:  # killed after its last step: save from there
+        trainer.state = trainer.state.load_from_json(str(Path(resume) / "trainer_state.json"))
+        trainer._load_from_checkpoint(resume)
+        return None
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+    except KeyboardInterrupt:
+        print(
+            f"{prog}: interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr
+        )
+        return 130
+    return None
 
 
 def finished(trainer, resume: str | None) -> bool:
