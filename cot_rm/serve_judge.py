@@ -130,7 +130,8 @@ class ServedJudge:
             text, cut = await self.turn(msgs, media)
             calls_before = len(conv.calls)
             final = await asyncio.to_thread(self.judge.advance, conv, text, cut)
-            emit({"event": "turn", "turn": turn, "text": text, "tool_calls": conv.calls[calls_before:]})
+            emit({"event": "turn", "turn": turn, "text": text, "tool_calls": conv.calls[calls_before:],
+                  "truncated": cut})  # fmt: skip
             if final:
                 break
         emit({"event": "scoring"})

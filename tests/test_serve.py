@@ -142,7 +142,7 @@ def test_served_scores_equal_the_local_judge(server, media, tiny_rm):
     events = [json.loads(line) for line in resp.text.splitlines()]
     assert [e["event"] for e in events][0] == "video" and events[-1]["event"] == "judgment"
     served = events[-1]["judgment"]
-    turns = [e["text"] for e in events if e["event"] == "turn"]
+    turns = [(e["text"], e["truncated"]) for e in events if e["event"] == "turn"]
     model = ThinkThenScore.from_pretrained(tiny_rm).eval()
     _check_judgment(served, model.config.dimensions)
     spec = JudgeSpec.from_dict(model.config.judge_spec)
