@@ -11,6 +11,10 @@
 # Rerunning skips the stages that finished ($OUT/.done/NAME); eval runs again when the model changed.
 # Delete a marker to redo its stage (recipes/lib.sh).
 set -euo pipefail
+# Paths given in the environment are the caller's: relative ones are read from where the recipe was started.
+for var in OUT POINTWISE PAIRS BENCH_DIR; do
+    if [[ -n ${!var:-} && ${!var} != /* && ${!var} != null ]]; then printf -v "$var" '%s' "$PWD/${!var}"; fi
+done
 cd "$(dirname "$0")/.."  # config paths are relative to the repo root
 
 OUT=${OUT:-runs/qwen3_vl_8b}                    # the config's own output paths

@@ -16,6 +16,10 @@
 # then 503), VLLM_PYTHON (an interpreter with vLLM: .venv-vllm on CPU, .venv with the `gpu` extra on GPU).
 # Check: curl -s localhost:$PORT/health; then open http://localhost:$PORT/ in a browser.
 set -euo pipefail
+# Paths given in the environment are the caller's: relative ones are read from where the recipe was started.
+for var in MODEL MEDIA_ROOT; do
+    if [[ -n ${!var:-} && ${!var} != /* && ${!var} != null ]]; then printf -v "$var" '%s' "$PWD/${!var}"; fi
+done
 cd "$(dirname "$0")/.."
 
 MODEL=${MODEL:?set MODEL to a checkpoint folder (e.g. runs/demo/grpo)}
@@ -25,7 +29,9 @@ HOST=${HOST:-127.0.0.1}
 GPU_MEM=${GPU_MEM:-0.55}
 MAX_MODEL_LEN=${MAX_MODEL_LEN:-16384}
 MAX_QUEUE=${MAX_QUEUE:-64}
-COT_RM=${COT_RM:-.venv/bin/cot-rm}
+if [[ -z ${COT_RM:-} ]]; then  # the repo's venv when present, else cot-rm on PATH (as recipes/lib.sh)
+    if [[ -x .venv/bin/cot-rm ]]; then COT_RM=.venv/bin/cot-rm; else COT_RM=cot-rm; fi
+fi
 
 args=(--model "$MODEL" --port "$PORT" --host "$HOST" --allowed-media-root "$MEDIA_ROOT"
       --max-queue "$MAX_QUEUE" --max-model-len "$MAX_MODEL_LEN")

@@ -13,6 +13,10 @@
 # Rerunning skips the stages that finished ($OUT/.done/NAME); eval and judge run again when the model
 # they judge changed (GRPO finished since). Delete a marker to redo its stage (recipes/lib.sh).
 set -euo pipefail
+# Paths given in the environment are the caller's: relative ones are read from where the recipe was started.
+for var in OUT; do
+    if [[ -n ${!var:-} && ${!var} != /* && ${!var} != null ]]; then printf -v "$var" '%s' "$PWD/${!var}"; fi
+done
 cd "$(dirname "$0")/.."  # config paths and cot-rm's defaults are relative to the repo root
 
 OUT=${OUT:-runs/recipe_tiny}

@@ -146,3 +146,12 @@ def test_multi_gpu_recipe_launches_with_pairs_and_skipped_synthesis(tmp_path):
     )
     grpo = next(line for line in out.splitlines() if "cot_rm.cli grpo" in line)
     assert "data.pairs=/d/p.jsonl" in grpo and "rollout.vllm_url=http://127.0.0.1:8001" in grpo
+
+
+def test_relative_paths_are_the_callers(tmp_path):
+    """A recipe runs from the repo root, but OUT=rel (and the 8-GPU recipes' data paths) mean the
+    caller's folder, as any command line would."""
+    env = dict(os.environ, OUT="rel", SKIP="toyworld synth sft grpo eval judge")
+    proc = subprocess.run(["bash", str(ROOT / "recipes" / "tiny_cpu.sh")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 0 and f"OUT={tmp_path}/rel " in proc.stdout, proc.stdout + proc.stderr
