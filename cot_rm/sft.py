@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -373,7 +374,15 @@ def _changed_keys(path: Path, cfg) -> list[str]:
             "give this one its own train.output_dir"
         )
     a, b = flat(old), flat(new)
-    return sorted(k.rstrip(".") for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    return sorted(k.rstrip(".") for k in a.keys() | b.keys() if not _same(a.get(k), b.get(k)))
+
+
+def _same(a, b) -> bool:
+    """Equal values, or two spellings of one existing path (relative vs absolute, through a symlink)."""
+    if a == b:
+        return True
+    paths = isinstance(a, str) and isinstance(b, str) and os.path.exists(a) and os.path.exists(b)
+    return paths and os.path.realpath(a) == os.path.realpath(b)
 
 
 def last_checkpoint(out: Path) -> str | None:

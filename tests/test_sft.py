@@ -377,3 +377,12 @@ def test_zero3_final_model_is_gathered_then_loaded_whole(tiny_rm, tmp_path):
     assert whole is not model and len(saved) == 2
     for (name, a), (_, b) in zip(model.state_dict().items(), whole.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_one_path_spelled_two_ways_is_not_a_changed_setting(tmp_path, monkeypatch):
+    from cot_rm.sft import _same
+
+    (tmp_path / "base").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert _same("base", str(tmp_path / "base")) and _same(3, 3)
+    assert not _same("base", str(tmp_path)) and not _same("missing", str(tmp_path / "missing"))
