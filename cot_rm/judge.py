@@ -181,11 +181,10 @@ class Judge:
         ids = self.model.vlm.generate(**inputs, max_new_tokens=self.max_new_tokens, **how)
         new = ids[:, inputs["input_ids"].shape[1] :]
         eos = self.model.vlm.generation_config.eos_token_id
-        ended = torch.isin(new, torch.tensor(eos if isinstance(eos, list) else [eos], device=new.device)).any(
-            1
-        )
+        eos = torch.tensor(eos if isinstance(eos, list) else [eos], device=new.device)
+        ended = torch.isin(new, eos).any(1).tolist()  # padding after an end is an end token too
         texts = self.processor.batch_decode(new, skip_special_tokens=True)
-        return [(t, not e) for t, e in zip(texts, ended.tolist(), strict=True)]
+        return [(t, not e) for t, e in zip(texts, ended, strict=True)]
 
     def _advance(self, conv: _Conv, text: str, cut: bool = False) -> None:
         if cut:  # unfinished, whatever it holds: say so rather than blame the format

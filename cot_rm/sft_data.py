@@ -68,10 +68,8 @@ def trace_problem(row) -> str | None:
     if missing := [k for k in ("id", "messages", "video", "sampling", "scores", "prompt") if k not in row]:
         return f"not an SFT trace (missing {missing[0]!r})"
     try:
-        spec = (
-            JudgeSpec.from_dict(row["judge_spec"]) if isinstance(row.get("judge_spec"), dict) else JudgeSpec()
-        )
-    except (TypeError, ValueError) as err:
+        spec = JudgeSpec.from_dict(row.get("judge_spec") or {})
+    except (TypeError, ValueError, AttributeError) as err:
         return f"judge_spec: {err}"
     lo, hi = spec.score_min, spec.score_max
     scores = row["scores"]
