@@ -438,8 +438,9 @@ def _build_judge(args) -> Judge:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UsageError(f"{args.model}: cannot load the checkpoint ({first})") from None
     return Judge.from_model(model, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                 cache=None if args.no_cache else FrameCache(args.cache_dir), name=str(args.model.resolve()),
-                 temperature=args.temperature if args.samples else 0.0, top_p=args.top_p)  # fmt: skip
+                            cache=None if args.no_cache else FrameCache(args.cache_dir),
+                            name=str(args.model.resolve()), temperature=args.temperature if args.samples else 0.0,
+                            top_p=args.top_p)  # fmt: skip
 
 
 def _finish(results: list[dict], items, args, judge: Judge | None = None) -> int:

@@ -33,8 +33,8 @@ def load_judge(args: argparse.Namespace):
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
     model = ThinkThenScore.from_pretrained(args.model, torch_dtype=getattr(torch, dtype)).to(device).eval()
-    return Judge.from_model(model, max_new_tokens=args.max_new_tokens,
-                 batch_size=args.score_batch_size, name=str(args.model.resolve()))  # fmt: skip
+    return Judge.from_model(model, max_new_tokens=args.max_new_tokens, batch_size=args.score_batch_size,
+                            name=str(args.model.resolve()))  # fmt: skip
 
 
 def run(args: argparse.Namespace, settings, work: Path) -> int:
