@@ -517,6 +517,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p, GRPORunConfig)
 
 
+def recalibrate(model, trainer, cfg, out: Path) -> None:
+    """The co-trained head moved, so the SFT checkpoint's per-dimension mean/std and tie margin belong to
+    a head that no longer exists: fit them again on the validation traces, as SFT does, and rewrite
+    `cot_rm.json`. Needs SFT traces with a val split (else said, and SFT's are kept)."""
+    from cot_rm.protocol import JudgeSpec
+    from cot_rm.sft_data import SFTCollator, load_traces
+    from cot_rm.sft_report import calibrate
+
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    if plugin is not None and plugin.zero_stage == 3:  # a forward pass on one rank's shards would hang
+        print("note: under ZeRO-3 the head's calibration stays SFT's", file=sys.stderr)
+        return
+    if "messages" not in _first_object(Path(cfg.data.train)):
+        print("note: pointwise data: the head's calibration is SFT's (give SFT traces with a val split to "
+              "refit it)", file=sys.stderr)  # fmt: skip
+        return
+    val = [t for t in load_traces(cfg.data.train) if t.get("split") == "val" and not t.get("rationale_free")]
+    spec = JudgeSpec.from_dict(model.config.judge_spec)
+    collator = SFTCollator(model.processor, model.config.family, spec, model.config.reward_token)
+    model.eval()
+    calibrate(model, collator, val, cfg.data.pairs)
+    model.config.save(out)
+
+
 def main(args: argparse.Namespace) -> int:
     from cot_rm.config import ConfigError, check_trl_args, config_from_args
     from cot_rm.grpo_config import GRPORunConfig
@@ -547,6 +571,8 @@ def main(args: argparse.Namespace) -> int:
     trainer.save_model(str(out))  # cot-rm checkpoint: VLM or adapter + head + processor + cot_rm.json
     trainer.save_state()  # trainer_state.json (log history with `reward`) beside the final model
     if trainer.is_world_process_zero():
+        if cfg.head.weight > 0:
+            recalibrate(model, trainer, cfg, out)
         last = [e for e in trainer.state.log_history if "reward" in e]
         print(json.dumps({"steps": trainer.state.global_step, "last": last[-1] if last else None}, indent=2))
     return 0

@@ -93,7 +93,7 @@ def calibrate(model, collator, val_rows: list[dict], pairs_path: str | None) -> 
     """Per-dimension mean/std of the head on validation traces (VideoAlign's normalisation), and the
     tie margin (on the head's raw scale) that best separates ties on the validation pairs' overall."""
     if len(val_rows) < 2:
-        print(f"cot-rm sft: {len(val_rows)} validation trace(s) (split 'val'): scores left uncalibrated and "
+        print(f"note: {len(val_rows)} validation trace(s) (split 'val'): scores left uncalibrated and "
               "the tie margin at 0; synthesise val records too (`--splits train,val`) to fit them",
               file=sys.stderr)  # fmt: skip
         return

@@ -104,13 +104,42 @@ def test_train_end_to_end_writes_state_and_moves_the_head(ckpt, data, tmp_path, 
     assert (out / "checkpoint-1" / "head.safetensors").is_file()
     # a second launch resumes from checkpoint-1 and runs the one step left
     assert grpo.main(Namespace(config=str(cfg_path), overrides=["train.max_steps=2", *saving])) == 0
-    assert f"resuming from {out / 'checkpoint-1'}" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert (
+        f"resuming from {out / 'checkpoint-1'}" in err
+        and "pointwise data: the head's calibration is SFT's" in err
+    )
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["global_step"] == 2 and (out / "checkpoint-2").is_dir()
     assert any("reward" in e for e in state["log_history"])
     assert any("dynamic_sampling/dropped_groups" in e for e in state["log_history"])
     after = ThinkThenScore.from_pretrained(out).head.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
+    # the same launch again: the run is finished, nothing is trained (it used to take a third step)
+    assert grpo.main(Namespace(config=str(cfg_path), overrides=["train.max_steps=2", *saving])) == 0
+    assert "nothing to do" in capsys.readouterr().err and not (out / "checkpoint-3").exists()
+
+
+def test_the_moved_head_is_calibrated_again_on_val_traces(ckpt, tmp_path):
+    from types import SimpleNamespace
+
+    from cot_rm.schema import read_jsonl
+    from cot_rm.sft_data import load_traces
+    from data_synthesis.oracle import OracleTeacher
+    from data_synthesis.pipeline import SynthConfig, synthesize
+    from data_synthesis.toyworld import ToyConfig, build
+
+    build(tmp_path / "toy", ToyConfig(n=24, seed=3), progress=False)
+    synthesize(read_jsonl(tmp_path / "toy" / "pointwise.jsonl"), OracleTeacher(), tmp_path / "sft.jsonl",
+               SynthConfig(first_turn=SAMPLING), progress=False)  # fmt: skip
+    assert sum(t.get("split") == "val" for t in load_traces(tmp_path / "sft.jsonl")) >= 2
+    model = ThinkThenScore.from_pretrained(ckpt)
+    model.config.calibration = {d: {"mean": 9.0, "std": 9.0} for d in model.config.dimensions}  # stale
+    trainer = SimpleNamespace(accelerator=SimpleNamespace(state=SimpleNamespace()))
+    cfg = SimpleNamespace(data=SimpleNamespace(train=str(tmp_path / "sft.jsonl"), pairs=None))
+    grpo.recalibrate(model, trainer, cfg, tmp_path)
+    saved = json.loads((tmp_path / "cot_rm.json").read_text())["calibration"]
+    assert set(saved) == set(model.config.dimensions) and all(c["mean"] != 9.0 for c in saved.values())
 
 
 def test_kl_reference_is_the_frozen_starting_checkpoint(ckpt, data, tmp_path, monkeypatch):
