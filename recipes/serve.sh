@@ -29,7 +29,7 @@ HOST=${HOST:-127.0.0.1}
 GPU_MEM=${GPU_MEM:-0.55}
 MAX_MODEL_LEN=${MAX_MODEL_LEN:-16384}
 MAX_QUEUE=${MAX_QUEUE:-64}
-if [[ -z ${COT_RM:-} ]]; then  # the repo's venv when present, else cot-rm on PATH (as recipes/lib.sh)
+if [[ -z ${COT_RM:-} ]]; then  # the venv's when present, else the one on PATH (as recipes/lib.sh)
     if [[ -x .venv/bin/cot-rm ]]; then COT_RM=.venv/bin/cot-rm; else COT_RM=cot-rm; fi
 fi
 
