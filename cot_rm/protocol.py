@@ -515,6 +515,9 @@ def check_call(
     bad = [f for f in call.frames if not 0 <= f < total_frames]
     if bad:
         return f"frame {bad[0]} is out of range; valid frames are 0 to {total_frames - 1}"
+    if len(set(call.frames)) < len(call.frames):  # the same image twice would only spend the budget
+        twice = next(f for f in call.frames if call.frames.count(f) > 1)
+        return f"frame {twice} is asked for twice; name each frame once"
     return None
 
 

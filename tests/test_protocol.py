@@ -182,6 +182,14 @@ def test_judgment_carries_cited_frames():
     assert out.frames_cited == (4, 5, 9)
 
 
+def test_check_call_refuses_a_frame_twice():
+    assert (
+        P.check_call(P.ToolCall(P.TOOL_NAME, (3, 4, 3)), 10, 0)
+        == "frame 3 is asked for twice; name each frame once"
+    )
+    assert P.check_call(P.ToolCall(P.TOOL_NAME, (3, 4)), 10, 0) is None
+
+
 def test_check_call_budgets():
     spec = JudgeSpec(max_tool_calls=2, max_frames_per_call=3)
     call = P.ToolCall("select_frames", (0, 5))
