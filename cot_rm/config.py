@@ -424,10 +424,23 @@ def check_trl_args(trl_config_cls: type, d: Mapping[str, Any], section: str = "t
             raise ConfigError(f"'{section}.{key}' = {value!r}: expected {_expected(hints[key])}")
         if (
             key in POSITIVE_COUNTS
-            and value is not None
+            and (value is not None or key != "generation_batch_size")  # None: TRL derives that one
             and (isinstance(value, bool) or not isinstance(value, int) or value < 1)
         ):
             raise ConfigError(f"'{section}.{key}' = {value!r}: expected a whole number of at least 1")
+
+
+def positive(kind):
+    """An argparse type: a finite number > 0 (argparse turns the ValueError into a one-line usage error)."""
+
+    def parse(text: str):
+        value = kind(text)
+        if not 0 < value < float("inf"):
+            raise ValueError(text)
+        return value
+
+    parse.__name__ = f"positive {kind.__name__}"  # argparse names the type in its message
+    return parse
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:

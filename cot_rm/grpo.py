@@ -392,8 +392,10 @@ def load_rows(data, sampling: dict, spec) -> tuple[list[dict], list[tuple[int, .
     if "messages" in _first_object(path):  # SFT traces
         from cot_rm.sft_data import load_traces
 
-        records = [
-            t for t in load_traces(path, data.splits) if not t.get("rationale_free") and "#nr" not in t["id"]
+        records = [  # every line checked (the final calibration reads the val split), these splits used
+            t
+            for t in load_traces(path)
+            if t.get("split", "train") in data.splits and not t.get("rationale_free") and "#nr" not in t["id"]
         ]
     else:
         records = [
@@ -534,6 +536,10 @@ def recalibrate(model, trainer, cfg, out: Path) -> None:
               "refit it)", file=sys.stderr)  # fmt: skip
         return
     val = [t for t in load_traces(cfg.data.train) if t.get("split") == "val" and not t.get("rationale_free")]
+    if len(val) < 2:
+        print(f"note: {len(val)} validation trace(s): the head's calibration and tie margin stay SFT's "
+              "(synthesize val records too to refit them)", file=sys.stderr)  # fmt: skip
+        return
     spec = JudgeSpec.from_dict(model.config.judge_spec)
     collator = SFTCollator(model.processor, model.config.family, spec, model.config.reward_token)
     model.eval()
@@ -565,14 +571,15 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"cot-rm grpo: {err}", file=sys.stderr)
         return 2
-    if (status := train_to_the_end(trainer, resume, "cot-rm grpo", ("cot_rm.json",))) is not None:
+    final = ("cot_rm.json", "trainer_state.json")  # the state is written last: present means complete
+    if (status := train_to_the_end(trainer, resume, "cot-rm grpo", final)) is not None:
         return status
     out = Path(trainer.args.output_dir)
     trainer.save_model(str(out))  # cot-rm checkpoint: VLM or adapter + head + processor + cot_rm.json
+    if trainer.is_world_process_zero() and cfg.head.weight > 0:
+        recalibrate(model, trainer, cfg, out)
     trainer.save_state()  # trainer_state.json (log history with `reward`) beside the final model
     if trainer.is_world_process_zero():
-        if cfg.head.weight > 0:
-            recalibrate(model, trainer, cfg, out)
         last = [e for e in trainer.state.log_history if "reward" in e]
         print(json.dumps({"steps": trainer.state.global_step, "last": last[-1] if last else None}, indent=2))
     return 0

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from cot_rm import protocol
+from cot_rm.config import positive
 from cot_rm.frame_cache import default_cache_dir
 from cot_rm.processing import encode
 from cot_rm.protocol import JudgeSpec, Judgment, ParseError, ToolRequest
@@ -351,8 +352,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--top-p", type=float, default=1.0, help="nucleus sampling with --samples (default 1)"
     )
     parser.add_argument("--seed", type=int, default=0, help="draw s uses seed + s (default 0)")
-    parser.add_argument("--max-new-tokens", type=int, default=512, help="per assistant turn (default 512)")
-    parser.add_argument("--batch-size", type=int, default=8, help="videos judged together (default 8)")
+    parser.add_argument(
+        "--max-new-tokens", type=positive(int), default=512, help="per assistant turn (default 512)"
+    )
+    parser.add_argument(
+        "--batch-size", type=positive(int), default=8, help="videos judged together (default 8)"
+    )
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
     parser.add_argument(
         "--dtype",

@@ -38,6 +38,7 @@ from pathlib import Path
 from fastapi import Request  # at module level: FastAPI resolves the routes' annotations here
 from starlette.requests import ClientDisconnect
 
+from cot_rm.config import positive
 from cot_rm.serve_judge import Admission, Busy, EngineError, ServedJudge
 from cot_rm.serve_media import (
     ClientError,
@@ -361,19 +362,6 @@ def _report(j: dict, served: ServedJudge, path: str, prompt: str) -> str:
 # --------------------------------------------------------------------------------------------- CLI
 
 
-def _positive(kind):
-    """An argparse type: a finite number > 0 (argparse turns the ValueError into a one-line usage error)."""
-
-    def parse(text: str):
-        value = kind(text)
-        if not 0 < value < float("inf"):
-            raise ValueError(text)
-        return value
-
-    parse.__name__ = f"positive {kind.__name__}"  # argparse names the type in its message
-    return parse
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Serve a cot-rm checkpoint on one port: POST /v1/judge (the select_frames tool loop on vLLM, "
@@ -391,20 +379,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-key", default=None,
                         help=f"require `Authorization: Bearer KEY` on /v1 routes (default: ${API_KEY_ENV})")  # fmt: skip
     parser.add_argument(
-        "--max-queue", type=_positive(int), default=64, help="requests in progress before 503 (default 64)"
+        "--max-queue", type=positive(int), default=64, help="requests in progress before 503 (default 64)"
     )
-    parser.add_argument("--max-upload-mb", type=_positive(float), default=200,
+    parser.add_argument("--max-upload-mb", type=positive(float), default=200,
                         help="largest upload or http(s) download (default 200 MB)")  # fmt: skip
     parser.add_argument("--media-urls", action=argparse.BooleanOptionalAction, default=True,
                         help="fetch http(s) video URLs given to /v1/judge and pass them on in chat "
                         "requests (default on; the server then fetches any URL a caller names)")  # fmt: skip
-    parser.add_argument("--fetch-timeout", type=_positive(float), default=60,
+    parser.add_argument("--fetch-timeout", type=positive(float), default=60,
                         help="seconds for one http(s) video download, all of it (default 60)")  # fmt: skip
     parser.add_argument(
-        "--max-new-tokens", type=_positive(int), default=512, help="per assistant turn (default 512)"
+        "--max-new-tokens", type=positive(int), default=512, help="per assistant turn (default 512)"
     )
     parser.add_argument(
-        "--score-batch-size", type=_positive(int), default=8, help="judgments per head pass (default 8)"
+        "--score-batch-size", type=positive(int), default=8, help="judgments per head pass (default 8)"
     )
     parser.add_argument("--served-model-name", default=None, help="model name on /v1 (default: folder name)")
     parser.add_argument("--device", default="auto", help="the head's device: auto, cpu, cuda, cuda:1 ...")
@@ -414,13 +402,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="interpreter with vLLM (default: $COT_RM_VLLM_PYTHON, else .venv-vllm)")  # fmt: skip
     parser.add_argument("--vllm-port", type=int, default=0, help="the engine's internal port (default: free)")
     parser.add_argument(
-        "--max-model-len", type=_positive(int), default=8192, help="engine context length (default 8192)"
+        "--max-model-len", type=positive(int), default=8192, help="engine context length (default 8192)"
     )
     parser.add_argument("--vllm-arg", action="append", default=[], metavar="ARG",
                         help="extra argument for vLLM, repeatable (--vllm-arg=--gpu-memory-utilization=0.5)")  # fmt: skip
     parser.add_argument("--engine-url", default=None,
                         help="use a vLLM server already running there instead of starting one")  # fmt: skip
-    parser.add_argument("--start-timeout", type=_positive(float), default=900,
+    parser.add_argument("--start-timeout", type=positive(float), default=900,
                         help="seconds for the engine to come up (default 900)")  # fmt: skip
 
 

@@ -163,13 +163,14 @@ def build(cfg):
         if path:
             read_jsonl(path, kind="pairwise")
     # Every line checked now (the end-of-run report reads the val split too), not steps into training.
-    traces = [t for t in load_traces(d.train) if not d.splits or t.get("split", "train") in d.splits]
+    every = load_traces(d.train)
+    traces = [t for t in every if not d.splits or t.get("split", "train") in d.splits]
     check_dimensions(traces, m.dimensions, d.train)
     examples = build_examples(traces, d.pairs, d.splits)
     if not examples:
         raise ValueError(f"{d.train}: no traces in splits {d.splits}")
     # The checkpoint judges as the traces were written: their frames, tool resolution and budgets.
-    sampling, tool_px, traced_spec = trace_settings(traces, d.train)
+    sampling, tool_px, traced_spec = trace_settings(every, d.train)  # val traces too: the report uses them
     spec = JudgeSpec.from_dict({**(traced_spec or {}), "dimensions": tuple(m.dimensions)})
     model.config.sampling = Sampling.from_dict({**sampling, "family": model.config.family}).to_dict()
     model.config.tool_max_pixels, model.config.judge_spec = tool_px, spec.to_dict()
@@ -292,14 +293,14 @@ def start_run(trainer, cfg, prog: str, what: str) -> str | None:
 
     out = Path(trainer.args.output_dir)
     resume = last_checkpoint(out)
-    if resume is not None:
+    if (out / "run_config.yaml").is_file():  # an earlier run here, with checkpoints or not (save_strategy no)
         changed = _changed_keys(out / "run_config.yaml", cfg)
         if fixed := [k for k in changed if k.startswith(FIXED_KEYS)]:
             raise ValueError(
-                f"{out} holds a run with other {', '.join(fixed[:4])}; its checkpoints cannot continue "
+                f"{out} holds a run with other {', '.join(fixed[:4])}; it cannot continue (or be overwritten) "
                 "under these settings: give another train.output_dir (or the old settings)"
             )
-        if changed and trainer.is_world_process_zero():
+        if changed and resume is not None and trainer.is_world_process_zero():
             print(f"{prog}: resuming a run started with other settings ({', '.join(changed[:8])}); data and "
                   "loss settings apply from here, the optimizer and learning-rate schedule continue from "
                   "the checkpoint", file=sys.stderr)  # fmt: skip
@@ -319,10 +320,10 @@ def train_to_the_end(trainer, resume: str | None, prog: str, final: tuple[str, .
     out = Path(trainer.args.output_dir)
     done = finished(trainer, resume)
     if done and all((out / name).is_file() for name in final):
-        print(f"{prog}: {resume} is the last step and {out} holds the final model: nothing to do "
+        print(f"{prog}: the run in {out} is finished and its final model is there: nothing to do "
               "(another train.output_dir, or more train.max_steps or epochs, trains more)", file=sys.stderr)  # fmt: skip
         return 0
-    if done and not trainer.is_deepspeed_enabled:  # killed after its last step: save from there
+    if done and resume is not None and not trainer.is_deepspeed_enabled:  # killed after its last step
         trainer.state = trainer.state.load_from_json(str(Path(resume) / "trainer_state.json"))
         trainer._load_from_checkpoint(resume)
         return None
@@ -337,11 +338,13 @@ def train_to_the_end(trainer, resume: str | None, prog: str, final: tuple[str, .
 
 
 def finished(trainer, resume: str | None) -> bool:
-    """Whether the checkpoint already reached the run's last step (a rerun of a finished run would
-    otherwise train one step more)."""
-    if resume is None:
+    """Whether the run already reached its last step (a rerun of a finished run would otherwise train one
+    step more): the newest checkpoint's state, or the output folder's own (a run that saves no
+    checkpoints, `save_strategy: no`)."""
+    where = Path(resume) if resume is not None else Path(trainer.args.output_dir)
+    if not (where / "trainer_state.json").is_file():
         return False
-    state = json.loads((Path(resume) / "trainer_state.json").read_text())
+    state = json.loads((where / "trainer_state.json").read_text())
     if trainer.args.max_steps > 0:
         target = trainer.args.max_steps
     elif trainer.args.num_train_epochs > state.get("num_train_epochs", 0):  # more epochs asked for now

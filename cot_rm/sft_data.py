@@ -11,6 +11,7 @@ are masked. A rationale-free sequence (answer only) trains the head alone: its L
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -82,12 +83,32 @@ def trace_problem(row) -> str | None:
             return f"scores[{dim!r}] must be a number, got {v!r}"
         if not lo <= v <= hi:
             return f"scores[{dim!r}] = {v} is off the judge's {lo:g}-{hi:g} scale; rescale the labels"
-    if not isinstance(row["sampling"], dict):
-        return f"sampling must be an object (cot-rm synthesize writes it), got {row['sampling']!r}"
+    if (bad := _sampling_problem(row["sampling"])) is not None:
+        return bad
+    px = row.get("tool_max_pixels", protocol.TOOL_MAX_PIXELS)
+    if isinstance(px, bool) or not isinstance(px, int) or px < 1:
+        return f"tool_max_pixels must be a positive integer, got {px!r}"
+    messages = row["messages"]
+    if not isinstance(messages, list) or len(messages) < 3 or not all(isinstance(m, dict) for m in messages):
+        return "messages must be the conversation (system, user, assistant turns), as cot-rm synthesize writes it"
     if not _has_video(row):
         return f"video must be a non-empty path, got {row['video']!r}"
-    if "://" not in row["video"] and not os.path.exists(row["video"]):
-        return f"{row['video']}: no such video"
+    if not os.path.isfile(row["video"]):  # training reads local files (download URLs first)
+        return f"{row['video']}: no such video file"
+    return None
+
+
+def _sampling_problem(sampling) -> str | None:
+    """A trace's frame sampling must be complete and valid: the checkpoint records it."""
+    if not isinstance(sampling, dict) or not sampling:
+        return f"sampling must be the object cot-rm synthesize writes, got {sampling!r}"
+    known = {f.name for f in dataclasses.fields(Sampling)}
+    if unknown := sorted(set(sampling) - known):
+        return f"sampling: unknown key {unknown[0]!r} (known: {sorted(known)})"
+    try:
+        Sampling.from_dict(sampling)
+    except (TypeError, ValueError) as err:
+        return f"sampling: {err}"
     return None
 
 
@@ -263,7 +284,7 @@ class SFTCollator:
         mask = torch.zeros(len(seqs), len(dims), dtype=torch.bool)
         for i, s in enumerate(seqs):
             for j, d in enumerate(dims):
-                if d in s.scores:
+                if s.scores.get(d) is not None:  # null: unlabelled, as a missing key
                     target[i, j], mask[i, j] = self.spec.to_unit(s.scores[d]), True
         index = torch.tensor([[a, b] for a, b, _ in pairs], dtype=torch.long).reshape(-1, 2)
         pref = torch.tensor([[PREF.get(dd.get(d), 0) for d in dims] for _, _, dd in pairs], dtype=torch.long)

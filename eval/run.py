@@ -24,6 +24,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from cot_rm.config import positive
 from eval import metrics
 from eval.benchmarks import BENCHES, BenchError
 from eval.report import write_report
@@ -62,8 +63,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="reward-hacking probes: judge static / duplicated / shuffled / colour-drifted copies and a "
         "swapped prompt, report how the scores move (DIR/probes.json)")
     arg("--probe-videos", type=int, default=32, metavar="N", help="with --probes: videos to perturb (default 32)")
-    arg("--max-new-tokens", type=int, default=512, metavar="N", help="per assistant turn (default 512)")
-    arg("--batch-size", type=int, default=4, metavar="N", help="videos per judging batch (default 4)")
+    arg("--max-new-tokens", type=positive(int), default=512, metavar="N", help="per assistant turn (default 512)")
+    arg("--batch-size", type=positive(int), default=4, metavar="N", help="videos per judging batch (default 4)")
     arg("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
     arg("--dtype", choices=("auto", "bfloat16", "float16", "float32"), default="auto",
         help="auto: bfloat16 on CUDA, float32 on CPU")

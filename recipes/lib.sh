@@ -6,8 +6,9 @@
 #   - a stage that finished writes $OUT/.done/NAME only AFTER its command succeeded, so a killed
 #     stage is never counted as done; the next run skips finished stages and reruns the rest (whose
 #     commands resume on their own where they can: synthesize, sft and eval do);
-#   - a stage that judges a model (eval, judge) records that model in its marker, and runs again when
-#     the model changed (GRPO finished after it ran): its function sees the old one in PREVIOUS_INPUT;
+#   - a stage that judges a model (eval, judge) records that model (`model_stamp`: folder + digest of its
+#     files) in its marker, and runs again when the model changed (GRPO finished, or retrained, after it
+#     ran): its function sees the old stamp in PREVIOUS_INPUT;
 #   - to redo a finished stage, delete its marker (rm $OUT/.done/NAME) and, to start it from scratch
 #     rather than resume, its output too.
 
@@ -66,6 +67,15 @@ run_stage() {
     mkdir -p "$(_done_dir)"
     printf '%s' "$input" >"$marker"
     echo "   done in $((SECONDS - t0)) s"
+}
+
+# model_stamp DIR: the checkpoint's folder and a digest of its weight files' and cot_rm.json's sizes and
+# times: the input of a stage that judges it, so the stage runs again when the model there changed.
+model_stamp() {
+    local digest
+    digest=$(find "$1" -maxdepth 1 -type f \( -name '*.safetensors' -o -name cot_rm.json \) -printf '%f %s %T@\n' \
+        2>/dev/null | sort | md5sum | cut -c1-12)
+    echo "$1@$digest"
 }
 
 # set_aside DIR: move an earlier model's results out of the way (to DIR.before-N), so a stage that

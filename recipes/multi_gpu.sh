@@ -142,10 +142,11 @@ final_model() {
 # (its earlier results are set aside). A benchmark whose file is absent is skipped with where to get it
 # (README, "Public benchmarks"), and the eval stage stays unfinished.
 eval_bench() {
-    local bench=$1 data=$2 model marker=$OUT/.done/eval-$1
+    local bench=$1 data=$2 model stamp marker=$OUT/.done/eval-$1
     shift 2
     model=$(final_model)
-    if [[ -f $marker && "$(cat "$marker")" == "$model" ]]; then echo "   $bench: already done"; return 0; fi
+    stamp=$(model_stamp "$model")
+    if [[ -f $marker && "$(cat "$marker")" == "$stamp" ]]; then echo "   $bench: already done"; return 0; fi
     if [[ -f $marker ]]; then set_aside "$OUT/eval/$bench"; fi
     if [[ ! -f $data ]]; then
         echo "   $bench: skipped, $data not found (README, 'Public benchmarks', says where to get it)"
@@ -156,7 +157,7 @@ eval_bench() {
     # Greedy, the checkpoint's own frame sampling; judgments are cached in the out folder (resumable).
     "$COT_RM" eval --model "$model" --bench "$bench" --data "$data" "$@" --out "$OUT/eval/$bench"
     mkdir -p "$OUT/.done"
-    printf '%s' "$model" >"$marker"
+    printf '%s' "$stamp" >"$marker"
 }
 
 stage_eval() {
@@ -183,5 +184,5 @@ mkdir -p "$OUT"
 run_stage synth "synthesis: $TEACHER_MODEL (vLLM) critiques -> consistency filter -> select_frames traces"
 run_stage sft "SFT cold start, ZeRO-3 on $((NNODES * GPUS_PER_NODE)) GPUs ($SFT_CONFIG)"
 run_stage grpo "GRPO with tool rollouts (stage 2)"
-run_stage eval "eval: public benchmarks (VideoGen-RewardBench, GenAI-Bench, MJ-Bench-Video, VideoScore-Bench-v2)" "$(final_model)"
+run_stage eval "eval: public benchmarks (VideoGen-RewardBench, GenAI-Bench, MJ-Bench-Video, VideoScore-Bench-v2)" "$(model_stamp "$(final_model)")"
 run_stage serve "serve: judge API and interactive page"

@@ -60,3 +60,18 @@ def test_video_cache_bench_appends_a_measured_section(tmp_path):
     assert out.returncode == 0, out.stderr
     text = results.read_text()
     assert "## video_cache" in text and "x faster than decoding on the fly" in text and "cores" in text
+
+
+def test_overrides_may_follow_flags(capsys):
+    """`cot-rm sft --config X --no-report a=b`: the override after the flag is read (argparse leaves it
+    over); anything else left over is still an error."""
+    import pytest
+
+    from cot_rm.cli import main
+
+    cfg = str(ROOT / "configs" / "tiny" / "sft.yaml")
+    assert main(["sft", "--config", cfg, "--no-report", "model.bogus=1"]) == 2
+    assert "unknown key 'model.bogus'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["sft", "--config", cfg, "--no-report", "--bogus"])
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err

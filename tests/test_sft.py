@@ -386,3 +386,32 @@ def test_one_path_spelled_two_ways_is_not_a_changed_setting(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     assert _same("base", str(tmp_path / "base")) and _same(3, 3)
     assert not _same("base", str(tmp_path)) and not _same("missing", str(tmp_path / "missing"))
+
+
+def test_a_run_without_checkpoints_is_still_protected(tmp_path):
+    """`save_strategy: no` (the tiny config) leaves no checkpoint-N: the output folder's own
+    trainer_state.json and run_config.yaml still mark a finished run and what it was trained with."""
+    from types import SimpleNamespace
+
+    from cot_rm.config import load_config, save_config
+    from cot_rm.sft import finished, start_run
+    from cot_rm.sft_config import SFTRunConfig
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "trainer_state.json").write_text(
+        json.dumps({"global_step": 20, "max_steps": 20, "num_train_epochs": 1})
+    )
+
+    def trainer(max_steps=-1, epochs=1.0):
+        args = SimpleNamespace(output_dir=str(out), max_steps=max_steps, num_train_epochs=epochs)
+        return SimpleNamespace(args=args, is_world_process_zero=lambda: True)
+
+    assert finished(trainer(), None) and finished(trainer(max_steps=20), None)
+    assert not finished(trainer(max_steps=30), None) and not finished(trainer(epochs=2.0), None)
+    cfg = load_config(SFTRunConfig, CONFIG, [f"train.output_dir={out}"])
+    save_config(cfg, out / "run_config.yaml")
+    assert start_run(trainer(), cfg, "cot-rm sft", "x") is None  # same settings: fine
+    other = load_config(SFTRunConfig, CONFIG, [f"train.output_dir={out}", "model.head=mlp"])
+    with pytest.raises(ValueError, match="holds a run with other model.head"):
+        start_run(trainer(), other, "cot-rm sft", "x")

@@ -148,8 +148,20 @@ def test_bad_traces_are_refused_up_front_with_their_line(traces, tmp_path):
             json.dumps({**good, "scores": {"visual_quality": 9}}),
             r"scores\['visual_quality'\] = 9 is off the judge's 1-5 scale",
         ),
-        (json.dumps({**good, "sampling": "bogus"}), "sampling must be an object"),
+        (json.dumps({**good, "sampling": "bogus"}), "sampling must be the object"),
         (json.dumps({**good, "video": "nope.mp4"}), ".*nope.mp4: no such video"),
+        (json.dumps({**good, "video": "http://x.org/a.mp4"}), "http://x.org/a.mp4: no such video file"),
+        (json.dumps({**good, "messages": "hi"}), "messages must be the conversation"),
+        (json.dumps({**good, "tool_max_pixels": "big"}), "tool_max_pixels must be a positive integer"),
+        (json.dumps({**good, "sampling": {}}), "sampling must be the object cot-rm synthesize writes"),
+        (
+            json.dumps({**good, "sampling": {**good["sampling"], "frames": 8}}),
+            "sampling: unknown key 'frames'",
+        ),
+        (
+            json.dumps({**good, "sampling": {**good["sampling"], "num_frames": -3}}),
+            "sampling: num_frames must be",
+        ),
     ]
     for text, reason in cases:
         bad = tmp_path / "bad.jsonl"
