@@ -356,7 +356,11 @@ def save_config(obj: Any, path: str | Path) -> Path:
     if path.suffix == ".json":
         path.write_text(json.dumps(data, indent=2) + "\n")
     else:
-        head = f"# Resolved {type(obj).__name__} (defaults <- YAML <- overrides), written by cot-rm.\n"
+        # The folder relative paths were given from: a resume started elsewhere compares the same files.
+        head = (
+            f"# Resolved {type(obj).__name__} (defaults <- YAML <- overrides), written by cot-rm.\n"
+            f"# cwd: {Path.cwd()}\n"
+        )
         path.write_text(head + yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
     return path
 

@@ -376,16 +376,22 @@ def _changed_keys(path: Path, cfg) -> list[str]:
             f"{path.parent} holds another kind of run (its run_config.yaml has sections {sorted(old)}); "
             "give this one its own train.output_dir"
         )
+    then = next(
+        (line[7:].strip() for line in path.read_text().splitlines() if line.startswith("# cwd: ")), "."
+    )
     a, b = flat(old), flat(new)
-    return sorted(k.rstrip(".") for k in a.keys() | b.keys() if not _same(a.get(k), b.get(k)))
+    return sorted(k.rstrip(".") for k in a.keys() | b.keys() if not _same(a.get(k), b.get(k), then))
 
 
-def _same(a, b) -> bool:
-    """Equal values, or two spellings of one existing path (relative vs absolute, through a symlink)."""
+def _same(a, b, then: str = ".") -> bool:
+    """Equal values, or two spellings of one existing path (relative vs absolute, through a symlink);
+    `a`, if relative, was given from the folder `then` (run_config.yaml's `# cwd:` line)."""
     if a == b:
         return True
-    paths = isinstance(a, str) and isinstance(b, str) and os.path.exists(a) and os.path.exists(b)
-    return paths and os.path.realpath(a) == os.path.realpath(b)
+    if not (isinstance(a, str) and isinstance(b, str)):
+        return False
+    a = os.path.join(then, a)  # an absolute `a` stays as it is
+    return os.path.exists(a) and os.path.exists(b) and os.path.realpath(a) == os.path.realpath(b)
 
 
 def last_checkpoint(out: Path) -> str | None:

@@ -213,7 +213,9 @@ def test_trl_counts_must_be_positive():
 
     from cot_rm.config import check_trl_args
 
-    with pytest.raises(ConfigError, match=r"'train.per_device_train_batch_size' = 0: expected a whole number"):
+    with pytest.raises(
+        ConfigError, match=r"'train.per_device_train_batch_size' = 0: expected a whole number"
+    ):
         check_trl_args(SFTConfig, {"per_device_train_batch_size": 0})
     check_trl_args(SFTConfig, {"per_device_train_batch_size": 2, "save_strategy": "no"})
 

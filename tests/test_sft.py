@@ -386,6 +386,11 @@ def test_one_path_spelled_two_ways_is_not_a_changed_setting(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     assert _same("base", str(tmp_path / "base")) and _same(3, 3)
     assert not _same("base", str(tmp_path)) and not _same("missing", str(tmp_path / "missing"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # started in tmp_path, resumed from here with absolute paths
+    assert _same("base", str(tmp_path / "base"), then=str(tmp_path))
+    assert not _same("base", str(tmp_path / "base"))  # read from here, "base" names nothing
 
 
 def test_a_run_without_checkpoints_is_still_protected(tmp_path):
