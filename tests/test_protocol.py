@@ -182,12 +182,11 @@ def test_judgment_carries_cited_frames():
     assert out.frames_cited == (4, 5, 9)
 
 
-def test_check_call_refuses_a_frame_twice():
-    assert (
-        P.check_call(P.ToolCall(P.TOOL_NAME, (3, 4, 3)), 10, 0)
-        == "frame 3 is asked for twice; name each frame once"
+def test_a_frame_named_twice_is_shown_once():
+    call = P.parse_turn(
+        '<think>x</think><tool_call>{"name": "select_frames", "arguments": {"frames": [3, 4, 3]}}</tool_call>'
     )
-    assert P.check_call(P.ToolCall(P.TOOL_NAME, (3, 4)), 10, 0) is None
+    assert call.calls[0].frames == (3, 4)  # order kept; the budget counts frames shown
 
 
 def test_check_call_budgets():
