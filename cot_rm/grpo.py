@@ -460,10 +460,8 @@ def _check_labels(records: list[dict], spec, path: Path) -> None:
             f"{list(spec.dimensions)}); relabel the data or train a checkpoint on these dimensions"
         )
     for t in records:
-        for d, v in t["scores"].items():
-            if v is not None and not spec.score_min <= v <= spec.score_max:
-                raise ValueError(f"{path}: {t['video']}: {d} = {v} is off the checkpoint's "
-                                 f"{spec.score_min:g}-{spec.score_max:g} scale; rescale the labels")  # fmt: skip
+        if bad := next(filter(None, (spec.label_problem(d, v) for d, v in t["scores"].items())), None):
+            raise ValueError(f"{path}: {t['video']}: {bad}")
     if missing := sorted(
         {t["video"] for t in records if "://" not in t["video"] and not os.path.exists(t["video"])}
     ):
@@ -524,18 +522,18 @@ def recalibrate(model, trainer, cfg, out: Path) -> None:
     a head that no longer exists: fit them again on the validation traces, as SFT does, and rewrite
     `cot_rm.json`. Needs SFT traces with a val split (else said, and SFT's are kept)."""
     from cot_rm.protocol import JudgeSpec
-    from cot_rm.sft_data import SFTCollator, load_traces
-    from cot_rm.sft_report import calibrate
+    from cot_rm.sft import zero3
+    from cot_rm.sft_data import SFTCollator
+    from cot_rm.sft_report import calibrate, validation_traces
 
-    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
-    if plugin is not None and plugin.zero_stage == 3:  # a forward pass on one rank's shards would hang
+    if zero3(trainer):  # a forward pass on one rank's shards would hang
         print("note: under ZeRO-3 the head's calibration stays SFT's", file=sys.stderr)
         return
     if "messages" not in _first_object(Path(cfg.data.train)):
         print("note: pointwise data: the head's calibration is SFT's (give SFT traces with a val split to "
               "refit it)", file=sys.stderr)  # fmt: skip
         return
-    val = [t for t in load_traces(cfg.data.train) if t.get("split") == "val" and not t.get("rationale_free")]
+    val = validation_traces(cfg.data.train)
     if len(val) < 2:
         print(f"note: {len(val)} validation trace(s): the head's calibration and tie margin stay SFT's "
               "(synthesize val records too to refit them)", file=sys.stderr)  # fmt: skip

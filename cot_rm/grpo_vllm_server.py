@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 from cot_rm.grpo_vllm import SERVER_ENV, SERVER_FLAGS
-from cot_rm.serve_engine import default_vllm_python, engine_view
+from cot_rm.serve_engine import default_vllm_python, engine_env, engine_view
 
 # As `cot-rm serve`: one video and the tool's images per prompt, at most 448x448.
 MM_LIMITS = {"image": {"count": 32, "width": 448, "height": 448},
@@ -49,10 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     view = engine_view(args.model, work)
     argv_vllm = command(view, args.port, args.vllm_python, args.host, extra)
     print("cot-rm rollout server:", " ".join(argv_vllm), file=sys.stderr, flush=True)
-    # Foreground: the caller owns it. No VLLM_API_KEY: the trainer sends none (a key exported for the
-    # synthesis teacher would otherwise lock the trainer out of its own rollout server).
-    env = {k: v for k, v in os.environ.items() if k != "VLLM_API_KEY"}
-    os.execvpe(argv_vllm[0], argv_vllm, {**env, **SERVER_ENV})
+    # Foreground: the caller owns it. The environment of every private engine (no VLLM_API_KEY: the
+    # trainer sends none), plus what the rollout routes need.
+    os.execvpe(argv_vllm[0], argv_vllm, engine_env(**SERVER_ENV))
     return 0  # not reached
 
 

@@ -183,10 +183,9 @@ def _load_vlm(path: str | Path, torch_dtype=None, attn_implementation: str | Non
 
 
 def _unwrap(vlm):
-    """The HF model under a PEFT wrapper (LoRA layers stay injected in it)."""
-    return (
-        vlm.get_base_model() if hasattr(vlm, "get_base_model") else vlm
-    )  # PeftModel (the HF model under it has peft_config too)
+    """The HF model under a PEFT wrapper (LoRA layers stay injected in it). Asks for `get_base_model`:
+    PEFT sets `peft_config` on the wrapped HF model too."""
+    return vlm.get_base_model() if hasattr(vlm, "get_base_model") else vlm
 
 
 def _freeze_vision(vlm) -> None:
@@ -216,7 +215,7 @@ class ThinkThenScore(nn.Module):
 
     def __init__(self, vlm: nn.Module, head: RewardHead, config: CotRmConfig, processor, reward_token_id):
         super().__init__()
-        use_qwen_positions(vlm)  # Qwen2.5-VL: the positions it was pretrained with (and vLLM uses)
+        use_qwen_positions(_unwrap(vlm))  # Qwen2.5-VL: the positions it was pretrained with (as vLLM)
         self.vlm = vlm
         self.head = head
         self.config = config

@@ -65,6 +65,17 @@ class JudgeSpec:
                 "(or set max_tool_calls 0 for no tool)"
             )
 
+    def label_problem(self, dim: str, value) -> str | None:
+        """Why a human label cannot train or score this judge (None: fine; a null label is unlabelled)."""
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            return f"scores[{dim!r}] must be a number, got {value!r}"
+        if not self.score_min <= value <= self.score_max:
+            return (f"scores[{dim!r}] = {value} is off the judge's {self.score_min:g}-{self.score_max:g} scale; "
+                    "rescale the labels")  # fmt: skip
+        return None
+
     def to_unit(self, score: float) -> float:
         """A score on the scale -> [-1, 1] (the regression head's target space)."""
         return (score - (self.score_min + self.score_max) / 2) / ((self.score_max - self.score_min) / 2)

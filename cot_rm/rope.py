@@ -19,9 +19,9 @@ import torch
 
 
 def use_qwen_positions(vlm) -> None:
-    """Give a Qwen2.5-VL model (HF, under PEFT or not) the original position rule; others unchanged."""
-    inner = vlm.get_base_model() if hasattr(vlm, "get_base_model") else vlm
-    inner = getattr(inner, "model", inner)  # ...ForConditionalGeneration -> ...Model
+    """Give a Qwen2.5-VL HF model (`...ForConditionalGeneration` or its `.model`; PEFT unwrapped by the
+    caller) the original position rule; other families are left as they are."""
+    inner = getattr(vlm, "model", vlm)  # ...ForConditionalGeneration -> ...Model
     if type(inner).__name__ == "Qwen2_5_VLModel":
         inner.get_rope_index = types.MethodType(qwen2_5_vl_rope_index, inner)
 

@@ -256,13 +256,18 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
+def zero3(trainer) -> bool:
+    """Whether the trainer runs DeepSpeed ZeRO-3 (each rank holds a shard of every weight); accelerate has
+    a DeepSpeed plugin only when DeepSpeed is on."""
+    return getattr(getattr(trainer.accelerator.state, "deepspeed_plugin", None), "zero_stage", None) == 3
+
+
 def _whole_model(model, trainer):
     """The trained model as one process can use it. Under DeepSpeed ZeRO-3 each rank holds a shard of
     every weight, so a forward pass on the main process alone (calibration, the report) would wait for
     the others forever: every rank gathers the weights into the output folder (`save_model`), and the
     main process loads them back whole (`finish` then calibrates and saves that copy)."""
-    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
-    if not trainer.is_deepspeed_enabled or plugin is None or plugin.zero_stage != 3:
+    if not zero3(trainer):
         return model
     out = trainer.args.output_dir
     trainer.save_model(out)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import random
 import sys
@@ -72,17 +71,11 @@ def trace_problem(row) -> str | None:
         spec = JudgeSpec.from_dict(row.get("judge_spec") or {})
     except (TypeError, ValueError, AttributeError) as err:
         return f"judge_spec: {err}"
-    lo, hi = spec.score_min, spec.score_max
     scores = row["scores"]
     if not isinstance(scores, dict) or not scores:
         return f"scores must be an object of dimension -> number, got {scores!r}"
-    for dim, v in scores.items():
-        if v is None:
-            continue
-        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-            return f"scores[{dim!r}] must be a number, got {v!r}"
-        if not lo <= v <= hi:
-            return f"scores[{dim!r}] = {v} is off the judge's {lo:g}-{hi:g} scale; rescale the labels"
+    if bad := next(filter(None, (spec.label_problem(d, v) for d, v in scores.items())), None):
+        return bad
     if (bad := _sampling_problem(row["sampling"])) is not None:
         return bad
     px = row.get("tool_max_pixels", protocol.TOOL_MAX_PIXELS)

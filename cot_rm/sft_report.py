@@ -29,8 +29,7 @@ def finish(model, trainer, cfg, skip_judging: bool = False) -> dict:
     if getattr(trainer, "packing", False) and cfg.model.attn_implementation == "sdpa":
         use_varlen_sdpa(model, False)  # judge and save with transformers' own sdpa
     collator = trainer.data_collator
-    traces = load_traces(cfg.data.train, None)  # the checkpoint's sampling and tool settings: sft.build
-    val = [t for t in traces if t.get("split") == "val" and not t.get("rationale_free")]
+    val = validation_traces(cfg.data.train)
     calibrate(model, collator, val, cfg.data.pairs)
     model.save_pretrained(out)
     history = trainer.state.log_history
@@ -41,6 +40,11 @@ def finish(model, trainer, cfg, skip_judging: bool = False) -> dict:
         report.update(judged_report(model, cfg))
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def validation_traces(path) -> list[dict]:
+    """The traces with a critique in the val split: what calibration and the video-reliance check read."""
+    return [t for t in load_traces(path) if t.get("split") == "val" and not t.get("rationale_free")]
 
 
 @torch.inference_mode()

@@ -361,8 +361,6 @@ def _select(records: list[PointwiseRecord], cfg: SynthConfig, args) -> list[Poin
         raise ValueError(f"{args.input}: no record to synthesise with --splits {args.splits}{why}")
     spec = cfg.rationale.spec
     for r in kept:
-        for dim, v in r.scores.items():
-            if not spec.score_min <= v <= spec.score_max:
-                raise ValueError(f"{args.input}: record {r.id!r}: scores[{dim!r}] = {v} is outside the judge's "
-                                 f"scale [{spec.score_min:g}, {spec.score_max:g}]; rescale the labels first")  # fmt: skip
+        if bad := next(filter(None, (spec.label_problem(d, v) for d, v in r.scores.items())), None):
+            raise ValueError(f"{args.input}: record {r.id!r}: {bad}")
     return kept

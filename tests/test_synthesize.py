@@ -196,7 +196,7 @@ def test_cli_errors_are_one_line(tmp_path):
     point = {"id": "x", "video": "x.mp4", "prompt": "p", "scores": {"sharpness": 9}}
     bad.write_text(json.dumps(point) + "\n")
     for args, says in [
-        (("--teacher", "oracle"), "scores['sharpness'] = 9 is outside the judge's scale [1, 5]"),
+        (("--teacher", "oracle"), "scores['sharpness'] = 9 is off the judge's 1-5 scale"),
         (("--teacher", "oracle", "--splits", "train"), "no record to synthesise with --splits train (1 of 1"),
     ]:
         run = _cli("--input", str(bad), *args, "--out", str(tmp_path / "o.jsonl"), cwd=tmp_path)
