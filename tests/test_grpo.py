@@ -326,7 +326,9 @@ def test_rows_are_checked_against_the_checkpoint_up_front(data, tmp_path, capsys
     assert len(load(rows)[0]) == 2
     with pytest.raises(ValueError, match=r"labelled on \['sharpness'\], which the checkpoint does not score"):
         load([{**rows[0], "scores": {"sharpness": 3}}])
-    with pytest.raises(ValueError, match=r"g0.mp4: scores\['visual_quality'\] = 5 is off the judge's 1-3 scale"):
+    with pytest.raises(
+        ValueError, match=r"g0.mp4: scores\['visual_quality'\] = 5 is off the judge's 1-3 scale"
+    ):
         load(rows, spec=JudgeSpec(score_max=3))
     with pytest.raises(ValueError, match=r"1 videos not found \(e\.g\. .*gone\.mp4\)"):
         load([rows[0], {**rows[1], "video": str(tmp_path / "gone.mp4")}])
