@@ -16,6 +16,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "video-info": ("cot_rm.video_cli", "Decode a video and print its sampling plan as JSON."),
     "toyworld": ("data_synthesis.toyworld", "Generate the procedural toy world (videos + labels)."),
     "synthesize": ("data_synthesis.pipeline", "Teacher rationales -> filtered tool traces (SFT data)."),
+    "pretrain": (
+        "cot_rm.pretrain",
+        "Stage 0 (tiny model only): perception pretraining on toy-world descriptions.",
+    ),
     "sft": ("cot_rm.sft", "Stage 1: SFT cold start with masked loss and the regression head."),
     "grpo": ("cot_rm.grpo", "Stage 2: GRPO with tool rollouts and the head co-trained."),
     "eval": ("eval.run", "Evaluate predictions or a checkpoint on a benchmark."),

@@ -292,16 +292,39 @@ def _token_ids(tokenizer) -> dict[str, int]:
     return {key: tokenizer.convert_tokens_to_ids(tok) for key, tok in ids.items()}
 
 
-def _text_config(family: str, tokenizer) -> dict:
-    # hidden 128 / 2 heads -> head_dim 64: vLLM's CPU attention kernel refuses head_dim 16.
-    # mrope_section sums to head_dim / 2 (the released ones are halved along with head_dim 128 -> 64).
+@dataclass(frozen=True)
+class TinySize:
+    """Widths and depths of a tiny model. Every head is 64 wide (vLLM's CPU attention kernel refuses
+    head_dim 16), so a width is a multiple of 64 and sets the number of heads. The default is the
+    smallest model that runs every code path (tests); the perception-pretrained base uses a wider tower."""
+
+    text_hidden: int = 128
+    text_layers: int = 2
+    vision_hidden: int = 64
+    vision_depth: int = 2
+
+    def __post_init__(self):
+        if self.text_hidden % 128 or self.vision_hidden % 64 or min(self.text_layers, self.vision_depth) < 1:
+            raise ValueError(
+                f"{self}: text_hidden must be a multiple of 128, vision_hidden of 64, depths >= 1"
+            )
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TinySize:
+        return cls(**{k: int(v) for k, v in d.items()})
+
+
+def _text_config(family: str, tokenizer, size: TinySize) -> dict:
+    # head_dim 64: vLLM's CPU attention kernel refuses head_dim 16. mrope_section sums to head_dim / 2
+    # (the released ones are halved along with head_dim 128 -> 64).
+    heads = size.text_hidden // 64
     cfg = {
         "vocab_size": len(tokenizer),
-        "hidden_size": 128,
-        "intermediate_size": 256,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "num_key_value_heads": 1,  # grouped-query attention, as in the released models
+        "hidden_size": size.text_hidden,
+        "intermediate_size": 2 * size.text_hidden,
+        "num_hidden_layers": size.text_layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": heads // 2,  # grouped-query attention, as in the released models
         "max_position_embeddings": 32768,
         "rms_norm_eps": 1e-6,
         "pad_token_id": tokenizer.pad_token_id,
@@ -323,15 +346,14 @@ def _text_config(family: str, tokenizer) -> dict:
     return cfg
 
 
-def _vision_config(family: str) -> dict:
-    # hidden 64 / 1 head: vision head_dim 64 too (kept small: the patch merger is (4*hidden)^2);
-    # out_hidden_size = text hidden size.
+def _vision_config(family: str, size: TinySize) -> dict:
+    # vision head_dim 64 too (the patch merger is (4*hidden)^2); out_hidden_size = text hidden size.
     cfg = {
-        "depth": 2,
-        "hidden_size": 64,
-        "intermediate_size": 256,
-        "num_heads": 1,
-        "out_hidden_size": 128,
+        "depth": size.vision_depth,
+        "hidden_size": size.vision_hidden,
+        "intermediate_size": 4 * size.vision_hidden,
+        "num_heads": size.vision_hidden // 64,
+        "out_hidden_size": size.text_hidden,
         "in_channels": 3,
         "patch_size": _spec(family).patch_size,
         "spatial_merge_size": 2,
@@ -339,23 +361,25 @@ def _vision_config(family: str) -> dict:
     }
     if family == "qwen2_5_vl":
         # window attention in block 0, full attention in the last block, as in the released layout.
-        cfg.update(hidden_act="silu", tokens_per_second=2, window_size=112, fullatt_block_indexes=[1])
+        last = size.vision_depth - 1
+        cfg.update(hidden_act="silu", tokens_per_second=2, window_size=112, fullatt_block_indexes=[last])
     else:
         # learned 2-D position table (interpolated to any grid; must be a square number)
+        deepstack = [0, 1] if size.vision_depth == 2 else [size.vision_depth // 2, size.vision_depth - 1]
         cfg.update(
-            hidden_act="gelu_pytorch_tanh", num_position_embeddings=576, deepstack_visual_indexes=[0, 1]
+            hidden_act="gelu_pytorch_tanh", num_position_embeddings=576, deepstack_visual_indexes=deepstack
         )
     return cfg
 
 
-def build_config(family: str, tokenizer):
+def build_config(family: str, tokenizer, size: TinySize = TinySize()):
     """A small `Qwen2_5_VLConfig` / `Qwen3VLConfig` whose token ids come from `tokenizer`."""
     from transformers import Qwen2_5_VLConfig, Qwen3VLConfig
 
     cls = Qwen2_5_VLConfig if family == "qwen2_5_vl" else Qwen3VLConfig
     return cls(
-        text_config=_text_config(family, tokenizer),
-        vision_config=_vision_config(family),
+        text_config=_text_config(family, tokenizer, size),
+        vision_config=_vision_config(family, size),
         tie_word_embeddings=False,
         **_token_ids(tokenizer),
     )
@@ -376,7 +400,7 @@ def build_model(config, seed: int = 0):
     return model.eval()
 
 
-def _generation_config(tokenizer):
+def generation_config(tokenizer):
     from transformers import GenerationConfig
 
     endoftext = tokenizer.convert_tokens_to_ids("<|endoftext|>")
@@ -422,15 +446,21 @@ def _write_checkpoint(path: Path, family: str, seed: int) -> None:
     tokenizer = build_tokenizer(family)
     processor = build_processor(family, tokenizer)
     model = build_model(build_config(family, tokenizer), seed)
-    model.generation_config = _generation_config(tokenizer)
+    model.generation_config = generation_config(tokenizer)
     model.save_pretrained(path)  # transformers 5 writes safetensors only
-    processor.save_pretrained(path)  # tokenizer, chat_template.jinja, processor_config.json
-    # transformers 5 nests the image/video settings inside processor_config.json; the released
-    # checkpoints (and tools reading them directly, e.g. AutoImageProcessor, vLLM) use standalone files.
-    processor.image_processor.save_pretrained(path)  # preprocessor_config.json
-    processor.video_processor.save_pretrained(path)  # video_preprocessor_config.json
+    save_processor(processor, path)
     info = {"family": family, "seed": seed, "builder_version": BUILDER_VERSION, "tiny": True}
     (path / MARKER).write_text(json.dumps(info, indent=2) + "\n")  # written last: marks completion
+
+
+def save_processor(processor, path: Path) -> None:
+    """Tokenizer, chat_template.jinja, processor_config.json, and the standalone image/video configs:
+    transformers 5 nests those inside processor_config.json, while the released checkpoints (and tools
+    reading them directly, e.g. AutoImageProcessor, vLLM) use preprocessor_config.json and
+    video_preprocessor_config.json."""
+    processor.save_pretrained(path)
+    processor.image_processor.save_pretrained(path)
+    processor.video_processor.save_pretrained(path)
 
 
 def build_tiny_checkpoint(out_dir: str | Path, family: str = "qwen2_5_vl", seed: int = 0) -> Path:

@@ -1,0 +1,345 @@
+"""Stage 0 (tiny family only), `cot-rm pretrain --config configs/tiny/pretrain.yaml`: perception pretraining.
+
+A real Qwen-VL base arrives pretrained to see; the tiny CPU twin is built from random weights, and on a few
+hundred judged videos it never learns to. This stage gives it the analogue of a base's captioning
+pretraining: the tiny Qwen-VL, vision tower trainable, learns to describe toy-world videos (and single
+frames, as the `select_frames` tool shows them) with the descriptions of `data_synthesis/describe.py`:
+what is drawn and what happens in which frame, never a score or a verdict.
+
+    corpus  `cot-rm toyworld` with the corpus's own seed; the test split's prompts (the held-out colour x
+            shape combinations) are dropped, so no combination any test split uses is ever seen
+    sample  user: the video as the judge samples it + "Describe what you see." -> assistant: description
+            (a `corpus.frame_task` share: one frame as an image -> that frame's description)
+    loss    next-token cross-entropy on the assistant tokens (TRL's SFTTrainer, as every stage)
+    output  a standard `save_pretrained` folder (model, tokenizer, processor) that `cot-rm sft` loads as
+            `model.base`, with `cot_rm_pretrain.json`: corpus seed, sizes, the weights' digest and the end
+            report (greedy captions of held-out corpus videos: attribute accuracy, event precision/recall)
+
+The same code path as the 7B/8B models (Qwen2_5_VLForConditionalGeneration, its processor); only the
+sizes are small. Resumes a killed run from its newest checkpoint like the other stages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+from transformers import set_seed
+from trl import SFTConfig, SFTTrainer
+
+from cot_rm.sft import lm_loss
+
+MARKER = "cot_rm_pretrain.json"
+CORPUS_MARKER = "cot_rm_corpus.json"
+ATTRIBUTES = ("count", "colour", "shape", "background", "direction", "speed")
+
+
+# ------------------------------------------------------------------------------------------- corpus
+
+
+def build_corpus(args, progress: bool = True) -> list[dict]:
+    """The corpus's train and val videos as {"video", "meta", "split"}: built by the toy world when the
+    folder does not hold this seed and size yet; test-split prompts (held-out combinations) left out."""
+    from cot_rm.schema import read_jsonl
+    from data_synthesis.toyworld import ToyConfig, build
+    from data_synthesis.toyworld_plan import HELD_OUT
+
+    folder = Path(args.folder)
+    want = {"seed": args.seed, "videos": args.videos, "size": args.size}
+    marker = folder / CORPUS_MARKER
+    if not (marker.is_file() and json.loads(marker.read_text()) == want):
+        cfg = ToyConfig(args.videos, args.seed, args.size, args.size, workers=os.cpu_count() or 1)
+        print(f"cot-rm pretrain: building the corpus ({args.videos} videos, seed {args.seed}) in {folder}",
+              file=sys.stderr)  # fmt: skip
+        build(folder, cfg, progress=progress)
+        marker.write_text(json.dumps(want) + "\n")  # last: a killed build is rebuilt
+    rows = []
+    for r in read_jsonl(folder / "pointwise.jsonl", kind="pointwise"):
+        if r.split == "test":
+            continue
+        drawn = drawn_combinations(r.meta)
+        if drawn & HELD_OUT:  # the toy world never draws them outside test; a corpus must not either
+            raise ValueError(f"{folder}: video {r.id} draws held-out {sorted(drawn & HELD_OUT)}")
+        rows.append({"video": r.video, "meta": r.meta, "split": r.split})
+    return rows
+
+
+def drawn_combinations(meta: dict) -> set[tuple[str, str]]:
+    """Every (colour, shape) a toy video draws: the spec after alignment defects, and a morph's target."""
+    from data_synthesis.describe import drawn_spec
+
+    spec = drawn_spec(meta)
+    shapes = {spec["shape"]} | {d["params"]["to_shape"] for d in meta["defects"] if d["type"] == "morphing"}
+    return {(spec["colour"], s) for s in shapes}
+
+
+# -------------------------------------------------------------------------------------------- batches
+
+
+def request_text(video) -> str:
+    """The user's words beside the video: what was sampled (as the judge states it), then the task."""
+    sampled = ", ".join(f"frame {i} ({t:.2f} s)" for i, t in zip(video.indices, video.timestamps))
+    return (
+        f"The video has {video.total_frames} frames at {video.fps:.2f} fps ({video.duration_s:.2f} s). "
+        f"You see {len(video.indices)} of them at low resolution: {sampled}.\nDescribe what you see."
+    )
+
+
+class DescribeCollator:
+    """Examples ({"example": json}) -> a padded batch of description conversations, labels on the answers."""
+
+    def __init__(self, processor, family: str, corpus_args, seed: int = 0, cache_dir: str | None = None):
+        from cot_rm.frame_cache import FrameCache
+        from cot_rm.video import Sampling
+
+        self.processor, self.family, self.args, self.seed = processor, family, corpus_args, seed
+        self.sampling = Sampling(fps=None, num_frames=corpus_args.frames, min_pixels=corpus_args.max_pixels,
+                                 max_pixels=corpus_args.max_pixels, family=family)  # fmt: skip
+        self.cache = FrameCache(cache_dir)
+        self.calls = 0
+        tok = processor.tokenizer
+        self.im_start, self.im_end = (tok.convert_tokens_to_ids(t) for t in ("<|im_start|>", "<|im_end|>"))
+
+    def __call__(self, batch: list[dict]) -> dict[str, torch.Tensor]:
+        rng = random.Random(f"{self.seed}:{os.environ.get('RANK', 0)}:{torch.initial_seed()}:{self.calls}")
+        self.calls += 1
+        texts, videos, images = [], [], []
+        for item in batch:
+            row = json.loads(item["example"])
+            if rng.random() < self.args.frame_task:
+                messages, image = self.frame_sample(row, rng)
+                images.append(image)
+            else:
+                messages, video = self.video_sample(row)
+                videos.append(video)
+            texts.append(self.render(messages))
+        return self.encode(texts, videos, images)
+
+    def video_sample(self, row: dict, answer: bool = True):
+        from cot_rm.video import read_video
+        from data_synthesis.describe import describe
+
+        video = read_video(row["video"], self.sampling, self.cache)
+        messages = [{"role": "user", "content": [{"type": "video", "video": row["video"]},
+                                                 {"type": "text", "text": request_text(video)}]}]  # fmt: skip
+        if answer:
+            messages.append({"role": "assistant", "content": describe(row["meta"], video.indices)})
+        return messages, video
+
+    def frame_sample(self, row: dict, rng: random.Random):
+        """One frame as the tool returns it; half the time one where something is wrong, so events show."""
+        from cot_rm.video import read_frames_at
+        from data_synthesis.describe import describe_frame
+
+        meta = row["meta"]
+        flawed = sorted({f for d in meta["defects"] for f in d["frames"]})
+        frame = rng.choice(flawed) if flawed and rng.random() < 0.5 else rng.randrange(meta["num_frames"])
+        (image,) = read_frames_at(row["video"], [frame], self.args.frame_max_pixels, self.family)
+        text = f"Frame {frame} ({frame / meta['fps']:.2f} s) of a video. Describe this frame."
+        messages = [
+            {
+                "role": "user",
+                "content": [{"type": "image", "image": row["video"]}, {"type": "text", "text": text}],
+            },
+            {"role": "assistant", "content": describe_frame(meta, frame)},
+        ]
+        return messages, image
+
+    def render(self, messages: list[dict], generation: bool = False) -> str:
+        from cot_rm.protocol import chat_template
+
+        return self.processor.apply_chat_template(
+            messages,
+            chat_template=chat_template(self.family),
+            tokenize=False,
+            add_generation_prompt=generation,
+        )
+
+    def encode(self, texts, videos, images) -> dict[str, torch.Tensor]:
+        from cot_rm.processing import encode
+        from cot_rm.sft_data import IGNORE, assistant_mask
+
+        batch = dict(encode(self.processor, texts, videos=videos or None, images=images or None))
+        labels = torch.full_like(batch["input_ids"], IGNORE)
+        for i, ids in enumerate(batch["input_ids"].tolist()):
+            mask = assistant_mask(ids, self.im_start, self.im_end, self.processor.tokenizer)
+            labels[i, mask] = batch["input_ids"][i, mask]
+        batch["labels"] = labels
+        return batch
+
+
+# -------------------------------------------------------------------------------------------- trainer
+
+
+class PretrainTrainer(SFTTrainer):
+    """TRL's SFTTrainer on the plain VLM with `DescribeCollator` batches and the masked LM loss."""
+
+    def __init__(self, model, args: SFTConfig, **kwargs):
+        args.remove_unused_columns = False  # the collator needs the raw example column
+        args.dataset_kwargs = {**(args.dataset_kwargs or {}), "skip_prepare_dataset": True}
+        super().__init__(model=model, args=args, **kwargs)
+        # The loss is a per-micro-batch mean: the Trainer divides by the accumulation steps (5.19+ / 5.17).
+        self.loss_is_scaled_for_ga = False
+        self.model_accepts_loss_kwargs = False
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.pop("labels")
+        out = model(**inputs)
+        loss = lm_loss(out.logits, labels)
+        self._metrics["train" if model.training else "eval"]["lm_loss"].append(float(loss.detach()))
+        return (loss, out) if return_outputs else loss
+
+    def create_model_card(self, *args, **kwargs) -> None:
+        return None  # cot_rm_pretrain.json describes the run
+
+
+def build(cfg):
+    """The random tiny model, its processor, the corpus and the trainer for a resolved config."""
+    from datasets import Dataset
+
+    from cot_rm import tiny
+
+    m = cfg.model
+    args = SFTConfig(**cfg.train)
+    set_seed(args.seed)
+    tokenizer = tiny.build_tokenizer(m.family)
+    processor = tiny.build_processor(m.family, tokenizer)
+    model = tiny.build_model(
+        tiny.build_config(m.family, tokenizer, tiny.TinySize(**m.size())), m.seed
+    ).train()
+    model.generation_config = tiny.generation_config(tokenizer)
+    rows = build_corpus(cfg.corpus)
+    train = [r for r in rows if r["split"] == "train"]
+    dataset = Dataset.from_dict({"example": [json.dumps(r) for r in train]})
+    collator = DescribeCollator(processor, m.family, cfg.corpus, args.seed)
+    trainer = PretrainTrainer(
+        model, args, data_collator=collator, train_dataset=dataset, processing_class=processor
+    )
+    return model, processor, trainer, rows
+
+
+# --------------------------------------------------------------------------------------------- report
+
+
+@torch.no_grad()
+def caption_report(model, collator, rows: list[dict], batch_size: int = 16, max_new_tokens: int = 80) -> dict:
+    """Greedy descriptions of `rows`' videos against the truth: per-attribute accuracy, and the precision
+    and recall of the event kinds named (which kinds the sampled frames show, `describe` decides)."""
+    from cot_rm.processing import encode
+    from data_synthesis.describe import describe, drawn_spec, read_description
+
+    model.eval()
+    hits = dict.fromkeys(ATTRIBUTES, 0)
+    tp = fp = fn = 0
+    examples = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        samples = [collator.video_sample(r, answer=False) for r in chunk]
+        texts = [collator.render(msgs, generation=True) for msgs, _ in samples]
+        batch = encode(collator.processor, texts, videos=[v for _, v in samples], padding_side="left")
+        out = model.generate(**batch.to(model.device), max_new_tokens=max_new_tokens, do_sample=False)
+        for row, (_, video), ids in zip(chunk, samples, out[:, batch["input_ids"].shape[1] :]):
+            text = collator.processor.tokenizer.decode(ids, skip_special_tokens=True).strip()
+            truth, got = drawn_spec(row["meta"]), read_description(text)
+            for key in ATTRIBUTES:
+                hits[key] += got[key] == truth[key]
+            want = read_description(describe(row["meta"], video.indices))["events"]
+            tp, fp, fn = (
+                tp + len(want & got["events"]),
+                fp + len(got["events"] - want),
+                fn + len(want - got["events"]),
+            )
+            if len(examples) < 3:
+                examples.append(
+                    {"video": row["video"], "truth": describe(row["meta"], video.indices), "said": text}
+                )
+    n = max(len(rows), 1)
+    return {
+        "videos": len(rows),
+        "attribute_accuracy": {k: round(v / n, 3) for k, v in hits.items()},
+        "event_precision": round(tp / max(tp + fp, 1), 3),
+        "event_recall": round(tp / max(tp + fn, 1), 3),
+        "examples": examples,
+    }
+
+
+def digest(path: str | Path) -> str:
+    """sha256 of a file (the shipped base's weights, recorded in its marker)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_base(model, processor, cfg, report: dict, out: Path) -> Path:
+    """The final base as a standard checkpoint folder, written beside `out` and renamed into place."""
+    from cot_rm.config import dump_config
+    from cot_rm.tiny import save_processor
+
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    save_processor(processor, tmp)
+    info = {
+        "what": "tiny Qwen-VL base, perception-pretrained on toy-world descriptions (no reward labels)",
+        "rebuild": "cot-rm pretrain --config configs/tiny/pretrain.yaml",
+        "corpus": {"seed": cfg.corpus.seed, "videos": cfg.corpus.videos, "size": cfg.corpus.size},
+        "model": dump_config(cfg.model),
+        "train": {k: v for k, v in cfg.train.items() if k != "output_dir"},
+        "weights_sha256": digest(tmp / "model.safetensors"),
+        "report": report,
+    }
+    (tmp / MARKER).write_text(json.dumps(info, indent=2) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from cot_rm.config import add_config_arguments
+    from cot_rm.pretrain_config import PretrainRunConfig
+
+    p.description = (
+        "Stage 0 for the tiny model family: perception pretraining of a tiny random Qwen-VL (vision tower "
+        "trained) on toy-world descriptions, no reward labels. Builds its corpus when missing, resumes a "
+        "killed run, and writes a standard checkpoint to `save_to` that `cot-rm sft` loads as model.base. "
+        "Example: cot-rm pretrain --config configs/tiny/pretrain.yaml"
+    )
+    add_config_arguments(p, PretrainRunConfig)
+
+
+def main(args: argparse.Namespace) -> int:
+    from cot_rm.config import ConfigError, check_trl_args, config_from_args
+    from cot_rm.pretrain_config import PretrainRunConfig
+    from cot_rm.sft import start_run, train_to_the_end
+
+    try:
+        cfg = config_from_args(PretrainRunConfig, args)
+        check_trl_args(SFTConfig, cfg.train)
+        model, processor, trainer, rows = build(cfg)
+        resume = start_run(trainer, cfg, "cot-rm pretrain", f"{len(trainer.train_dataset)} corpus videos")
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        print(f"cot-rm pretrain: {err}", file=sys.stderr)
+        return 2
+    # The marker is also left in output_dir: a finished run with its base written has nothing left to do.
+    if (status := train_to_the_end(trainer, resume, "cot-rm pretrain", (MARKER,))) is not None:
+        return status
+    trainer.save_state()
+    val = [r for r in rows if r["split"] == "val"][: cfg.corpus.eval_videos]
+    report = caption_report(model, trainer.data_collator, val)
+    out = save_base(model, processor, cfg, report, Path(cfg.save_to))
+    shutil.copy(out / MARKER, Path(cfg.train["output_dir"]) / MARKER)
+    print(json.dumps({"base": str(out), **report}, indent=2))
+    return 0

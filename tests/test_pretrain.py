@@ -1,0 +1,105 @@
+"""Stage 0: the toy-world descriptions (hand-written metas), the corpus rule (no held-out combination), and
+a short `cot-rm pretrain` run that writes a loadable base with its marker."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from cot_rm.cli import main as cli
+from cot_rm.pretrain import MARKER, digest, drawn_combinations
+from data_synthesis.describe import describe, describe_frame, read_description, visible_frames
+from data_synthesis.toyworld_plan import HELD_OUT
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = {
+    "shape": "square",
+    "colour": "purple",
+    "count": 2,
+    "direction": "up",
+    "speed": "slow",
+    "background": "white",
+}
+
+
+def _meta(*defects) -> dict:
+    return {"spec": dict(SPEC), "fps": 8, "num_frames": 32, "defects": list(defects)}
+
+
+def _d(kind, dim, frames, severity=2, **params) -> dict:
+    return {"type": kind, "dimension": dim, "severity": severity, "frames": frames, "params": params}
+
+
+def test_description_of_a_clean_video_is_its_caption():
+    assert describe(_meta()) == "Two purple squares on a white background, moving up slowly."
+
+
+def test_description_says_what_is_drawn_and_when_never_a_verdict():
+    meta = _meta(
+        _d("wrong_shape", "text_alignment", list(range(32)), 3, expected="square", actual="triangle"),
+        _d("flicker", "visual_quality", [8, 9, 10, 11, 12, 13], 3, towards="black"),
+        _d("freeze", "physical_consistency", [19, 20, 21]),
+    )
+    text = describe(meta, frames=[0, 4, 9, 13, 18, 22, 27, 31])
+    assert text == (
+        "Two purple triangles on a white background, moving up slowly. "
+        "Frames 9 and 13: the picture flickers dark (strong)."
+    )  # the freeze's frames 19-21 are not among those shown: not named
+    for word in ("wrong", "score", "instead", "prompt", "good", "poor", "quality"):
+        assert word not in text.lower()
+    assert read_description(text) == {"count": 2, "colour": "purple", "shape": "triangle", "background": "white",
+                                      "direction": "up", "speed": "slow", "events": {"flicker"}}  # fmt: skip
+
+
+def test_a_teleport_is_cited_by_the_shown_frames_around_its_jump():
+    jump = _d("teleport", "physical_consistency", [15, 16])
+    assert visible_frames(jump, [0, 4, 9, 13, 18, 22]) == [13, 18]
+    assert "Frames 13 and 18: the squares jump to another place." in describe(
+        _meta(jump), [0, 4, 9, 13, 18, 22]
+    )
+
+
+def test_missing_object_and_one_frame_alone():
+    gone = _d("missing_object", "text_alignment", [5, 6], count_visible=1)
+    meta = _meta(gone, _d("freeze", "physical_consistency", [5, 6]))
+    assert describe(meta, [5]) == "Two purple squares on a white background, moving up slowly. " \
+        "Frame 5: only one square visible. Frame 5: the squares stand still."  # fmt: skip
+    # A frame alone shows no motion: the freeze is not named, the missing square is.
+    assert describe_frame(meta, 5) == "Two purple squares on a white background. Only one square visible."
+    assert describe_frame(meta, 7) == "Two purple squares on a white background."
+
+
+def test_unreadable_description_reads_as_nothing():
+    got = read_description("purple things everywhere")
+    assert got["colour"] is None and got["events"] == set()
+
+
+def test_morph_targets_count_as_drawn_combinations():
+    meta = _meta(_d("morphing", "physical_consistency", [3], to_shape="diamond"))
+    meta["spec"]["colour"] = "yellow"
+    assert drawn_combinations(meta) == {("yellow", "square"), ("yellow", "diamond")}
+    assert drawn_combinations(meta) & HELD_OUT == {("yellow", "diamond")}
+
+
+def test_short_pretrain_run_writes_a_base_that_sft_loads(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["pretrain", "--config", str(ROOT / "configs" / "tiny" / "pretrain.yaml"),
+            f"corpus.folder={tmp_path / 'corpus'}", "corpus.videos=24", "corpus.eval_videos=2",
+            f"train.output_dir={out}", f"save_to={tmp_path / 'base'}", "train.max_steps=2",
+            "train.per_device_train_batch_size=4", "train.dataloader_num_workers=0"]  # fmt: skip
+    assert cli(args) == 0
+    marker = json.loads((tmp_path / "base" / MARKER).read_text())
+    assert marker["corpus"]["seed"] == 1001 and marker["weights_sha256"] == digest(
+        tmp_path / "base" / "model.safetensors"
+    )
+    corpus = [json.loads(line) for line in (tmp_path / "corpus" / "pointwise.jsonl").open()]
+    assert corpus and all(
+        not (drawn_combinations(r["meta"]) & HELD_OUT) for r in corpus if r["split"] != "test"
+    )
+    # A rerun of the finished run has nothing left to do.
+    assert cli(args) == 0
+    assert "nothing to do" in capsys.readouterr().err
+    from cot_rm.modeling import ThinkThenScore
+
+    model = ThinkThenScore.from_base(str(tmp_path / "base"), dims=("visual_quality", "overall"))
+    assert model.config.family == "qwen2_5_vl"
