@@ -80,6 +80,12 @@ def report_markdown(result: dict) -> str:
         lines.append(
             f"- score spread, {dim}: mean std {_fmt(s['mean_std'])}, max {_fmt(s['max_std'])} (n {s['n']})"
         )
+    if f := result.get("faithfulness"):
+        lines.append(
+            f"- faithful critiques (toy world, {f['videos']} videos): {_fmt(f['recall'])} of the "
+            f"{f['defects_present']} defects present named; {_fmt(f['false_mentions'])} of critiques name "
+            "a defect the video does not have"
+        )
     if result.get("pairwise"):
         lines += _pairwise_table(result, answer)
     if result.get("pointwise"):

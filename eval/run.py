@@ -27,6 +27,7 @@ from pathlib import Path
 from cot_rm.config import positive
 from eval import metrics
 from eval.benchmarks import BENCHES, BenchError
+from eval.faithfulness import faithfulness, toy_defects
 from eval.report import write_report
 
 
@@ -218,11 +219,16 @@ def eval_model(args: argparse.Namespace) -> dict:
     answer_m = metrics.evaluate([{**r, "kind": bench.kind} for r in answer])
     errors = [judged[v]["parse_error"] for v in videos]
     bad = {judged[v]["video"]: why for v, e in zip(videos, errors) if (why := video_error_of(e))}
+    truth = toy_defects(bench.records, bench.kind, args.data)  # {} unless toy-world data
+    checked = [(judged[v], prompt, truth[where]) for v, (path, prompt) in videos.items()
+               if (where := str(Path(path).resolve())) in truth and not video_error_of(judged[v]["parse_error"])]  # fmt: skip
     return {
         "pairwise": head_m["pairwise"],
         "pointwise": head_m["pointwise"],
         "answer": {"pairwise": answer_m["pairwise"], "pointwise": answer_m["pointwise"]},
         "parse_failure_rate": metrics.parse_failure_rate(errors),
+        # Toy-world data only: critiques against the videos' known defects (eval/faithfulness.py).
+        "faithfulness": faithfulness(checked),
         "n_video_errors": len(bad),
         "video_errors": dict(list(bad.items())[:50]),
         "unscored_dimensions": unscored,

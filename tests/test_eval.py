@@ -436,3 +436,50 @@ def test_metrics_agree_with_numpy_on_random_data():
     assert m.spearman(x, y) == pytest.approx(
         np.corrcoef(np.argsort(np.argsort(x)), np.argsort(np.argsort(y)))[0, 1]
     )
+
+
+# ---- faithfulness of critiques on toy data (eval/faithfulness.py) -----------------------------------------
+
+
+def test_named_defects_reads_findings_not_denials_or_the_prompt():
+    from eval.faithfulness import named_defects
+
+    prompt = "two red circles moving left slowly on a white background"
+    text = (f"The prompt asks for {prompt}. No flicker, noise or blur is visible. Nothing jumps, freezes or "
+            "reverses. The motion freezes in frames 14 and 15: the object stops dead. Colour is wrong: yellow "
+            "where red was requested, visible in frames 0 and 3.")  # fmt: skip
+    assert named_defects(text, prompt) == {"freeze", "wrong_colour"}
+    assert named_defects("Frames 4-5 show noticeable banding: colours step instead of blending.") == {
+        "banding"
+    }
+    assert named_defects("The content follows the prompt. Overall: flawless.") == set()
+
+
+def test_faithfulness_by_hand():
+    from eval.faithfulness import faithfulness
+
+    rows = [
+        ({"rationale": "There is severe flicker in frame 3."}, "", {"flicker", "freeze"}),  # 1 of its 2 named
+        ({"rationale": "The object teleports between frames 2 and 3."}, "", set()),  # invents one
+        ({"rationale": None}, "", {"noise"}),  # no critique: names nothing
+    ]
+    got = faithfulness(rows)
+    assert got["recall"] == round(1 / 3, 4) and got["false_mentions"] == round(1 / 3, 4)  # 1 of 3 present
+    assert got["recall_by_type"] == {"flicker": "1/1", "freeze": "0/1", "noise": "0/1"}
+    assert got["false_mentions_by_type"] == {"teleport": 1}
+    assert faithfulness([]) is None
+
+
+def test_model_eval_on_toy_pairs_reports_faithfulness(tiny_rm, bench, tmp_path, capsys):
+    # A toy world writes pointwise.jsonl (with meta.defects) beside pairs.jsonl: eval reads the truth there.
+    defects = {0: ["flicker"], 1: [], 2: ["freeze", "wrong_colour"]}
+    rows = [{"id": f"v{i}", "video": f"videos/v{i}.mp4", "prompt": "a red square slides right",
+             "scores": {"overall": 5}, "meta": {"defects": [{"type": t} for t in types]}}
+            for i, types in defects.items()]  # fmt: skip
+    _write(Path(bench).parent / "pointwise.jsonl", rows)
+    rc, err = _eval_model(tiny_rm, bench, tmp_path / "run", capsys)
+    assert rc == 0, err
+    got = json.loads((tmp_path / "run" / "metrics.json").read_text())["faithfulness"]
+    assert got["videos"] == 3 and got["defects_present"] == 3
+    assert set(got["recall_by_type"]) == {"flicker", "freeze", "wrong_colour"}
+    assert "faithful critiques (toy world, 3 videos)" in (tmp_path / "run" / "report.md").read_text()
