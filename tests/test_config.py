@@ -30,6 +30,7 @@ CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
 ACCELERATE = [p for p in CONFIGS if p.parent.name == "accelerate"]
 SFT = [p for p in CONFIGS if p.name == "sft.yaml"]
 GRPO = [p for p in CONFIGS if p.name == "grpo.yaml"]
+PRETRAIN = [p for p in CONFIGS if p.name == "pretrain.yaml"]
 TINY = ROOT / "configs/tiny/sft.yaml"
 
 
@@ -56,7 +57,7 @@ def test_configs_found():
         "configs/accelerate/zero2.yaml",
         "configs/accelerate/zero3.yaml",
     } <= names
-    assert set(CONFIGS) == set(ACCELERATE) | set(SFT) | set(GRPO), (
+    assert set(CONFIGS) == set(ACCELERATE) | set(SFT) | set(GRPO) | set(PRETRAIN), (
         "a YAML this test does not know how to load"
     )
 
@@ -68,7 +69,7 @@ def test_yaml_opens_with_what_hardware_launch(path):
     assert any(line.startswith("# Hardware:") for line in lines)
     launch = launch_line(path)
     assert rel(path) in launch, f"{rel(path)}: the launch command must name this file"
-    stage = "grpo" if path.name == "grpo.yaml" else "sft"
+    stage = path.stem if path.stem in ("grpo", "pretrain") else "sft"
     assert f"cot-rm {stage}" in launch or f"-m cot_rm.cli {stage}" in launch
 
 
@@ -96,6 +97,18 @@ def test_grpo_yaml_loads(path):
     cfg = load_config(GRPORunConfig, path, [])
     check_trl_args(trl.GRPOConfig, cfg.train)
     assert config_from_dict(GRPORunConfig, dump_config(cfg)) == cfg
+
+
+@pytest.mark.parametrize("path", PRETRAIN, ids=rel)
+def test_pretrain_yaml_loads(path):
+    import trl
+
+    from cot_rm.pretrain_config import PretrainRunConfig
+
+    cfg = load_config(PretrainRunConfig, path, [])
+    check_trl_args(trl.SFTConfig, cfg.train)
+    assert config_from_dict(PretrainRunConfig, dump_config(cfg)) == cfg
+    assert cfg.corpus.seed != 0  # never the demo's world
 
 
 @pytest.mark.parametrize("path", [p for p in SFT if "accelerate launch" in launch_line(p)], ids=rel)
