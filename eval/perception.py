@@ -23,20 +23,25 @@ import torch
 QUESTIONS = ("colour", "shape", "count", "direction", "visual_quality", "physical_consistency")
 
 
-@torch.no_grad()
-def pooled_features(model, processor, videos: Sequence) -> torch.Tensor:
-    """[N, slices * width]: the vision features the LM receives, mean-pooled over space per temporal slice."""
+def pooled_slices(model, processor, videos: Sequence) -> torch.Tensor:
+    """[N, slices * width]: the vision features the LM receives, mean-pooled over space per temporal slice
+    (videos of one shape: same frame count and size). Differentiable: phase 1 of a tower's training uses it."""
     from cot_rm.processing import encode
 
-    out = []
-    for video in videos:
-        batch = encode(processor, ["<|vision_start|><|video_pad|><|vision_end|>"], videos=[video])
-        feats = model.model.get_video_features(batch["pixel_values_videos"], batch["video_grid_thw"])
-        feats = feats.pooler_output if hasattr(feats, "pooler_output") else feats
-        feats = torch.cat(list(feats)) if isinstance(feats, list | tuple) else feats
-        t = int(batch["video_grid_thw"][0, 0])
-        out.append(feats.reshape(t, -1, feats.shape[-1]).mean(1).flatten())
-    return torch.stack(out).float()
+    batch = encode(
+        processor, ["<|vision_start|><|video_pad|><|vision_end|>"] * len(videos), videos=list(videos)
+    )
+    feats = model.model.get_video_features(batch["pixel_values_videos"], batch["video_grid_thw"])
+    feats = feats.pooler_output if hasattr(feats, "pooler_output") else feats
+    feats = torch.cat(list(feats)) if isinstance(feats, list | tuple) else feats
+    t = int(batch["video_grid_thw"][0, 0])
+    return feats.reshape(len(videos), t, -1, feats.shape[-1]).mean(2).flatten(1).float()
+
+
+@torch.no_grad()
+def pooled_features(model, processor, videos: Sequence) -> torch.Tensor:
+    """`pooled_slices` one video at a time (any sizes), without gradients."""
+    return torch.cat([pooled_slices(model, processor, [v]) for v in videos])
 
 
 def labels(meta: dict, shown: Sequence[int]) -> dict[str, object]:
