@@ -295,8 +295,9 @@ def _token_ids(tokenizer) -> dict[str, int]:
 @dataclass(frozen=True)
 class TinySize:
     """Widths and depths of a tiny model. Every head is 64 wide (vLLM's CPU attention kernel refuses
-    head_dim 16), so a width is a multiple of 64 and sets the number of heads. The default is the
-    smallest model that runs every code path (tests); the perception-pretrained base uses a wider tower."""
+    head_dim 16), so a width sets the number of heads; the text width is a multiple of 128 (grouped-query
+    attention: half as many key/value heads). The default is the smallest model that runs every code path
+    (tests, the demo); `cot-rm pretrain` takes other sizes from its config."""
 
     text_hidden: int = 128
     text_layers: int = 2
@@ -308,10 +309,6 @@ class TinySize:
             raise ValueError(
                 f"{self}: text_hidden must be a multiple of 128, vision_hidden of 64, depths >= 1"
             )
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TinySize:
-        return cls(**{k: int(v) for k, v in d.items()})
 
 
 def _text_config(family: str, tokenizer, size: TinySize) -> dict:
