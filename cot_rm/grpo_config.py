@@ -55,7 +55,7 @@ class GRPODataArgs:
 
     train: str = field(
         metadata=meta(
-            "SFT traces JSONL (`cot-rm synthesize` output) or pointwise JSONL (DESIGN.md; sampled with the "
+            "SFT traces JSONL (`cot-rm synthesize` output) or pointwise JSONL (README, Data formats; sampled with the "
             "checkpoint's own sampling)"
         )
     )

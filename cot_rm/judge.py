@@ -62,7 +62,7 @@ class Judge:
         self.processor, self.family = model.processor, model.config.family
 
     def judge(self, items: Sequence[tuple[str, str, str]], seed: int | None = None) -> list[dict]:
-        """Judgment JSON (DESIGN.md) for each (id, video path, prompt), in order. `seed` fixes the
+        """Judgment JSON (README, Data formats) for each (id, video path, prompt), in order. `seed` fixes the
         draws when sampling (the global RNG is restored afterwards)."""
         out = []
         with _seeded(seed, next(self.model.parameters()).device):

@@ -1,4 +1,4 @@
-"""Data records of DESIGN.md, validated on load and written atomically.
+"""The data records (README, Data formats), validated on load and written atomically.
 
     pointwise  {"id", "video", "prompt", "scores": {dim: number}, "meta": {...}}
     pairwise   {"id", "prompt", "video_a", "video_b", "preference": "A"|"B"|"tie",

@@ -9,7 +9,7 @@ language model and loads the checkpoint's head here, then serves on PORT:
 - `GET /v1/models`, `POST /v1/chat/completions` (streaming too): proxied to vLLM, so the OpenAI client
   works against this one URL;
 - `POST /v1/judge`: JSON `{"video": path-or-URL, "prompt": text}` or a multipart upload (`file` +
-  `prompt`) -> the Judgment JSON of DESIGN.md (greedy: the same request gives the same scores); an
+  `prompt`) -> the Judgment JSON of the README (greedy: the same request gives the same scores); an
   http(s) URL is downloaded into the server's temp folder (same size limit as uploads) first;
   `?stream=1` answers NDJSON events instead (each turn as it arrives, then the judgment);
   `?report=1` adds `report_html` (`cot_rm.report`'s page: the critique beside its cited frames);

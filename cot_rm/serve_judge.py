@@ -118,7 +118,7 @@ class ServedJudge:
     async def run(
         self, rid: str, path: str, prompt: str, on_event: Callable[[dict], None] | None = None
     ) -> dict:
-        """One Judgment (DESIGN.md's JSON) of the video at `path`; `on_event` sees each turn as it
+        """One Judgment (the README's JSON) of the video at `path`; `on_event` sees each turn as it
         arrives ({"event": "turn", ...}). Raises `VideoError` for an unreadable video."""
         emit = on_event or (lambda _e: None)
         conv = await asyncio.to_thread(self.judge.open, rid, path, prompt)

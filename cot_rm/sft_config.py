@@ -132,7 +132,7 @@ class DataArgs:
     pairs: str | None = field(
         default=None,
         metadata=meta(
-            "pairwise JSONL (DESIGN.md) whose videos have traces: Bradley-Terry head loss, both videos in "
+            "pairwise JSONL (README, Data formats) whose videos have traces: Bradley-Terry head loss, both videos in "
             "one step; null: pointwise head loss only"
         ),
     )

@@ -353,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m data_synthesis.negatives", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--input", required=True, help="pointwise JSONL (DESIGN.md format)")
+    parser.add_argument("--input", required=True, help="pointwise JSONL (README, Data formats)")
     parser.add_argument("--out", required=True, help="folder for videos/, pointwise.jsonl, pairs.jsonl")
     parser.add_argument(
         "--kinds", default=",".join(KINDS), help=f"comma-separated subset of {','.join(KINDS)}"

@@ -233,7 +233,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "calls. Resumable: rerun the same command after an interruption."
     )
     p.add_argument(
-        "--input", required=True, help="pointwise JSONL (DESIGN.md format), e.g. toyworld's pointwise.jsonl"
+        "--input",
+        required=True,
+        help="pointwise JSONL (README, Data formats), e.g. toyworld's pointwise.jsonl",
     )
     p.add_argument("--teacher", required=True, help="oracle | openai:URL[#MODEL] | hf:PATH")
     p.add_argument(

@@ -2,7 +2,7 @@
 
     cot-rm toyworld --out data/toy --n 2000 --seed 0 [--size 64] [--workers 2]
 
-writes `DIR/videos/NNNNNN.mp4` (H.264), `DIR/pointwise.jsonl` and `DIR/pairs.jsonl` (DESIGN.md records).
+writes `DIR/videos/NNNNNN.mp4` (H.264), `DIR/pointwise.jsonl` and `DIR/pairs.jsonl` (the records of the README's Data formats).
 
 Prompts come from a small grammar: count (1-3), colour (red, yellow, green, cyan, blue, purple), shape
 (circle, square, triangle, diamond), direction (left, right, up, down), speed (slow, fast) and
