@@ -84,12 +84,10 @@ def drawn_combinations(meta: dict) -> set[tuple[str, str]]:
 
 
 def request_text(video) -> str:
-    """The user's words beside the video: what was sampled (as the judge states it), then the task."""
-    sampled = ", ".join(f"frame {i} ({t:.2f} s)" for i, t in zip(video.indices, video.timestamps))
-    return (
-        f"The video has {video.total_frames} frames at {video.fps:.2f} fps ({video.duration_s:.2f} s). "
-        f"You see {len(video.indices)} of them at low resolution: {sampled}.\nDescribe what you see."
-    )
+    """The user's words beside the video: what was sampled (as the judge is told), then the task."""
+    from cot_rm.protocol import frames_seen
+
+    return f"{frames_seen(video)}\nDescribe what you see."
 
 
 class DescribeCollator:
@@ -250,16 +248,15 @@ def caption_report(model, collator, rows: list[dict], batch_size: int = 16, max_
             truth, got = drawn_spec(row["meta"]), read_description(text)
             for key in ATTRIBUTES:
                 hits[key] += got[key] == truth[key]
-            want = read_description(describe(row["meta"], video.indices))["events"]
+            truth_text = describe(row["meta"], video.indices)
+            want = read_description(truth_text)["events"]
             tp, fp, fn = (
                 tp + len(want & got["events"]),
                 fp + len(got["events"] - want),
                 fn + len(want - got["events"]),
             )
             if len(examples) < 3:
-                examples.append(
-                    {"video": row["video"], "truth": describe(row["meta"], video.indices), "said": text}
-                )
+                examples.append({"video": row["video"], "truth": truth_text, "said": text})
     n = max(len(rows), 1)
     return {
         "videos": len(rows),

@@ -156,13 +156,20 @@ def defuse(text: str) -> str:
     return _CONTROL.sub("< ", text)
 
 
+def frames_seen(video: FrameInfo) -> str:
+    """The sentence that tells the model which frames of the video it is shown (and when they are)."""
+    sampled = ", ".join(f"frame {i} ({t:.2f} s)" for i, t in zip(video.indices, video.timestamps))
+    return (
+        f"The video has {video.total_frames} frames at {video.fps:.2f} fps ({video.duration_s:.2f} s). "
+        f"You see {len(video.indices)} of them at low resolution: {sampled}."
+    )
+
+
 def user_turn(prompt: str, video: FrameInfo, spec: JudgeSpec = JudgeSpec(), video_ref: Any = None) -> dict:
     """The first user message: the video input, what was sampled, the prompt (defused) and the
     instruction."""
-    sampled = ", ".join(f"frame {i} ({t:.2f} s)" for i, t in zip(video.indices, video.timestamps))
     text = (
-        f"The video has {video.total_frames} frames at {video.fps:.2f} fps ({video.duration_s:.2f} s). "
-        f"You see {len(video.indices)} of them at low resolution: {sampled}.\n"
+        f"{frames_seen(video)}\n"
         f"Frames you may select: 0 to {video.total_frames - 1}.\n"
         f'Generation prompt: "{defuse(prompt)}"\n'
         f"Judge the video on {', '.join(spec.dimensions)}."

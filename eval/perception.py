@@ -85,21 +85,11 @@ def probe_accuracy(base: str | Path, toy: str | Path, sampling, train_share: flo
     majority class of the test part)."""
     from collections import Counter
 
-    from transformers import (
-        AutoProcessor,
-        Qwen2_5_VLForConditionalGeneration,
-        Qwen3VLForConditionalGeneration,
-    )
+    from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from cot_rm.video import read_video
 
-    config = json.loads((Path(base) / "config.json").read_text())
-    cls = (
-        Qwen2_5_VLForConditionalGeneration
-        if config["model_type"] == "qwen2_5_vl"
-        else Qwen3VLForConditionalGeneration
-    )
-    model = cls.from_pretrained(base, dtype=torch.float32).eval()
+    model = AutoModelForImageTextToText.from_pretrained(str(base), dtype=torch.float32).eval()
     processor = AutoProcessor.from_pretrained(base)
     rows = [json.loads(line) for line in (Path(toy) / "pointwise.jsonl").open() if line.strip()]
     videos = [read_video(Path(toy) / r["video"], sampling) for r in rows]
