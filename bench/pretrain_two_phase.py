@@ -76,6 +76,15 @@ def main() -> int:
         opt.zero_grad()
         if step % 100 == 0:
             print(f"tower {step} loss {loss.item():.3f} {time.time() - start:.0f}s", file=sys.stderr)
+    with torch.no_grad():
+        vrows = val[:64]
+        videos = [collator.video_sample(r, answer=False)[1] for r in vrows]
+        feats = pooled_slices(model, collator.processor, videos)
+        acc = {k: float((heads[k](feats).argmax(1) == torch.tensor([v.index(drawn_spec(r["meta"])[k]) for r in vrows])).float().mean()) for k, v in CLASSES.items()}
+        shown = torch.tensor([[float(any(d["type"] == e and visible_frames(d, v.indices) for d in r["meta"]["defects"])) for e in EVENTS] for r, v in zip(vrows, videos)])
+        pred = (heads["events"](feats) > 0).float()
+        acc["events_f1"] = float(2 * (pred * shown).sum() / (pred.sum() + shown.sum()).clamp(min=1))
+        print("phase-1 val", json.dumps(acc), file=sys.stderr)
     model.model.visual.requires_grad_(False)
     opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=2e-3)
     total = args.lm_steps

@@ -31,8 +31,11 @@ import sys
 from pathlib import Path
 
 import torch
-from transformers import set_seed
+from transformers import Trainer, set_seed
 from trl import SFTConfig, SFTTrainer
+
+from data_synthesis.describe import EVENT_WORDS
+from data_synthesis.toyworld_render import COLOURS, SHAPES
 
 from cot_rm.sft import lm_loss
 
@@ -173,6 +176,126 @@ class DescribeCollator:
         return batch
 
 
+# ----------------------------------------------------------------------------- phase 1: the tower alone
+
+# What phase 1 names about a video: the drawn attributes (one class each) and the kinds of events shown.
+CLASSES = {"colour": COLOURS, "shape": SHAPES, "count": (1, 2, 3), "direction": ("left", "right", "up", "down"),
+           "speed": ("slow", "fast")}  # fmt: skip
+EVENTS = tuple(EVENT_WORDS)
+
+
+def slice_tokens(vlm, pixel_values_videos, video_grid_thw) -> list[torch.Tensor]:
+    """Per video, [slices, 1 + tokens, width]: what the language model receives (tower + merger) per
+    temporal slice, its spatial mean first, then its tokens in place (where things are)."""
+    out = vlm.model.get_video_features(pixel_values_videos, video_grid_thw)
+    feats = out.pooler_output if hasattr(out, "pooler_output") else out
+    slices = [f.reshape(int(g[0]), -1, f.shape[-1]).float() for f, g in zip(feats, video_grid_thw)]
+    return [torch.cat([s.mean(1, keepdim=True), s], 1) for s in slices]
+
+
+def slice_means(vlm, pixel_values_videos, video_grid_thw) -> torch.Tensor:
+    """[videos, slices * width]: the spatial means of `slice_tokens`, slices concatenated so time order
+    survives (videos of one frame count; their sizes may differ)."""
+    return torch.stack([s[:, 0].flatten() for s in slice_tokens(vlm, pixel_values_videos, video_grid_thw)])
+
+
+def slice_events(meta: dict, shown: list[int]) -> torch.Tensor:
+    """[slices, events]: 1 where an event kind shows in a temporal slice (two consecutive shown frames,
+    the tower's temporal patch); a teleport shows in the slices of the shown frames around its jump."""
+    from data_synthesis.describe import visible_frames
+
+    target = torch.zeros(len(shown) // 2, len(EVENTS))
+    for d in meta["defects"]:
+        if d["type"] in EVENTS:
+            for f in visible_frames(d, shown):
+                target[shown.index(f) // 2, EVENTS.index(d["type"])] = 1.0
+    return target
+
+
+# An event kind shows in about one slice in twenty: positives weigh more, or the head learns "never".
+EVENT_POS_WEIGHT = 5.0
+
+
+class TowerProbe(torch.nn.Module):
+    """The VLM's vision tower with linear heads that name what it sees, reading every slice's mean and
+    tokens (positions matter: direction, count, a missing object): one head per attribute on the whole
+    video, and one events head on each slice (when an event shows). Only the tower, merger and heads
+    train; the heads are dropped when phase 1 ends. One sampling (slices x tokens) for all videos."""
+
+    def __init__(self, vlm, slices: int, tokens: int, events_weight: float = 10.0):
+        super().__init__()
+        self.vlm, self.events_weight = vlm, events_weight
+        per_slice = (1 + tokens) * vlm.config.text_config.hidden_size  # the merger's output width
+        self.heads = torch.nn.ModuleDict(
+            {k: torch.nn.Linear(slices * per_slice, len(v)) for k, v in CLASSES.items()}
+        )
+        self.events = torch.nn.Linear(per_slice, len(EVENTS))
+
+    def predict(self, pixel_values_videos, video_grid_thw) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Attribute logits {name: [videos, classes]} and event logits [videos, slices, events]."""
+        feats = torch.stack(slice_tokens(self.vlm, pixel_values_videos, video_grid_thw))
+        whole = feats.flatten(1)
+        return {k: head(whole) for k, head in self.heads.items()}, self.events(feats.flatten(2))
+
+    def forward(self, pixel_values_videos, video_grid_thw, events, **attributes):
+        logits, per_slice = self.predict(pixel_values_videos, video_grid_thw)
+        loss = sum(torch.nn.functional.cross_entropy(logits[k], attributes[k]) for k in CLASSES)
+        weight = torch.tensor(EVENT_POS_WEIGHT)
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(per_slice, events, pos_weight=weight)
+        return {"loss": loss + self.events_weight * bce}
+
+
+class TowerCollator:
+    """Examples -> the videos as the judge samples them, their attribute classes and per-slice events."""
+
+    def __init__(self, describe_collator: "DescribeCollator"):
+        self.describe = describe_collator
+
+    def __call__(self, batch: list[dict]) -> dict[str, torch.Tensor]:
+        from cot_rm.processing import encode
+        from data_synthesis.describe import drawn_spec
+
+        rows = [json.loads(item["example"]) for item in batch]
+        videos = [self.describe.video_sample(r, answer=False)[1] for r in rows]
+        enc = encode(self.describe.processor, ["<|vision_start|><|video_pad|><|vision_end|>"] * len(rows),
+                     videos=videos)  # fmt: skip
+        specs = [drawn_spec(r["meta"]) for r in rows]
+        return {
+            "pixel_values_videos": enc["pixel_values_videos"],
+            "video_grid_thw": enc["video_grid_thw"],
+            "events": torch.stack([slice_events(r["meta"], list(v.indices)) for r, v in zip(rows, videos)]),
+            **{k: torch.tensor([list(v).index(s[k]) for s in specs]) for k, v in CLASSES.items()},
+        }
+
+
+class TowerTrainer(Trainer):
+    """Phase 1 as a plain transformers Trainer (checkpoints, resume, logging, progress bar) on TowerProbe."""
+
+    def create_model_card(self, *args, **kwargs) -> None:
+        return None
+
+
+@torch.no_grad()
+def tower_report(probe: TowerProbe, collator: TowerCollator, rows: list[dict], batch_size: int = 16) -> dict:
+    """Phase 1's heads on held-out corpus videos: attribute accuracy, and the F1 of the per-slice events."""
+    probe.eval()
+    hits, tp, predicted, actual = dict.fromkeys(CLASSES, 0), 0.0, 0.0, 0.0
+    for start in range(0, len(rows), batch_size):
+        batch = collator([{"example": json.dumps(r)} for r in rows[start : start + batch_size]])
+        logits, per_slice = probe.predict(batch["pixel_values_videos"], batch["video_grid_thw"])
+        for k in CLASSES:
+            hits[k] += int((logits[k].argmax(1) == batch[k]).sum())
+        pred, truth = (per_slice > 0).float(), batch["events"]
+        tp, predicted, actual = tp + float((pred * truth).sum()), predicted + float(pred.sum()), \
+            actual + float(truth.sum())  # fmt: skip
+    n = max(len(rows), 1)
+    return {
+        "videos": len(rows),
+        "attribute_accuracy": {k: round(v / n, 3) for k, v in hits.items()},
+        "slice_event_f1": round(2 * tp / max(predicted + actual, 1.0), 3),
+    }
+
+
 # -------------------------------------------------------------------------------------------- trainer
 
 
@@ -213,6 +336,8 @@ def build(cfg):
         tiny.build_config(m.family, tokenizer, tiny.TinySize(**m.size())), m.seed
     ).train()
     model.generation_config = tiny.generation_config(tokenizer)
+    if cfg.tower.steps:  # phase 2 captions with the tower that phase 1 trained, frozen
+        model.model.visual.requires_grad_(False)
     rows = build_corpus(cfg.corpus)
     train = [r for r in rows if r["split"] == "train"]
     dataset = Dataset.from_dict({"example": [json.dumps(r) for r in train]})
@@ -221,6 +346,47 @@ def build(cfg):
         model, args, data_collator=collator, train_dataset=dataset, processing_class=processor
     )
     return model, processor, trainer, rows
+
+
+TOWER_FINAL = "tower.safetensors"
+
+
+def train_tower(cfg, model, collator: "DescribeCollator", rows: list[dict]) -> dict | int:
+    """Phase 1 in `output_dir/tower` (resumable like every stage): the tower, merger and heads train, the
+    language model waits. Returns the heads' report on val videos, or an exit status to stop with."""
+    from datasets import Dataset
+    from safetensors.torch import load_file, save_file
+
+    from cot_rm.sft import start_run, train_to_the_end
+
+    out = Path(cfg.train["output_dir"]) / "tower"
+    args = SFTConfig(**{**cfg.train, "output_dir": str(out), "max_steps": cfg.tower.steps,
+                        "per_device_train_batch_size": cfg.tower.batch_size,
+                        "learning_rate": cfg.tower.learning_rate, "lr_scheduler_type": "cosine",
+                        "warmup_steps": 0, "remove_unused_columns": False})  # fmt: skip
+    tower_collator = TowerCollator(collator)
+    train = [json.dumps(r) for r in rows if r["split"] == "train"]
+    grid = tower_collator([{"example": train[0]}])["video_grid_thw"][0]  # the corpus's one sampling
+    merge = model.config.vision_config.spatial_merge_size
+    probe = TowerProbe(model, int(grid[0]), int(grid[1] * grid[2]) // merge**2, cfg.tower.events_weight)
+    model.requires_grad_(False)
+    model.model.visual.requires_grad_(True)
+    trainer = TowerTrainer(probe, args, data_collator=tower_collator,
+                           train_dataset=Dataset.from_dict({"example": train}))  # fmt: skip
+    if (out / TOWER_FINAL).is_file():  # phase 1 finished in an earlier run
+        probe.load_state_dict(load_file(str(out / TOWER_FINAL)))
+    else:
+        resume = start_run(trainer, cfg, "cot-rm pretrain", f"phase 1 (tower): {len(train)} corpus videos")
+        if (status := train_to_the_end(trainer, resume, "cot-rm pretrain", (TOWER_FINAL,))) is not None:
+            return status
+        save_file({k: v.contiguous() for k, v in probe.state_dict().items()}, str(out / TOWER_FINAL))
+    model.requires_grad_(True)
+    model.model.visual.requires_grad_(False)
+    val = [r for r in rows if r["split"] == "val"][: cfg.corpus.eval_videos]
+    report = tower_report(probe, tower_collator, val)
+    print(f"cot-rm pretrain: phase 1 done: {json.dumps(report)}", file=sys.stderr)
+    return report
+
 
 
 # --------------------------------------------------------------------------------------------- report
@@ -320,12 +486,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from cot_rm.config import ConfigError, check_trl_args, config_from_args
     from cot_rm.pretrain_config import PretrainRunConfig
-    from cot_rm.sft import start_run, train_to_the_end
+    from cot_rm.sft import last_checkpoint, start_run, train_to_the_end
 
     try:
         cfg = config_from_args(PretrainRunConfig, args)
         check_trl_args(SFTConfig, cfg.train)
         model, processor, trainer, rows = build(cfg)
+        # Phase 2's checkpoints hold the trained tower: once one exists, phase 1 is not revisited.
+        tower = {} if not cfg.tower.steps or last_checkpoint(Path(cfg.train["output_dir"])) else \
+            train_tower(cfg, model, trainer.data_collator, rows)  # fmt: skip
+        if isinstance(tower, int):
+            return tower
         resume = start_run(trainer, cfg, "cot-rm pretrain", f"{len(trainer.train_dataset)} corpus videos")
     except (ConfigError, FileNotFoundError, ValueError) as err:
         print(f"cot-rm pretrain: {err}", file=sys.stderr)
@@ -336,6 +507,8 @@ def main(args: argparse.Namespace) -> int:
     trainer.save_state()
     val = [r for r in rows if r["split"] == "val"][: cfg.corpus.eval_videos]
     report = caption_report(model, trainer.data_collator, val)
+    if tower:
+        report = {"tower": tower, **report}
     out = save_base(model, processor, cfg, report, Path(cfg.save_to))
     shutil.copy(out / MARKER, Path(cfg.train["output_dir"]) / MARKER)
     print(json.dumps({"base": str(out), **report}, indent=2))

@@ -74,6 +74,22 @@ class CorpusArgs:
 
 
 @dataclass
+class TowerArgs:
+    """Phase 1: the vision tower and merger alone, with linear heads naming what is drawn and which events
+    each temporal slice shows. Captioning end to end from a random base wipes the tower's features (the
+    language loss's gradient reaches it as noise); trained directly first, then frozen, they survive."""
+
+    steps: int = field(default=1200, metadata=meta("phase-1 steps (0: caption end to end, tower trained)"))
+    batch_size: int = field(default=16, metadata=meta("videos per phase-1 step"))
+    learning_rate: float = field(default=2.0e-3, metadata=meta("phase-1 peak learning rate (cosine)"))
+    events_weight: float = field(default=10.0, metadata=meta("weight of the events loss beside the attributes'"))
+
+    def __post_init__(self):
+        require([(self.steps >= 0 and self.batch_size >= 1 and self.learning_rate > 0 and self.events_weight >= 0,
+                  "tower: steps >= 0, batch_size >= 1, learning_rate > 0, events_weight >= 0")])  # fmt: skip
+
+
+@dataclass
 class PretrainRunConfig:
     """`cot-rm pretrain`: the tiny base's perception pretraining (stage 0) on toy-world descriptions."""
 
@@ -82,9 +98,10 @@ class PretrainRunConfig:
         metadata=meta("folder the pretrained base is written to (what sft's model.base names)")
     )
     model: PretrainModelArgs = field(default_factory=PretrainModelArgs, metadata=meta("the model built"))
+    tower: TowerArgs = field(default_factory=TowerArgs, metadata=meta("phase 1: the tower on direct targets"))
     train: dict[str, Any] = field(
         default_factory=dict,
-        metadata=meta("passed verbatim to trl.SFTConfig (output_dir, learning_rate, max_steps, ...)"),
+        metadata=meta("phase 2 (captioning; the tower frozen after phase 1), verbatim to trl.SFTConfig"),
     )
 
     def __post_init__(self):

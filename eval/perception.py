@@ -24,18 +24,14 @@ QUESTIONS = ("colour", "shape", "count", "direction", "visual_quality", "physica
 
 
 def pooled_slices(model, processor, videos: Sequence) -> torch.Tensor:
-    """[N, slices * width]: the vision features the LM receives, mean-pooled over space per temporal slice
-    (videos of one shape: same frame count and size). Differentiable: phase 1 of a tower's training uses it."""
+    """[N, slices * width]: `cot_rm.pretrain.slice_means` of videos sampled with one frame count."""
+    from cot_rm.pretrain import slice_means
     from cot_rm.processing import encode
 
     batch = encode(
         processor, ["<|vision_start|><|video_pad|><|vision_end|>"] * len(videos), videos=list(videos)
     )
-    feats = model.model.get_video_features(batch["pixel_values_videos"], batch["video_grid_thw"])
-    feats = feats.pooler_output if hasattr(feats, "pooler_output") else feats
-    feats = torch.cat(list(feats)) if isinstance(feats, list | tuple) else feats
-    t = int(batch["video_grid_thw"][0, 0])
-    return feats.reshape(len(videos), t, -1, feats.shape[-1]).mean(2).flatten(1).float()
+    return slice_means(model, batch["pixel_values_videos"], batch["video_grid_thw"])
 
 
 @torch.no_grad()

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # tiny_cpu.sh: the whole pipeline, small, on a CPU (2 cores are enough; no GPU, no downloads).
-# The CPU twin of qwen2_5_vl_7b.sh / qwen3_vl_8b.sh: the same stages and commands, a tiny random
-# Qwen2.5-VL built locally instead of a 7B model, and the oracle teacher instead of a served VLM.
+# The CPU twin of qwen2_5_vl_7b.sh / qwen3_vl_8b.sh: the same stages and commands, a tiny Qwen2.5-VL
+# (perception-pretrained on a separate toy world, shipped in assets/) instead of a 7B model, and the
+# oracle teacher instead of a served VLM.
 #
 #   toyworld -> synth (oracle teacher) -> sft (configs/tiny/sft.yaml) -> grpo (configs/tiny/grpo.yaml)
 #            -> eval (toy test pairs) -> judge (one HTML critique)
@@ -14,8 +15,8 @@
 # they judge changed (GRPO finished since). Delete a marker to redo its stage (recipes/lib.sh).
 set -euo pipefail
 # Paths given in the environment are the caller's: relative ones are read from where the recipe was started.
-for var in OUT; do
-    if [[ -n ${!var:-} && ${!var} != /* && ${!var} != null ]]; then printf -v "$var" '%s' "$PWD/${!var}"; fi
+for var in OUT BASE; do
+    if [[ -n ${!var:-} && ${!var} != /* && ${!var} != null && ${!var} != random ]]; then printf -v "$var" '%s' "$PWD/${!var}"; fi
 done
 cd "$(dirname "$0")/.."  # config paths and cot-rm's defaults are relative to the repo root
 
@@ -40,7 +41,9 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false  # nothing is downloaded: t
 
 TOY=$OUT/toy
 SFT_DATA=$OUT/sft_data.jsonl
-BASE=$OUT/tiny-qwen2_5_vl
+# The tiny base SFT starts from: the perception-pretrained one shipped in assets/ (rebuilt by
+# `cot-rm pretrain --config configs/tiny/pretrain.yaml`), or BASE=random for a random one built here.
+BASE=${BASE:-assets/tiny-qwen2_5_vl-base}
 SFT_OUT=$OUT/sft
 
 stage_toyworld() {
@@ -60,14 +63,17 @@ stage_synth() {
 }
 
 stage_sft() {
-    # The tiny random base model (built locally; skipped when a complete one is already there).
-    "$PY" -c 'import sys; from cot_rm.tiny import build_tiny_checkpoint; build_tiny_checkpoint(sys.argv[1], family="qwen2_5_vl")' "$BASE"
+    local base=$BASE
+    if [[ $base == random ]]; then  # built locally; skipped when a complete one is already there
+        base=$OUT/tiny-qwen2_5_vl
+        "$PY" -c 'import sys; from cot_rm.tiny import build_tiny_checkpoint; build_tiny_checkpoint(sys.argv[1], family="qwen2_5_vl")' "$base"
+    fi
     # The config's paths point at runs/demo: redirect every one of them to $OUT. The held-out report
     # reads the test split of the same pairs file (data.eval_split: test), never trained on.
     local extra=()
     read -r -a extra <<<"$SFT_ARGS"
     "$COT_RM" sft --config "$SFT_CONFIG" \
-        model.base="$BASE" data.train="$SFT_DATA" data.pairs="$TOY/pairs.jsonl" \
+        model.base="$base" data.train="$SFT_DATA" data.pairs="$TOY/pairs.jsonl" \
         data.eval_pairs="$TOY/pairs.jsonl" train.output_dir="$SFT_OUT" "${extra[@]}"
 }
 
@@ -115,7 +121,7 @@ PYEOF
 echo "tiny_cpu recipe: OUT=$OUT N=$N cot-rm=$COT_RM ${SKIP:+SKIP=\"$SKIP\"}"
 run_stage toyworld "toy world: $N procedural videos with exact defect labels"
 run_stage synth "synthesis: oracle critiques -> consistency filter -> select_frames traces (+ negatives)"
-run_stage sft "SFT cold start of a tiny random Qwen2.5-VL ($SFT_CONFIG)"
+run_stage sft "SFT cold start of the tiny Qwen2.5-VL base $BASE ($SFT_CONFIG)"
 run_stage grpo "GRPO with tool rollouts (stage 2)"
 run_stage eval "eval: held-out toy test pairs (metrics.json, report.md)" "$(model_stamp "$(final_model)")"
 run_stage judge "judge: one held-out video -> HTML critique" "$(model_stamp "$(final_model)")"

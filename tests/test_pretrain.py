@@ -86,7 +86,8 @@ def test_short_pretrain_run_writes_a_base_that_sft_loads(tmp_path, capsys):
     args = ["pretrain", "--config", str(ROOT / "configs" / "tiny" / "pretrain.yaml"),
             f"corpus.folder={tmp_path / 'corpus'}", "corpus.videos=24", "corpus.eval_videos=2",
             f"train.output_dir={out}", f"save_to={tmp_path / 'base'}", "train.max_steps=2",
-            "train.per_device_train_batch_size=4", "train.dataloader_num_workers=0"]  # fmt: skip
+            "train.per_device_train_batch_size=4", "train.dataloader_num_workers=0", "tower.steps=2",
+            "tower.batch_size=4"]  # fmt: skip
     assert cli(args) == 0
     marker = json.loads((tmp_path / "base" / MARKER).read_text())
     assert marker["corpus"]["seed"] == 1001 and marker["weights_sha256"] == digest(
@@ -103,3 +104,48 @@ def test_short_pretrain_run_writes_a_base_that_sft_loads(tmp_path, capsys):
 
     model = ThinkThenScore.from_base(str(tmp_path / "base"), dims=("visual_quality", "overall"))
     assert model.config.family == "qwen2_5_vl"
+
+
+def test_slice_events_place_each_event_in_its_temporal_slice():
+    from cot_rm.pretrain import EVENTS, slice_events
+
+    meta = _meta(
+        _d("flicker", "visual_quality", [8, 9, 10, 11, 12, 13], 3, towards="black"),
+        _d("teleport", "physical_consistency", [15, 16]),
+        _d("freeze", "physical_consistency", [19, 20, 21]),  # no shown frame: absent
+    )
+    shown = [0, 4, 9, 13, 18, 22, 27, 31]  # slices: (0, 4) (9, 13) (18, 22) (27, 31)
+    got = slice_events(meta, shown)
+    assert got.shape == (4, len(EVENTS))
+    on = {(int(s), EVENTS[int(e)]) for s, e in got.nonzero()}
+    # flicker at 9 and 13 (slice 1); the teleport between 13 and 18: slices 1 and 2
+    assert on == {(1, "flicker"), (1, "teleport"), (2, "teleport")}
+
+
+def test_tower_collator_targets_name_what_is_drawn(tiny_qwen25vl_dir, tmp_path):
+    from transformers import AutoProcessor
+
+    from cot_rm.pretrain import CLASSES, EVENTS, DescribeCollator, TowerCollator, TowerProbe
+    from cot_rm.pretrain_config import CorpusArgs
+    from data_synthesis.toyworld import ToyConfig, build
+
+    build(tmp_path, ToyConfig(4, 3, 64, 64, workers=1), progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "pointwise.jsonl").open()]
+    for r in rows:
+        r["video"] = str(tmp_path / r["video"])
+    processor = AutoProcessor.from_pretrained(tiny_qwen25vl_dir)
+    collator = TowerCollator(DescribeCollator(processor, "qwen2_5_vl", CorpusArgs(folder=str(tmp_path))))
+    batch = collator([{"example": json.dumps(r)} for r in rows])
+    from data_synthesis.describe import drawn_spec
+
+    for k in CLASSES:
+        assert [list(CLASSES[k])[i] for i in batch[k].tolist()] == [drawn_spec(r["meta"])[k] for r in rows]
+    assert batch["events"].shape == (4, 4, len(EVENTS))  # 8 frames: 4 temporal slices
+    assert batch["video_grid_thw"].tolist() == [[4, 8, 8]] * 4  # 112 x 112 in 14-pixel patches
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    probe = TowerProbe(Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_qwen25vl_dir), 4, tokens=16)
+    loss = probe(**batch)["loss"]
+    loss.backward()  # the tower learns from these targets; the language model gets no gradient
+    assert probe.vlm.model.visual.patch_embed.proj.weight.grad is not None
+    assert probe.vlm.lm_head.weight.grad is None
