@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from cot_rm.protocol import DEFAULT_DIMENSIONS, JudgeSpec, format_answer
 
+from .describe import caption, drawn_spec
 from .teachers import TeacherReply, TeacherRequest
 
 DIM_WORDS = {
@@ -87,6 +88,9 @@ TEMPLATES = {
                     "{At} show content unrelated to the prompt."],
 }  # fmt: skip
 GENERIC = ["A {sev} {kind} problem is visible in {at}.", "{At} show a {sev} {kind} issue."]
+# What the video shows, stated before any comparison with the prompt: the critique first describes, then
+# judges (a small student learns the description from its perception pretraining, data_synthesis/describe.py).
+SEEN = ["The video shows {seen}", "I see {seen}", "What is drawn: {seen}"]
 OPENINGS = ["The prompt asks for {prompt}.", 'The prompt is "{prompt}".', "Checking the video against {prompt}.",
             "I compare the frames with the prompt: {prompt}."]  # fmt: skip
 SPOT = ["A closer look at {at} confirms it.", "{At}, inspected closely, agree.", "Checking {at} shows the same.",
@@ -116,7 +120,8 @@ class OracleTeacher:
         if "defects" not in meta:
             return TeacherReply(req.id, None, "oracle needs toy-world defect annotations (meta.defects)")
         rng = random.Random(f"{req.seed}:{req.id}")
-        think = critique(req.record.prompt, meta["defects"], req.record.scores, rng, meta.get("num_frames"))
+        seen = caption(drawn_spec(meta)) if "spec" in meta else None
+        think = critique(req.record.prompt, meta["defects"], req.record.scores, rng, meta.get("num_frames"), seen)
         answer = format_answer(req.record.scores, JudgeSpec(dimensions=tuple(req.record.scores)))
         return TeacherReply(req.id, f"<think>{think}</think>\n{answer}")
 
@@ -138,13 +143,17 @@ def critique(
     scores: dict[str, float],
     rng: random.Random,
     num_frames: int | None = None,
+    seen: str | None = None,
 ) -> str:
-    """A varied critique: an opening, one sentence per defect (grouped by dimension), verdicts.
+    """A varied critique: an opening, what the video shows (`seen`, a caption), one sentence per defect
+    (grouped by dimension), verdicts.
 
     A clean dimension is often backed by a spot check of two random frames (when the frame count is
     known), so clean videos are inspected with the tool too, not only flawed ones.
     """
     sentences = [rng.choice(OPENINGS).format(prompt=prompt.rstrip("."))]
+    if seen:
+        sentences.append(rng.choice(SEEN).format(seen=seen[0].lower() + seen[1:]))
     dims = [d for d in DEFAULT_DIMENSIONS if d != "overall"]
     rng.shuffle(dims)  # the order of dimensions varies between critiques
     for dim in dims:
