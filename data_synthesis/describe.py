@@ -27,7 +27,10 @@ BACK = {"left": "right", "right": "left", "up": "down", "down": "up"}
 
 
 def drawn_spec(meta: dict) -> dict:
-    """The prompt's spec as drawn: alignment defects replace the colour, shape, count or direction."""
+    """The prompt's spec as drawn: alignment defects replace the colour, shape, count or direction. A
+    video judged against another video's prompt (a prompt_swap negative) carries its own in `drawn`."""
+    if "drawn" in meta:
+        return dict(meta["drawn"])
     drawn = dict(meta["spec"])
     for d in meta.get("defects", []):
         key = d["type"].removeprefix("wrong_")

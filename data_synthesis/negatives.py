@@ -30,7 +30,8 @@ than `STATIC_LEVELS` levels) yields no variant, since nothing visible would chan
 Each variant's meta: {"negative", "source_id", "defects" (the new defect with the frames where it
 shows, plus the carried ones), "frame_defects", "fps", "num_frames", "height", "width"}, plus "order"
 (source frame of each output frame) for shuffle/reverse/drop, "prompt_source_id" for prompt_swap and
-"spec" for toy-world records (the spec of the prompt the variant is judged against). Each variant also
+"spec" for toy-world records (the spec of the prompt the variant is judged against; a prompt_swap also
+keeps what its video draws as "drawn"). Each variant also
 yields a pair (source vs variant, A/B order by coin flip) labelled from the scores.
 """
 
@@ -52,6 +53,7 @@ from cot_rm.protocol import JudgeSpec
 from cot_rm.schema import PairRecord, PointwiseRecord, read_jsonl, write_jsonl
 from cot_rm.video import VideoError, probe
 
+from .describe import drawn_spec
 from .toyworld import compare, dimension_scores, encode, frame_index, overall_score, preference
 from .toyworld_plan import OPPOSITE, direction_severity
 
@@ -165,9 +167,12 @@ def _prompt_swap(src, records, video, out, rng):
     kept = [d for d in _defects(src) if d["dimension"] != "text_alignment"]  # alignment was to the old prompt
     new = {"type": "prompt_swap", "dimension": "text_alignment", "severity": 3, "frames": list(range(n)),
            "params": {"expected": other.prompt, "actual": src.prompt, "prompt_source_id": other.id}}  # fmt: skip
-    # The spec describes the prompt judged against: the partner's (none if the partner has none).
+    # The spec describes the prompt judged against: the partner's (none if the partner has none); what
+    # the video draws stays the source's (`drawn`, read by describe.drawn_spec).
     extra = {"height": info["height"], "width": info["width"], "prompt_source_id": other.id,
              "spec": (other.meta or {}).get("spec")}  # fmt: skip
+    if isinstance((src.meta or {}).get("spec"), dict):
+        extra["drawn"] = drawn_spec(src.meta)
     rel = os.path.relpath(video.path, out)
     return _variant(src, "prompt_swap", [new, *kept], {"text_alignment": 1}, rel, fps, n, other.prompt, extra)
 

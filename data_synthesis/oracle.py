@@ -90,7 +90,7 @@ TEMPLATES = {
 GENERIC = ["A {sev} {kind} problem is visible in {at}.", "{At} show a {sev} {kind} issue."]
 # What the video shows, stated before any comparison with the prompt: the critique first describes, then
 # judges (a small student learns the description from its perception pretraining, data_synthesis/describe.py).
-SEEN = ["The video shows {seen}", "I see {seen}", "What is drawn: {seen}"]
+SEEN = "I see {seen}"
 OPENINGS = ["The prompt asks for {prompt}.", 'The prompt is "{prompt}".', "Checking the video against {prompt}.",
             "I compare the frames with the prompt: {prompt}."]  # fmt: skip
 SPOT = ["A closer look at {at} confirms it.", "{At}, inspected closely, agree.", "Checking {at} shows the same.",
@@ -145,15 +145,14 @@ def critique(
     num_frames: int | None = None,
     seen: str | None = None,
 ) -> str:
-    """A varied critique: an opening, what the video shows (`seen`, a caption), one sentence per defect
-    (grouped by dimension), verdicts.
+    """A varied critique: what the video shows (`seen`, a caption of what is drawn), an opening that
+    recalls the prompt, one sentence per defect (grouped by dimension), verdicts.
 
     A clean dimension is often backed by a spot check of two random frames (when the frame count is
     known), so clean videos are inspected with the tool too, not only flawed ones.
     """
-    sentences = [rng.choice(OPENINGS).format(prompt=prompt.rstrip("."))]
-    if seen:
-        sentences.append(rng.choice(SEEN).format(seen=seen[0].lower() + seen[1:]))
+    sentences = [SEEN.format(seen=seen[0].lower() + seen[1:])] if seen else []
+    sentences.append(rng.choice(OPENINGS).format(prompt=prompt.rstrip(".")))
     dims = [d for d in DEFAULT_DIMENSIONS if d != "overall"]
     rng.shuffle(dims)  # the order of dimensions varies between critiques
     for dim in dims:
