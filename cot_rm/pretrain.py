@@ -34,10 +34,9 @@ import torch
 from transformers import Trainer, set_seed
 from trl import SFTConfig, SFTTrainer
 
+from cot_rm.sft import lm_loss
 from data_synthesis.describe import EVENT_WORDS
 from data_synthesis.toyworld_render import COLOURS, SHAPES
-
-from cot_rm.sft import lm_loss
 
 MARKER = "cot_rm_pretrain.json"
 CORPUS_MARKER = "cot_rm_corpus.json"
@@ -248,7 +247,7 @@ class TowerProbe(torch.nn.Module):
 class TowerCollator:
     """Examples -> the videos as the judge samples them, their attribute classes and per-slice events."""
 
-    def __init__(self, describe_collator: "DescribeCollator"):
+    def __init__(self, describe_collator: DescribeCollator):
         self.describe = describe_collator
 
     def __call__(self, batch: list[dict]) -> dict[str, torch.Tensor]:
@@ -351,7 +350,7 @@ def build(cfg):
 TOWER_FINAL = "tower.safetensors"
 
 
-def train_tower(cfg, model, collator: "DescribeCollator", rows: list[dict]) -> dict | int:
+def train_tower(cfg, model, collator: DescribeCollator, rows: list[dict]) -> dict | int:
     """Phase 1 in `output_dir/tower` (resumable like every stage): the tower, merger and heads train, the
     language model waits. Returns the heads' report on val videos, or an exit status to stop with."""
     from datasets import Dataset
@@ -386,7 +385,6 @@ def train_tower(cfg, model, collator: "DescribeCollator", rows: list[dict]) -> d
     report = tower_report(probe, tower_collator, val)
     print(f"cot-rm pretrain: phase 1 done: {json.dumps(report)}", file=sys.stderr)
     return report
-
 
 
 # --------------------------------------------------------------------------------------------- report

@@ -82,7 +82,9 @@ class TowerArgs:
     steps: int = field(default=1200, metadata=meta("phase-1 steps (0: caption end to end, tower trained)"))
     batch_size: int = field(default=16, metadata=meta("videos per phase-1 step"))
     learning_rate: float = field(default=2.0e-3, metadata=meta("phase-1 peak learning rate (cosine)"))
-    events_weight: float = field(default=10.0, metadata=meta("weight of the events loss beside the attributes'"))
+    events_weight: float = field(
+        default=10.0, metadata=meta("weight of the events loss beside the attributes'")
+    )
 
     def __post_init__(self):
         require([(self.steps >= 0 and self.batch_size >= 1 and self.learning_rate > 0 and self.events_weight >= 0,

@@ -121,7 +121,9 @@ class OracleTeacher:
             return TeacherReply(req.id, None, "oracle needs toy-world defect annotations (meta.defects)")
         rng = random.Random(f"{req.seed}:{req.id}")
         seen = caption(drawn_spec(meta)) if "spec" in meta else None
-        think = critique(req.record.prompt, meta["defects"], req.record.scores, rng, meta.get("num_frames"), seen)
+        think = critique(
+            req.record.prompt, meta["defects"], req.record.scores, rng, meta.get("num_frames"), seen
+        )
         answer = format_answer(req.record.scores, JudgeSpec(dimensions=tuple(req.record.scores)))
         return TeacherReply(req.id, f"<think>{think}</think>\n{answer}")
 

@@ -1,0 +1,126 @@
+"""Learning experiment: phase 1 of `cot-rm pretrain` (the vision tower alone on direct targets) under
+variants of its heads and schedule, each from the same random tiny base, scored on held-out corpus videos.
+
+Each variant trains the tower and merger with linear heads naming the drawn colour, shape, count, direction
+and speed, and a per-slice head naming the events each temporal slice shows; it reports the heads'
+accuracy and the per-slice event F1 on 128 val videos. Videos are decoded once, up front. Variants:
+
+    feats=mean   each temporal slice's spatial mean (where things are is lost)
+    feats=flat   each slice's tokens in place
+    feats=both   the mean and the tokens (what `cot_rm.pretrain.TowerProbe` reads)
+    lr, steps, sched=const|cos, pos_weight (events), events_weight, vision_hidden, vision_depth
+
+    .venv/bin/python bench/tower_phase.py --corpus runs/pretrain/corpus --videos 2400 \
+        feats=mean,steps=300,lr=4e-3 feats=both,steps=1200,lr=2e-3,sched=cos,pos_weight=5,events_weight=10
+
+Measured figures: bench/RESULTS.md ("Learning").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from cot_rm import tiny
+from cot_rm.pretrain import CLASSES, EVENTS, DescribeCollator, TowerCollator, slice_tokens
+from cot_rm.pretrain_config import CorpusArgs
+
+FAMILY = "qwen2_5_vl"
+DEFAULTS = {"feats": "mean", "lr": 4e-3, "steps": 300, "sched": "const", "pos_weight": 1.0,
+            "events_weight": 1.0, "vision_hidden": 64, "vision_depth": 2, "batch": 16}  # fmt: skip
+
+
+def encode_all(collator: TowerCollator, rows: list[dict]) -> list[dict]:
+    """Each video's pixel values and targets, decoded once."""
+    out = []
+    for i in range(0, len(rows), 32):
+        b = collator([{"example": json.dumps(r)} for r in rows[i : i + 32]])
+        pv = b["pixel_values_videos"].reshape(
+            len(b["video_grid_thw"]), -1, b["pixel_values_videos"].shape[-1]
+        )
+        out += [
+            {"pv": pv[j], **{k: b[k][j] for k in ("video_grid_thw", "events", *CLASSES)}}
+            for j in range(len(pv))
+        ]
+    return out
+
+
+def stack(items: list[dict]) -> dict:
+    return {"pixel_values_videos": torch.cat([x["pv"] for x in items]),
+            **{k: torch.stack([x[k] for x in items]) for k in ("video_grid_thw", "events", *CLASSES)}}  # fmt: skip
+
+
+def features(vlm, batch: dict, feats: str) -> torch.Tensor:
+    """[videos, slices, per-slice width] for the variant's reading of the tower's output."""
+    s = torch.stack(slice_tokens(vlm, batch["pixel_values_videos"], batch["video_grid_thw"]))
+    return {"mean": s[:, :, :1], "flat": s[:, :, 1:], "both": s}[feats].flatten(2)
+
+
+def run(v: dict, train: list[dict], val: list[dict], tok) -> dict:
+    size = tiny.TinySize(128, 2, int(v["vision_hidden"]), int(v["vision_depth"]))
+    vlm = tiny.build_model(tiny.build_config(FAMILY, tok, size), 0)
+    vlm.requires_grad_(False)
+    vlm.model.visual.requires_grad_(True)
+    slices, width = features(vlm, stack(val[:1]), v["feats"]).shape[1:]
+    heads = torch.nn.ModuleDict({k: torch.nn.Linear(slices * width, len(c)) for k, c in CLASSES.items()})
+    heads["events"] = torch.nn.Linear(width, len(EVENTS))
+    params = [p for p in [*vlm.parameters(), *heads.parameters()] if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=v["lr"], weight_decay=0.0)
+    steps, start = int(v["steps"]), time.time()
+    for step in range(steps):
+        if v["sched"] == "cos":
+            opt.param_groups[0]["lr"] = v["lr"] * 0.5 * (1 + math.cos(math.pi * step / steps))
+        b = stack(random.Random(step).sample(train, int(v["batch"])))
+        f = features(vlm, b, v["feats"])
+        loss = sum(torch.nn.functional.cross_entropy(heads[k](f.flatten(1)), b[k]) for k in CLASSES)
+        loss = loss + v["events_weight"] * torch.nn.functional.binary_cross_entropy_with_logits(
+            heads["events"](f), b["events"], pos_weight=torch.tensor(v["pos_weight"])
+        )
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad()
+    with torch.no_grad():
+        b = stack(val)
+        f = features(vlm, b, v["feats"])
+        got = {k: round(float((heads[k](f.flatten(1)).argmax(1) == b[k]).float().mean()), 2) for k in CLASSES}
+        pred = (heads["events"](f) > 0).float()
+        got["slice_event_f1"] = round(
+            float(2 * (pred * b["events"]).sum() / (pred.sum() + b["events"].sum())), 2
+        )
+    return {**got, "seconds": round(time.time() - start)}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--corpus", required=True, help="a corpus folder `cot-rm pretrain` built (corpus.folder)")
+    p.add_argument("--videos", type=int, default=2400, help="train videos used")
+    p.add_argument("variants", nargs="+", help="key=value,key=value (see above)")
+    args = p.parse_args()
+    corpus = Path(args.corpus)
+    rows = [{"video": str(corpus / r["video"]), "meta": r["meta"], "split": r["split"]}
+            for r in map(json.loads, open(corpus / "pointwise.jsonl"))]  # fmt: skip
+    tok = tiny.build_tokenizer(FAMILY)
+    collator = TowerCollator(
+        DescribeCollator(tiny.build_processor(FAMILY, tok), FAMILY, CorpusArgs(folder=str(corpus)))
+    )
+    train = encode_all(collator, [r for r in rows if r["split"] == "train"][: args.videos])
+    val = encode_all(collator, [r for r in rows if r["split"] == "val"][:128])
+    for spec in args.variants:
+        v = dict(DEFAULTS)
+        for item in spec.split(","):
+            key, value = item.split("=")
+            v[key] = value if key in ("feats", "sched") else float(value)
+        print(json.dumps({"variant": spec, **run(v, train, val, tok)}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
