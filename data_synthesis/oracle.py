@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from cot_rm.protocol import DEFAULT_DIMENSIONS, JudgeSpec, format_answer
 
-from .describe import caption, drawn_spec
+from .describe import describe
 from .teachers import TeacherReply, TeacherRequest
 
 DIM_WORDS = {
@@ -120,7 +120,8 @@ class OracleTeacher:
         if "defects" not in meta:
             return TeacherReply(req.id, None, "oracle needs toy-world defect annotations (meta.defects)")
         rng = random.Random(f"{req.seed}:{req.id}")
-        seen = caption(drawn_spec(meta)) if "spec" in meta else None
+        # What the student's first-turn frames show, in the words of its perception pretraining.
+        seen = describe(meta, req.shown or None) if "spec" in meta else None
         think = critique(
             req.record.prompt, meta["defects"], req.record.scores, rng, meta.get("num_frames"), seen
         )
@@ -147,8 +148,9 @@ def critique(
     num_frames: int | None = None,
     seen: str | None = None,
 ) -> str:
-    """A varied critique: what the video shows (`seen`, a caption of what is drawn), an opening that
-    recalls the prompt, one sentence per defect (grouped by dimension), verdicts.
+    """A varied critique: what the video shows (`seen`: what is drawn and the events in the frames the
+    student sees, as `describe` words them), an opening that recalls the prompt, one sentence per defect
+    (grouped by dimension), verdicts.
 
     A clean dimension is often backed by a spot check of two random frames (when the frame count is
     known), so clean videos are inspected with the tool too, not only flawed ones.

@@ -120,7 +120,7 @@ def _prepare(rec: PointwiseRecord, teacher, cfg: SynthConfig):
     )
     captions = [f"frame {i} ({i / video.fps:.2f} s):" for i in idx] if images else []
     seed = record_seed(cfg.seed, rec.id)
-    return video, Item(rec, images, captions, video.total_frames, video.fps, seed)
+    return video, Item(rec, images, captions, video.total_frames, video.fps, seed, tuple(video.indices))
 
 
 def _trace_lines(rec, video, o: Outcome, teacher, out: Path, cfg: SynthConfig) -> list[bytes]:

@@ -41,6 +41,7 @@ class Item:
     total_frames: int
     fps: float
     seed: int
+    shown: tuple[int, ...] = ()  # the frames the judged model sees in its first turn (the trace's video)
 
 
 @dataclass
@@ -117,6 +118,7 @@ def _request(item: Item, cfg: RationaleConfig, text: str, seed: int) -> TeacherR
         captions=item.captions,
         record=item.record,
         seed=seed,
+        shown=item.shown,
         max_tokens=cfg.max_tokens,
     )
 

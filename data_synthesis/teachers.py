@@ -53,6 +53,7 @@ class TeacherRequest:
     record: Any  # the labelled source record (cot_rm.schema.PointwiseRecord); the oracle reads it
     seed: int = 0
     max_tokens: int = 1024
+    shown: tuple[int, ...] = ()  # frames the student will see in its first turn (the oracle describes them)
 
 
 @dataclass
