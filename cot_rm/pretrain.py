@@ -1,22 +1,26 @@
 """Stage 0 (tiny family only), `cot-rm pretrain --config configs/tiny/pretrain.yaml`: perception pretraining.
 
 A real Qwen-VL base arrives pretrained to see; the tiny CPU twin is built from random weights, and on a few
-hundred judged videos it never learns to. This stage gives it the analogue of a base's captioning
-pretraining: the tiny Qwen-VL, vision tower trainable, learns to describe toy-world videos (and single
-frames, as the `select_frames` tool shows them) with the descriptions of `data_synthesis/describe.py`:
-what is drawn and what happens in which frame, never a score or a verdict.
+hundred judged videos it never learns to. This stage gives it the analogue of a base's pretraining, on
+descriptive targets only (what is drawn and what happens in which frame, never a score or a verdict):
 
-    corpus  `cot-rm toyworld` with the corpus's own seed; the test split's prompts (the held-out colour x
-            shape combinations) are dropped, so no combination any test split uses is ever seen
-    sample  user: the video as the judge samples it + "Describe what you see." -> assistant: description
-            (a `corpus.frame_task` share: one frame as an image -> that frame's description)
-    loss    next-token cross-entropy on the assistant tokens (TRL's SFTTrainer, as every stage)
-    output  a standard `save_pretrained` folder (model, tokenizer, processor) that `cot-rm sft` loads as
-            `model.base`, with `cot_rm_pretrain.json`: corpus seed, sizes, the weights' digest and the end
-            report (greedy captions of held-out corpus videos: attribute accuracy, event precision/recall)
+    corpus   `cot-rm toyworld` with the corpus's own seed; the test split's prompts (the held-out colour x
+             shape combinations) are dropped, so no combination any test split uses is ever seen
+    phase 1  (`tower:`) the vision tower and merger alone, with linear heads on what they hand the language
+             model (`TowerProbe`): the drawn colour, shape, count, direction and speed, and which events
+             each temporal slice of the shown frames holds (TRL's SFTConfig, transformers' Trainer)
+    phase 2  (`train:`) the tower frozen, the language model learns to describe: user: the video as the
+             judge samples it + "Describe what you see." -> assistant: `data_synthesis/describe.py`'s
+             description (a `corpus.frame_task` share: one frame as an image -> that frame's); next-token
+             cross-entropy on the assistant tokens (TRL's SFTTrainer, as every stage)
+    output   a standard `save_pretrained` folder (model, tokenizer, processor) that `cot-rm sft` loads as
+             `model.base`, with `cot_rm_pretrain.json`: corpus seed, sizes, the weights' digest and the end
+             report (phase 1's heads and greedy descriptions of held-out corpus videos)
 
+Captioning end to end from random weights (`tower.steps=0`) wipes the tower's features instead: the
+language model ignores the video tokens at first, and the gradient it sends back only flattens them.
 The same code path as the 7B/8B models (Qwen2_5_VLForConditionalGeneration, its processor); only the
-sizes are small. Resumes a killed run from its newest checkpoint like the other stages.
+sizes are small. Each phase resumes a killed run from its newest checkpoint like the other stages.
 """
 
 from __future__ import annotations
@@ -484,15 +488,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from cot_rm.config import ConfigError, check_trl_args, config_from_args
     from cot_rm.pretrain_config import PretrainRunConfig
-    from cot_rm.sft import last_checkpoint, start_run, train_to_the_end
+    from cot_rm.sft import start_run, train_to_the_end
 
     try:
         cfg = config_from_args(PretrainRunConfig, args)
         check_trl_args(SFTConfig, cfg.train)
         model, processor, trainer, rows = build(cfg)
-        # Phase 2's checkpoints hold the trained tower: once one exists, phase 1 is not revisited.
-        tower = {} if not cfg.tower.steps or last_checkpoint(Path(cfg.train["output_dir"])) else \
-            train_tower(cfg, model, trainer.data_collator, rows)  # fmt: skip
+        # A finished phase 1 is loaded again (phase 2 resumes on top of it), not retrained.
+        tower = train_tower(cfg, model, trainer.data_collator, rows) if cfg.tower.steps else {}
         if isinstance(tower, int):
             return tower
         resume = start_run(trainer, cfg, "cot-rm pretrain", f"{len(trainer.train_dataset)} corpus videos")
