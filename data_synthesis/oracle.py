@@ -112,6 +112,13 @@ class OracleTeacher:
     model = "toyworld-oracle/1"
     needs_images = False  # it reads the annotations, not the pixels: the pipeline skips decoding for it
 
+    def __init__(self, plain: bool = False):
+        # plain: one wording and a fixed order of dimensions (`Plain`), for students too small to learn
+        # a varied teacher's many ways of saying the same thing.
+        self.plain = plain
+        if plain:
+            self.model = "toyworld-oracle/1-plain"
+
     def generate(self, requests: Sequence[TeacherRequest]) -> list[TeacherReply]:
         return [self._one(r) for r in requests]
 
@@ -119,7 +126,7 @@ class OracleTeacher:
         meta = getattr(req.record, "meta", None) or {}
         if "defects" not in meta:
             return TeacherReply(req.id, None, "oracle needs toy-world defect annotations (meta.defects)")
-        rng = random.Random(f"{req.seed}:{req.id}")
+        rng = Plain() if self.plain else random.Random(f"{req.seed}:{req.id}")
         # What the student's first-turn frames show, in the words of its perception pretraining.
         seen = describe(meta, req.shown or None) if "spec" in meta else None
         think = critique(
@@ -127,6 +134,23 @@ class OracleTeacher:
         )
         answer = format_answer(req.record.scores, JudgeSpec(dimensions=tuple(req.record.scores)))
         return TeacherReply(req.id, f"<think>{think}</think>\n{answer}")
+
+
+class Plain(random.Random):
+    """The oracle's choices made the same way every time: the first wording, dimensions in their listed
+    order, spot checks on every clean dimension, frame spans written as ranges."""
+
+    def choice(self, seq):
+        return seq[0]
+
+    def shuffle(self, x, *args) -> None:
+        return None
+
+    def random(self) -> float:
+        return 0.0
+
+    def sample(self, population, k, **kwargs):
+        return list(population)[:k]
 
 
 def check_annotated(records, source) -> None:

@@ -71,12 +71,12 @@ class Teacher(Protocol):
 
 
 def make_teacher(spec: str, **kw) -> Teacher:
-    """Build a teacher from `oracle`, `openai:URL[#MODEL]` or `hf:PATH`; `kw` go to its constructor."""
+    """Build a teacher from `oracle[:plain]`, `openai:URL[#MODEL]` or `hf:PATH`; `kw` go to its constructor."""
     kind, _, rest = spec.partition(":")
-    if kind == "oracle" and not rest:
+    if kind == "oracle" and rest in ("", "plain"):
         from data_synthesis.oracle import OracleTeacher  # lazily: it pulls in the toy world
 
-        return OracleTeacher(**kw)
+        return OracleTeacher(plain=rest == "plain", **kw)
     if kind == "openai" and rest:
         url, _, model = rest.partition("#")
         kw_model = kw.pop("model", None)  # "#MODEL" in the spec wins over a model= keyword
@@ -87,7 +87,9 @@ def make_teacher(spec: str, **kw) -> Teacher:
                 f"hf:{rest}: no model folder there (no config.json); give a local checkpoint folder"
             )
         return HFTeacher(rest, **kw)
-    raise ValueError(f"unknown teacher {spec!r}; expected 'oracle', 'openai:URL[#MODEL]' or 'hf:PATH'")
+    raise ValueError(
+        f"unknown teacher {spec!r}; expected 'oracle', 'oracle:plain', 'openai:URL[#MODEL]' or 'hf:PATH'"
+    )
 
 
 def _check_captions(request: TeacherRequest) -> None:

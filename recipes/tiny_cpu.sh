@@ -26,6 +26,9 @@ SEED=${SEED:-0}                            # toy-world seed: same seed, same byt
 # Extra `cot-rm toyworld` flags, e.g. "--defect-types visible" (only the defect types a random tiny
 # vision tower sees best; tried for the demo: no better head accuracy, and more looping critiques).
 TOY_ARGS=${TOY_ARGS:-}
+# The teacher that writes the critiques: `oracle` (varied wording) or `oracle:plain` (one wording, fixed
+# order of dimensions; bench/RESULTS.md, "Learning", compares them on the tiny model).
+TEACHER=${TEACHER:-oracle}
 SFT_CONFIG=configs/tiny/sft.yaml
 # Extra SFT key=value overrides, space-separated, e.g. "train.max_steps=2 data.eval_limit=2".
 SFT_ARGS=${SFT_ARGS:-}
@@ -57,7 +60,7 @@ stage_synth() {
     # What `cot-rm demo` does in-process: train+val videos, the four negative kinds, oracle critiques,
     # the consistency filter, select_frames traces. --frames 8 --max-pixels 12544 (112x112) are the
     # sizes configs/tiny/sft.yaml was written for. No --restart: a killed run resumes.
-    "$COT_RM" synthesize --input "$TOY/pointwise.jsonl" --teacher oracle --splits train,val \
+    "$COT_RM" synthesize --input "$TOY/pointwise.jsonl" --teacher "$TEACHER" --splits train,val \
         --negatives prompt_swap,shuffle,reverse,drop --frames 8 --max-pixels 12544 \
         --out "$SFT_DATA" --no-progress
 }

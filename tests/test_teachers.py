@@ -266,6 +266,31 @@ def test_make_teacher_model_sources():
         assert fake.model_listings == 0
     oracle = make_teacher("oracle")
     assert oracle.name == "oracle" and type(oracle).__module__ == "data_synthesis.oracle"
+    assert not oracle.plain and make_teacher("oracle:plain").plain
+    with pytest.raises(ValueError, match="unknown teacher"):
+        make_teacher("oracle:fancy")
+
+
+def test_plain_oracle_says_it_one_way_in_a_fixed_order():
+    from data_synthesis.oracle import Plain, critique
+
+    flicker = {
+        "type": "flicker",
+        "dimension": "visual_quality",
+        "severity": 2,
+        "frames": [3, 4, 5],
+        "params": {},
+    }
+    scores = {"visual_quality": 3, "text_alignment": 5, "physical_consistency": 5, "overall": 3}
+    text = critique("two red squares", [flicker], scores, Plain(), 32, "Two red squares.")
+    assert text == (
+        "I see two red squares. The prompt asks for two red squares. There is noticeable flicker: the "
+        "brightness jumps in frames 3-5. Visual quality is mediocre. Objects, colours and motion match the "
+        "prompt. A closer look at frames 10 and 21 confirms it. Text alignment is excellent. The motion is "
+        "smooth and continuous. A closer look at frames 10 and 21 confirms it. Physical consistency is "
+        "excellent. Overall the video is mediocre."
+    )
+    assert critique("two red squares", [flicker], scores, Plain(), 32, "Two red squares.") == text
 
 
 def test_chat_messages_jpeg():
