@@ -28,7 +28,7 @@ SEED=${SEED:-0}                            # toy-world seed: same seed, same byt
 TOY_ARGS=${TOY_ARGS:-}
 # The teacher that writes the critiques: `oracle` (varied wording) or `oracle:plain` (one wording, fixed
 # order of dimensions; bench/RESULTS.md, "Learning", compares them on the tiny model).
-TEACHER=${TEACHER:-oracle}
+TEACHER=${TEACHER:-oracle:plain}
 SFT_CONFIG=configs/tiny/sft.yaml
 # Extra SFT key=value overrides, space-separated, e.g. "train.max_steps=2 data.eval_limit=2".
 SFT_ARGS=${SFT_ARGS:-}
