@@ -215,7 +215,8 @@ def slice_events(meta: dict, shown: list[int]) -> torch.Tensor:
     return target
 
 
-# An event kind shows in about one slice in twenty: positives weigh more, or the head learns "never".
+# About 4% of the (slice, event kind) targets are 1 (the corpus): positives weigh more, or the head
+# learns "never".
 EVENT_POS_WEIGHT = 5.0
 
 

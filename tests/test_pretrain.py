@@ -123,10 +123,11 @@ def test_slice_events_place_each_event_in_its_temporal_slice():
 
 
 def test_tower_collator_targets_name_what_is_drawn(tiny_qwen25vl_dir, tmp_path):
-    from transformers import AutoProcessor
+    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
     from cot_rm.pretrain import CLASSES, EVENTS, DescribeCollator, TowerCollator, TowerProbe
     from cot_rm.pretrain_config import CorpusArgs
+    from data_synthesis.describe import drawn_spec
     from data_synthesis.toyworld import ToyConfig, build
 
     build(tmp_path, ToyConfig(4, 3, 64, 64, workers=1), progress=False)
@@ -136,14 +137,10 @@ def test_tower_collator_targets_name_what_is_drawn(tiny_qwen25vl_dir, tmp_path):
     processor = AutoProcessor.from_pretrained(tiny_qwen25vl_dir)
     collator = TowerCollator(DescribeCollator(processor, "qwen2_5_vl", CorpusArgs(folder=str(tmp_path))))
     batch = collator([{"example": json.dumps(r)} for r in rows])
-    from data_synthesis.describe import drawn_spec
-
     for k in CLASSES:
         assert [list(CLASSES[k])[i] for i in batch[k].tolist()] == [drawn_spec(r["meta"])[k] for r in rows]
     assert batch["events"].shape == (4, 4, len(EVENTS))  # 8 frames: 4 temporal slices
     assert batch["video_grid_thw"].tolist() == [[4, 8, 8]] * 4  # 112 x 112 in 14-pixel patches
-    from transformers import Qwen2_5_VLForConditionalGeneration
-
     probe = TowerProbe(Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_qwen25vl_dir), 4, tokens=16)
     loss = probe(**batch)["loss"]
     loss.backward()  # the tower learns from these targets; the language model gets no gradient
