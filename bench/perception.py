@@ -3,7 +3,9 @@
 Builds the world (`cot-rm toyworld --seed SEED --n N`) when it is missing, probes each base and appends a
 table to bench/RESULTS.md: accuracy per question, and chance (the test part's majority class).
 
-    .venv/bin/python bench/perception.py --base runs/demo/tiny-qwen2_5_vl --base runs/pretrain/base
+    .venv/bin/python bench/perception.py --base RANDOM_TINY_BASE --base assets/tiny-qwen2_5_vl-base
+
+(a random base of the same shape: `BASE=random recipes/tiny_cpu.sh` builds one into OUT/tiny-qwen2_5_vl)
 """
 
 from __future__ import annotations
