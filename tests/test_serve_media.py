@@ -1,48 +1,70 @@
 """`cot-rm serve`'s media handling on the bare app (no engine): /v1/judge with http(s) video URLs fetched
 from a local http server started here (a clip, a non-video, a 404, one too big, one too slow, a
-redirect), and the media URLs of proxied chat completions checked against the allowed root before an
-(echoing) stand-in engine sees them. The real server's share is in test_serve.py."""
+redirect), the media URLs of proxied chat completions checked against the allowed root before an
+(echoing) stand-in engine sees them, and the media-URL policy: its address classifier on literal
+addresses, loopback targets refused on every URL route with nothing sent to them, redirects checked
+hop by hop, the domain allowlist, connections pinned to the checked address. Every server here
+listens on a loopback address and every name used resolves to loopback: nothing leaves the machine.
+The real server's share is in test_serve.py."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import ipaddress
 import json
 import os
 import shutil
+import ssl
+import subprocess
 import sys
 import threading
 import time
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import quote, unquote
 
 import httpx
 import pytest
 
+from cot_rm.media_policy import MediaPolicy
+
 PROMPT = "a red square slides to the right"
 SLOW_S = 3.0  # the /slow route's stall; the bare app's fetch timeout is well under it
+TRUSTED = MediaPolicy(allow_private=True)  # --allow-private-media-urls: the local test servers may be fetched
 
 
 class MediaHTTP:
-    """A threaded http.server over `folder`, plus `/slow/NAME` (stalls SLOW_S before answering),
-    `/redirect/NAME` (302 to NAME) and a POST route echoing the JSON body (a stand-in engine)."""
+    """A threaded http.server over `folder` on a loopback `host`, plus `/slow/NAME` (stalls SLOW_S
+    before answering), `/redirect/NAME` (302 to NAME), `/goto/QUOTED-URL` (302 to that URL) and a POST
+    route echoing the JSON body (a stand-in engine). `requests` records every request it got:
+    (method, path, Host header)."""
 
-    def __init__(self, folder: Path):
+    def __init__(
+        self, folder: Path, host: str = "127.0.0.1", port: int = 0, tls: ssl.SSLContext | None = None
+    ):
+        site = self
+        self.requests: list[tuple[str, str, str]] = []
+
         class Handler(SimpleHTTPRequestHandler):
             def __init__(self, *a, **kw):
                 super().__init__(*a, directory=str(folder), **kw)
 
             def do_GET(self):  # noqa: N802 (http.server's naming)
+                site.requests.append(("GET", self.path, self.headers.get("host", "")))
                 if self.path.startswith("/slow/"):
                     time.sleep(SLOW_S)
                     self.path = self.path[5:]
-                elif self.path.startswith("/redirect/"):
+                elif self.path.startswith(("/redirect/", "/goto/")):
                     self.send_response(302)
-                    self.send_header("Location", self.path[9:])
+                    where = self.path[9:] if self.path.startswith("/redirect/") else unquote(self.path[6:])
+                    self.send_header("Location", where)
                     self.end_headers()
                     return
                 super().do_GET()
 
             def do_POST(self):  # noqa: N802
+                site.requests.append(("POST", self.path, self.headers.get("host", "")))
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
                 self.send_response(200)
                 self.send_header("content-type", "application/json")
@@ -58,9 +80,12 @@ class MediaHTTP:
                 if not isinstance(sys.exc_info()[1], ConnectionError):
                     super().handle_error(request, client_address)
 
-        self.httpd = Server(("127.0.0.1", 0), Handler)
+        self.httpd = Server((host, port), Handler)
         self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        if tls is not None:
+            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
+        self.port = self.httpd.server_address[1]
+        self.url = f"{'https' if tls else 'http'}://{host}:{self.port}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
@@ -91,7 +116,9 @@ def files(tmp_path_factory):
     (root / "link.png").symlink_to(outside / "secret.png")
     (root / "pic.png").write_bytes(b"\x89PNG not really")
     site = media_site(base / "site", clip, too_big_bytes=2 * 2**20)
-    yield {"root": Path(os.path.realpath(root)), "clip": clip, "outside": outside, "site": site}
+    (base / "site" / "pic.png").write_bytes(b"\x89PNG not really")
+    yield {"root": Path(os.path.realpath(root)), "clip": clip, "outside": outside, "site": site,
+           "site_dir": base / "site"}  # fmt: skip
     site.close()
 
 
@@ -127,7 +154,7 @@ def _post(app, route: str, bodies: list) -> list[httpx.Response]:
 
 
 def test_judge_fetches_an_http_video_and_refuses_bad_urls(files, tmp_path):
-    app, served, uploads = _app(files, tmp_path)
+    app, served, uploads = _app(files, tmp_path, media_policy=TRUSTED)
     site = files["site"].url
     ok = [
         {"video": f"{site}/clip.mp4", "prompt": PROMPT},
@@ -161,6 +188,11 @@ def test_media_urls_off_refuses_urls(files, tmp_path):
     assert r.status_code == 400 and "--no-media-urls" in r.json()["error"] and served.seen == []
 
 
+def _goto(site: str, url: str) -> str:
+    """A URL on `site` that redirects to `url`."""
+    return f"{site}/goto/{quote(url, safe='')}"
+
+
 def _chat(*parts: dict) -> dict:
     return {"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}, *parts]}]}
 
@@ -171,8 +203,7 @@ def test_chat_media_under_the_root_only_and_rewritten_to_the_real_file(files, tm
     pic, clip = f"file://{root}/pic.png", f"file://{root}/clip.mp4"
     allowed = _chat({"type": "image_url", "image_url": {"url": pic}},
                     {"type": "video_url", "video_url": {"url": f"{root}/./clip.mp4"}},
-                    {"type": "image_url", "image_url": "data:image/png;base64,AAAA"},
-                    {"type": "image_url", "image_url": {"url": "https://example.invalid/a.png"}})  # fmt: skip
+                    {"type": "image_url", "image_url": "data:image/png;base64,AAAA"})  # fmt: skip
     refused = {
         "outside": (403, _chat({"type": "image_url", "image_url": {"url": f"file://{outside}/secret.png"}})),
         "../ escape": (
@@ -191,7 +222,6 @@ def test_chat_media_under_the_root_only_and_rewritten_to_the_real_file(files, tm
     parts = responses[0].json()["messages"][0]["content"]
     assert parts[1]["image_url"]["url"] == pic and parts[2]["video_url"]["url"] == clip  # real paths
     assert parts[3]["image_url"] == "data:image/png;base64,AAAA"
-    assert parts[4]["image_url"]["url"] == "https://example.invalid/a.png"  # the engine fetches it
     for (name, (status, _)), r in zip(refused.items(), responses[1:], strict=True):
         assert r.status_code == status and "error" in r.json(), (name, r.status_code, r.text)
     app_off, _, _ = _app(files, tmp_path, engine_url=files["site"].url, media_urls=False)
@@ -267,3 +297,277 @@ def test_health_says_when_to_come_back_while_starting(files, tmp_path):
 
     r = asyncio.run(go())
     assert r.status_code == 503 and r.json() == {"error": "starting"} and r.headers["retry-after"] == "5"
+
+
+# ------------------------------------------------------------------------------ the media-URL policy
+
+
+REFUSED = {  # literal address -> the kind the default rule names
+    "127.0.0.1": "loopback", "127.8.9.10": "loopback", "::1": "loopback",
+    "::ffff:127.0.0.1": "loopback",  # IPv4-mapped IPv6 is judged as its IPv4 address
+    "0.0.0.0": "unspecified", "::": "unspecified",
+    "10.1.2.3": "private", "172.16.0.1": "private", "172.31.255.255": "private", "192.168.1.1": "private",
+    "fc00::1": "private", "fd12:3456::1": "private", "fec0::1": "private", "::ffff:10.0.0.1": "private",
+    "64:ff9b::a00:1": "private",  # NAT64 of 10.0.0.1
+    "2002:c0a8:101::1": "private",  # 6to4 of 192.168.1.1
+    "169.254.169.254": "link-local", "fe80::1": "link-local", "::ffff:169.254.169.254": "link-local",
+    "224.0.0.1": "multicast", "239.255.255.250": "multicast", "ff02::1": "multicast",
+    "100.64.0.1": "shared (carrier-grade NAT)", "100.127.255.254": "shared (carrier-grade NAT)",
+    "240.0.0.1": "reserved", "255.255.255.255": "reserved", "::127.0.0.1": "reserved",
+    "0.1.2.3": "special-purpose", "192.0.2.1": "special-purpose", "198.18.0.1": "special-purpose",
+    "2001:db8::1": "special-purpose",
+}  # fmt: skip
+PUBLIC = ["8.8.8.8", "1.1.1.1", "11.0.0.1", "172.32.0.1", "192.169.0.1", "100.128.0.1", "2606:4700:4700::1111",
+          "::ffff:8.8.8.8", "64:ff9b::808:808", "2002:808:808::1"]  # fmt: skip
+
+
+def test_the_address_classifier_on_literal_addresses():
+    """No connection, no DNS: the classifier alone, on IPv4 and IPv6 literals."""
+    from cot_rm.media_policy import address_rule
+
+    for text, kind in REFUSED.items():
+        said = address_rule(ipaddress.ip_address(text))
+        assert said is not None and kind in said, (text, said)
+    for text in PUBLIC:
+        assert address_rule(ipaddress.ip_address(text)) is None, text
+
+
+def test_the_policy_options_parse(capsys):
+    import argparse
+
+    from cot_rm.serve import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    base = ["--model", "m", "--allowed-media-root", "r"]
+    args = parser.parse_args(base)
+    assert args.allowed_media_domains == frozenset() and not args.allow_private_media_urls and args.media_urls
+    args = parser.parse_args([*base, "--allowed-media-domains", "Videos.Example.com., cdn.example.org,[::1]",
+                              "--allow-private-media-urls"])  # fmt: skip
+    assert args.allowed_media_domains == {"videos.example.com", "cdn.example.org", "::1"}
+    assert args.allow_private_media_urls
+    for bad in ("https://a.example", "a.example:8080", "a.example/videos", " , "):
+        with pytest.raises(SystemExit):
+            parser.parse_args([*base, "--allowed-media-domains", bad])
+        assert "--allowed-media-domains" in capsys.readouterr().err, bad
+
+
+def _media_urls(body: dict) -> list[str]:
+    """Every media URL in a chat body, as the engine would read them."""
+    from cot_rm.serve_media import _media_refs
+
+    return [holder[field] for holder, field in _media_refs(body)]
+
+
+def test_loopback_urls_are_refused_on_every_url_route_with_nothing_fetched(files, tmp_path):
+    """By default: /v1/judge (plain, streamed, with the report) and the chat route (video_url and
+    image_url, both forms) answer 403 naming the rule; the local server (also the stand-in engine)
+    records no request. With --allow-private-media-urls the same loopback URL is judged."""
+    site = MediaHTTP(files["site_dir"])
+    try:
+        app, served, uploads = _app(files, tmp_path, engine_url=site.url)
+        port = site.port
+        urls = {
+            f"{site.url}/clip.mp4": "resolves to 127.0.0.1, a loopback address",
+            f"http://localhost:{port}/clip.mp4": "a loopback address",
+            f"http://[::ffff:7f00:1]:{port}/clip.mp4": "resolves to ::ffff:7f00:1 (IPv4 127.0.0.1), a loopback",
+            f"http://2130706433:{port}/clip.mp4": "resolves to 127.0.0.1, a loopback address",  # 127.0.0.1 in decimal
+            f"http://0.0.0.0:{port}/clip.mp4": "an unspecified address",
+        }
+        judge = [{"video": u, "prompt": PROMPT} for u in urls]
+        responses = _post(app, "/v1/judge", judge) + _post(app, "/v1/judge?stream=1&report=1", judge)
+        chat = [_chat({"type": "video_url", "video_url": {"url": u}}) for u in urls]
+        chat += [_chat({"type": "image_url", "image_url": u}) for u in urls]
+        responses += _post(app, "/v1/chat/completions", chat)
+        for r, (url, says) in zip(responses, [*urls.items()] * 4, strict=True):
+            error = r.json()["error"]
+            assert r.status_code == 403 and url in error and says in error, (url, r.status_code, r.text)
+            assert "--allow-private-media-urls" in error
+        assert site.requests == [] and served.seen == [] and list(uploads.iterdir()) == []
+        assert app.state.admission.active == 0
+
+        trusted, served, _ = _app(files, tmp_path, engine_url=site.url, media_policy=TRUSTED)
+        (r,) = _post(trusted, "/v1/judge", [{"video": f"{site.url}/clip.mp4", "prompt": PROMPT}])
+        assert r.status_code == 200, r.text
+        assert served.seen == [(f"{site.url}/clip.mp4", True, files["clip"].read_bytes()[:64])]
+        assert site.requests == [("GET", "/clip.mp4", f"127.0.0.1:{port}")]
+    finally:
+        site.close()
+
+
+def _public(monkeypatch, *public: str) -> None:
+    """Let the classifier take these loopback addresses for public ones (stand-ins for internet hosts:
+    a test server must listen on loopback); every other address is classified as usual."""
+    from cot_rm import media_policy
+
+    real, stand_ins = media_policy.address_rule, {ipaddress.ip_address(a) for a in public}
+    monkeypatch.setattr(media_policy, "address_rule", lambda ip: None if ip in stand_ins else real(ip))
+
+
+def test_a_redirect_to_a_refused_address_is_refused(files, tmp_path, monkeypatch):
+    """The first hop is allowed (127.0.0.1 stands for a public host); where it redirects is checked
+    again: to another loopback address or to another scheme, refused, and nothing reaches it."""
+    _public(monkeypatch, "127.0.0.1")
+    front, inner = MediaHTTP(files["site_dir"]), MediaHTTP(files["site_dir"], host="127.0.0.2")
+    try:
+        app, served, uploads = _app(files, tmp_path, engine_url=front.url)
+        (ok,) = _post(app, "/v1/judge", [{"video": _goto(front.url, "/clip.mp4"), "prompt": PROMPT}])
+        assert ok.status_code == 200, ok.text  # a redirect that stays on the allowed host is followed
+        targets = {  # where the first hop redirects -> what the refusal says
+            f"{inner.url}/clip.mp4": f"redirects to {inner.url}/clip.mp4, which resolves to 127.0.0.2, a loopback",
+            f"http://[::ffff:7f00:2]:{inner.port}/clip.mp4": "which resolves to ::ffff:7f00:2 (IPv4 127.0.0.2), a loopback",
+            f"file://{files['root']}/clip.mp4": f"redirects to file:{files['root']}/clip.mp4, not an http(s) URL",
+        }  # fmt: skip
+        judge = [{"video": _goto(front.url, t), "prompt": PROMPT} for t in targets]
+        chat = [_chat({"type": "video_url", "video_url": {"url": _goto(front.url, t)}}) for t in targets]
+        responses = _post(app, "/v1/judge", judge) + _post(app, "/v1/chat/completions", chat)
+        for r, says in zip(responses, [*targets.values()] * 2, strict=True):
+            assert r.status_code == 403 and says in r.json()["error"], r.text
+        assert inner.requests == []  # the refused hop received nothing
+        assert {method for method, *_ in front.requests} == {"GET"}  # nor was the engine called
+        assert list(uploads.iterdir()) == [] and app.state.admission.active == 0
+    finally:
+        front.close()
+        inner.close()
+
+
+def test_allowed_domains_refuse_every_other_host_on_every_hop(files, tmp_path):
+    """--allowed-media-domains localhost with --allow-private-media-urls: localhost is fetched (the name
+    in the Host header, the connection to its checked address), 127.0.0.1 is another host, first hop or
+    redirect."""
+    from cot_rm.media_policy import parse_domains
+
+    site = MediaHTTP(files["site_dir"])
+    try:
+        policy = MediaPolicy(allow_private=True, domains=parse_domains("localhost"))
+        app, served, _ = _app(files, tmp_path, engine_url=site.url, media_policy=policy)
+        named = f"http://localhost:{site.port}"
+        (ok,) = _post(app, "/v1/judge", [{"video": f"{named}/clip.mp4", "prompt": PROMPT}])
+        assert ok.status_code == 200, ok.text
+        assert site.requests == [("GET", "/clip.mp4", f"localhost:{site.port}")]
+        refused = {f"{site.url}/clip.mp4": "", _goto(named, f"{site.url}/clip.mp4"): "redirects to "}
+        responses = _post(app, "/v1/judge", [{"video": u, "prompt": PROMPT} for u in refused])
+        responses += _post(app, "/v1/chat/completions", [_chat({"type": "image_url", "image_url": {"url": u}})
+                                                         for u in refused])  # fmt: skip
+        for r, says in zip(responses, [*refused.values()] * 2, strict=True):
+            error = r.json()["error"]
+            assert (
+                r.status_code == 403
+                and "the host 127.0.0.1 is not one of this server's allowed media" in error
+            )
+            assert f"{says}{site.url}/clip.mp4" in error, error
+        hosts = {host for _, _, host in site.requests}
+        assert hosts == {f"localhost:{site.port}"}  # 127.0.0.1 was never asked for anything
+    finally:
+        site.close()
+
+
+def _same_port_pair(folder: Path) -> tuple[MediaHTTP, MediaHTTP]:
+    """Two servers on one port: 127.0.0.2 and 127.0.0.1 (where the system resolver sends localhost)."""
+    for _ in range(5):
+        first = MediaHTTP(folder, host="127.0.0.2")
+        try:
+            return first, MediaHTTP(folder, host="127.0.0.1", port=first.port)
+        except OSError:  # that port is taken on 127.0.0.1: try another
+            first.close()
+    pytest.skip("no port free on both 127.0.0.2 and 127.0.0.1")
+
+
+def test_the_request_goes_to_the_address_that_was_checked(files, tmp_path, monkeypatch):
+    """DNS rebinding: `localhost` first answers 127.0.0.2 (standing for a public address), then
+    127.0.0.1 (standing for an internal service, on the same port). The name is resolved once, and
+    the request goes to the address checked, under its name; the internal server receives nothing."""
+    from cot_rm import media_policy
+
+    _public(monkeypatch, "127.0.0.2")
+    asked = []
+
+    async def rebinding(host, port):
+        asked.append(host)
+        return [ipaddress.ip_address("127.0.0.2" if len(asked) == 1 else "127.0.0.1")]
+
+    monkeypatch.setattr(media_policy, "resolve", rebinding)
+    public, internal = _same_port_pair(files["site_dir"])
+    try:
+        app, served, _ = _app(files, tmp_path)
+        url = f"http://localhost:{public.port}/clip.mp4"
+        (r,) = _post(app, "/v1/judge", [{"video": url, "prompt": PROMPT}])
+        assert r.status_code == 200, r.text
+        assert asked == ["localhost"] and internal.requests == []
+        assert public.requests == [("GET", "/clip.mp4", f"localhost:{public.port}")]
+    finally:
+        public.close()
+        internal.close()
+
+
+def test_chat_media_urls_reach_the_engine_as_bytes_fetched_here(files, tmp_path):
+    """The chat route downloads http(s) media under the policy and sends the engine the bytes: the
+    stand-in engine (which echoes what it got) sees only data: and file:// media under the root, and
+    every GET the site served came before the engine's POST. The downloads are gone afterwards and
+    share one request's size limit."""
+    from cot_rm.serve_media import FETCHED_DATA_URL
+
+    site = MediaHTTP(files["site_dir"])
+    try:
+        app, _, uploads = _app(files, tmp_path, engine_url=site.url, media_policy=TRUSTED)
+        root = files["root"]
+        body = _chat({"type": "image_url", "image_url": {"url": f"{site.url}/pic.png"}},
+                     {"type": "video_url", "video_url": f"{site.url}/redirect/clip.mp4"},
+                     {"type": "image_url", "image_url": {"url": f"file://{root}/pic.png"}})  # fmt: skip
+        (r,) = _post(app, "/v1/chat/completions", [body])
+        assert r.status_code == 200, r.text
+        got = _media_urls(r.json())
+
+        def data(path: Path) -> str:
+            return FETCHED_DATA_URL + base64.b64encode(path.read_bytes()).decode()
+
+        assert got == [data(files["site_dir"] / "pic.png"), data(files["clip"]), f"file://{root}/pic.png"]
+        assert all(u.startswith(("data:", f"file://{root}/")) for u in got)  # nothing for the engine to fetch
+        assert [(m, p) for m, p, _ in site.requests] == [("GET", "/pic.png"), ("GET", "/redirect/clip.mp4"),
+                                                         ("GET", "/clip.mp4"), ("POST", "/v1/chat/completions")]  # fmt: skip
+        assert list(uploads.iterdir()) == []
+
+        (files["site_dir"] / "part.bin").write_bytes(b"\1" * (600 * 2**10))  # two of them: over 1 MB
+        twice = _chat(*[{"type": "image_url", "image_url": {"url": f"{site.url}/part.bin"}}] * 2)
+        (r,) = _post(app, "/v1/chat/completions", [twice])
+        assert r.status_code == 413 and "more than 1 MB" in r.json()["error"], r.text
+        assert list(uploads.iterdir()) == [] and app.state.admission.active == 0
+    finally:
+        site.close()
+
+
+def _self_signed(folder: Path, name: str) -> tuple[Path, Path]:
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl to make a test certificate")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", f"/CN={name}", "-addext", f"subjectAltName=DNS:{name}"],
+                   check=True, capture_output=True)  # fmt: skip
+    return cert, key
+
+
+def test_https_is_verified_for_the_name_while_connecting_to_the_checked_address(files, tmp_path, monkeypatch):
+    """The request goes to the checked IP, the certificate is checked against the URL's name: a
+    certificate for localhost is taken for https://localhost, not for https://127.0.0.1."""
+    from cot_rm import serve_media
+
+    cert, key = _self_signed(tmp_path, "localhost")
+    served_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    served_tls.load_cert_chain(cert, key)
+    trust = ssl.create_default_context(cafile=str(cert))  # the one change: trust the test certificate
+    monkeypatch.setattr(serve_media, "pinned_client", lambda t: httpx.AsyncClient(
+        transport=httpx.AsyncHTTPTransport(verify=trust), timeout=t, follow_redirects=False))  # fmt: skip
+    site = MediaHTTP(files["site_dir"], tls=served_tls)
+    try:
+        app, served, _ = _app(files, tmp_path, media_policy=TRUSTED)
+        named = f"https://localhost:{site.port}/clip.mp4"
+        ok, wrong_name = _post(
+            app, "/v1/judge", [{"video": u, "prompt": PROMPT} for u in (named, site.url + "/clip.mp4")]
+        )
+        assert ok.status_code == 200, ok.text
+        assert site.requests == [("GET", "/clip.mp4", f"localhost:{site.port}")]
+        assert wrong_name.status_code == 400 and "could not fetch" in wrong_name.json()["error"], (
+            wrong_name.text
+        )
+    finally:
+        site.close()
