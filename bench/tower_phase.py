@@ -3,11 +3,15 @@ variants of its heads and schedule, each from the same random tiny base, scored 
 
 Each variant trains the tower and merger with linear heads naming the drawn colour, shape, count, direction
 and speed, and a per-slice head naming the events each temporal slice shows; it reports the heads'
-accuracy and the per-slice event F1 on 128 val videos. Videos are decoded once, up front. Variants:
+accuracy, the per-slice event F1 (overall and per kind) and, per kind, the AUC of the event logits on
+128 val videos. Videos are decoded once, up front. `--pixel-baseline` first prints the AUC of three
+hand-made pixel features per kind (what the pixels hold, whatever the tower learns). Variants:
 
     feats=mean   each temporal slice's spatial mean (where things are is lost)
     feats=flat   each slice's tokens in place
     feats=both   the mean and the tokens (what `cot_rm.pretrain.TowerProbe` reads)
+    events_head=linear   one linear map over each slice's features (what `TowerProbe` has)
+    events_head=tokmax   an MLP on each token, the strongest answer per slice (`TokenMax`)
     lr, steps, sched=const|cos, pos_weight (events), events_weight, vision_hidden, vision_depth
 
     .venv/bin/python bench/tower_phase.py --corpus runs/pretrain/corpus --videos 2400 \
@@ -34,7 +38,7 @@ from cot_rm.pretrain_config import CorpusArgs
 
 FAMILY = "qwen2_5_vl"
 DEFAULTS = {"feats": "mean", "lr": 4e-3, "steps": 300, "sched": "const", "pos_weight": 1.0,
-            "events_weight": 1.0, "vision_hidden": 64, "vision_depth": 2, "batch": 16}  # fmt: skip
+            "events_weight": 1.0, "vision_hidden": 64, "vision_depth": 2, "batch": 16, "events_head": "linear"}  # fmt: skip
 
 
 def encode_all(collator: TowerCollator, rows: list[dict]) -> list[dict]:
@@ -58,9 +62,36 @@ def stack(items: list[dict]) -> dict:
 
 
 def features(vlm, batch: dict, feats: str) -> torch.Tensor:
-    """[videos, slices, per-slice width] for the variant's reading of the tower's output."""
+    """[videos, slices, tokens, width] for the variant's reading of the tower's output."""
     s = torch.stack(slice_tokens(vlm, batch["pixel_values_videos"], batch["video_grid_thw"]))
-    return {"mean": s[:, :, :1], "flat": s[:, :, 1:], "both": s}[feats].flatten(2)
+    return {"mean": s[:, :, :1], "flat": s[:, :, 1:], "both": s}[feats]
+
+
+class TokenMax(torch.nn.Module):
+    """An events head that asks each token (an MLP shared by all) and keeps the strongest answer per
+    slice: "does any place of this slice show X", which a linear map over the tokens in place cannot
+    say for every place at once."""
+
+    def __init__(self, width: int, events: int, hidden: int = 64):
+        super().__init__()
+        self.mlp = torch.nn.Sequential(
+            torch.nn.Linear(width, hidden), torch.nn.GELU(), torch.nn.Linear(hidden, events)
+        )
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return self.mlp(f).amax(2)
+
+
+def event_logits(heads, f: torch.Tensor, kind: str) -> torch.Tensor:
+    return heads["events"](f) if kind == "tokmax" else heads["events"](f.flatten(2))
+
+
+def auc(scores: torch.Tensor, truth: torch.Tensor) -> float:
+    """How often a slice that shows the event outscores one that does not (0.5: no signal)."""
+    pos, neg = scores[truth > 0], scores[truth == 0]
+    if not len(pos) or not len(neg):
+        return float("nan")
+    return round(float((pos[:, None] > neg[None, :]).float().mean()), 2)
 
 
 def run(v: dict, train: list[dict], val: list[dict], tok) -> dict:
@@ -68,9 +99,15 @@ def run(v: dict, train: list[dict], val: list[dict], tok) -> dict:
     vlm = tiny.build_model(tiny.build_config(FAMILY, tok, size), 0)
     vlm.requires_grad_(False)
     vlm.model.visual.requires_grad_(True)
-    slices, width = features(vlm, stack(val[:1]), v["feats"]).shape[1:]
-    heads = torch.nn.ModuleDict({k: torch.nn.Linear(slices * width, len(c)) for k, c in CLASSES.items()})
-    heads["events"] = torch.nn.Linear(width, len(EVENTS))
+    slices, tokens, width = features(vlm, stack(val[:1]), v["feats"]).shape[1:]
+    heads = torch.nn.ModuleDict(
+        {k: torch.nn.Linear(slices * tokens * width, len(c)) for k, c in CLASSES.items()}
+    )
+    heads["events"] = (
+        TokenMax(width, len(EVENTS))
+        if v["events_head"] == "tokmax"
+        else torch.nn.Linear(tokens * width, len(EVENTS))
+    )
     params = [p for p in [*vlm.parameters(), *heads.parameters()] if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=v["lr"], weight_decay=0.0)
     steps, start = int(v["steps"]), time.time()
@@ -81,7 +118,7 @@ def run(v: dict, train: list[dict], val: list[dict], tok) -> dict:
         f = features(vlm, b, v["feats"])
         loss = sum(torch.nn.functional.cross_entropy(heads[k](f.flatten(1)), b[k]) for k in CLASSES)
         loss = loss + v["events_weight"] * torch.nn.functional.binary_cross_entropy_with_logits(
-            heads["events"](f), b["events"], pos_weight=torch.tensor(v["pos_weight"])
+            event_logits(heads, f, v["events_head"]), b["events"], pos_weight=torch.tensor(v["pos_weight"])
         )
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -91,18 +128,47 @@ def run(v: dict, train: list[dict], val: list[dict], tok) -> dict:
         b = stack(val)
         f = features(vlm, b, v["feats"])
         got = {k: round(float((heads[k](f.flatten(1)).argmax(1) == b[k]).float().mean()), 2) for k in CLASSES}
-        pred = (heads["events"](f) > 0).float()
-        got["slice_event_f1"] = round(
-            float(2 * (pred * b["events"]).sum() / (pred.sum() + b["events"].sum())), 2
+        pred, truth = (
+            (event_logits(heads, f, v["events_head"]) > 0).float().flatten(0, 1),
+            b["events"].flatten(0, 1),
         )
+        got["slice_event_f1"] = round(float(2 * (pred * truth).sum() / (pred.sum() + truth.sum())), 2)
+        per_kind = 2 * (pred * truth).sum(0) / (pred.sum(0) + truth.sum(0)).clamp(min=1.0)
+        got["by_kind"] = {k: round(float(x), 2) for k, x in zip(EVENTS, per_kind)}
+        logits = event_logits(heads, f, v["events_head"]).flatten(0, 1)
+        got["auc_by_kind"] = {k: auc(logits[:, i], truth[:, i]) for i, k in enumerate(EVENTS)}
     return {**got, "seconds": round(time.time() - start)}
+
+
+def pixel_baseline(items: list[dict]) -> dict:
+    """AUC per event kind of three hand-made features of the processor's patches (no training): the
+    slice's mean and median (over patches) absolute difference between neighbouring pixels, and the
+    mean absolute difference between the slice's two frames. What the pixels hold, beside what the
+    tower learns to read."""
+    feats, truth = [], []
+    for it in items:
+        t, h, w = (int(x) for x in it["video_grid_thw"])
+        p = it["pv"].reshape(t, h * w, 3, 2, 14, 14)  # slices, patches, channels, frames, rows, columns
+        edges = (p[..., 1:, :] - p[..., :-1, :]).abs().mean((-1, -2)) + (p[..., 1:] - p[..., :-1]).abs().mean(
+            (-1, -2)
+        )
+        motion = (p[:, :, :, 1] - p[:, :, :, 0]).abs().mean((-1, -2, -3))
+        feats.append(
+            torch.stack([edges.mean((1, 2, 3)), edges.median(1).values.mean((1, 2)), motion.mean(1)], 1)
+        )
+        truth.append(it["events"])
+    f, y = torch.cat(feats), torch.cat(truth)
+    names = ("edges_mean", "edges_median", "frame_difference")
+    return {k: {n: auc(f[:, j], y[:, i]) for j, n in enumerate(names)} for i, k in enumerate(EVENTS)}
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--corpus", required=True, help="a corpus folder `cot-rm pretrain` built (corpus.folder)")
     p.add_argument("--videos", type=int, default=2400, help="train videos used")
-    p.add_argument("variants", nargs="+", help="key=value,key=value (see above)")
+    p.add_argument("variants", nargs="*", help="key=value,key=value (see above)")
+    p.add_argument("--pixel-baseline", action="store_true",
+                   help="first, the AUC of hand-made pixel features per event kind on the val videos")  # fmt: skip
     args = p.parse_args()
     corpus = Path(args.corpus)
     rows = [{"video": str(corpus / r["video"]), "meta": r["meta"], "split": r["split"]}
@@ -113,11 +179,13 @@ def main() -> int:
     )
     train = encode_all(collator, [r for r in rows if r["split"] == "train"][: args.videos])
     val = encode_all(collator, [r for r in rows if r["split"] == "val"][:128])
+    if args.pixel_baseline:
+        print(json.dumps({"pixel_baseline_auc": pixel_baseline(val)}), flush=True)
     for spec in args.variants:
         v = dict(DEFAULTS)
         for item in spec.split(","):
             key, value = item.split("=")
-            v[key] = value if key in ("feats", "sched") else float(value)
+            v[key] = value if key in ("feats", "sched", "events_head") else float(value)
         print(json.dumps({"variant": spec, **run(v, train, val, tok)}), flush=True)
     return 0
 

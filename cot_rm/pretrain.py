@@ -283,20 +283,22 @@ class TowerTrainer(Trainer):
 def tower_report(probe: TowerProbe, collator: TowerCollator, rows: list[dict], batch_size: int = 16) -> dict:
     """Phase 1's heads on held-out corpus videos: attribute accuracy, and the F1 of the per-slice events."""
     probe.eval()
-    hits, tp, predicted, actual = dict.fromkeys(CLASSES, 0), 0.0, 0.0, 0.0
+    hits = dict.fromkeys(CLASSES, 0)
+    tp, predicted, actual = (torch.zeros(len(EVENTS)) for _ in range(3))  # per event kind
     for start in range(0, len(rows), batch_size):
         batch = collator([{"example": json.dumps(r)} for r in rows[start : start + batch_size]])
         logits, per_slice = probe.predict(batch["pixel_values_videos"], batch["video_grid_thw"])
         for k in CLASSES:
             hits[k] += int((logits[k].argmax(1) == batch[k]).sum())
-        pred, truth = (per_slice > 0).float(), batch["events"]
-        tp, predicted, actual = tp + float((pred * truth).sum()), predicted + float(pred.sum()), \
-            actual + float(truth.sum())  # fmt: skip
+        pred, truth = (per_slice > 0).float().flatten(0, -2), batch["events"].flatten(0, -2)
+        tp, predicted, actual = tp + (pred * truth).sum(0), predicted + pred.sum(0), actual + truth.sum(0)
     n = max(len(rows), 1)
+    f1 = 2 * tp / (predicted + actual).clamp(min=1.0)
     return {
         "videos": len(rows),
         "attribute_accuracy": {k: round(v / n, 3) for k, v in hits.items()},
-        "slice_event_f1": round(2 * tp / max(predicted + actual, 1.0), 3),
+        "slice_event_f1": round(float(2 * tp.sum() / max(float((predicted + actual).sum()), 1.0)), 3),
+        "slice_event_f1_by_kind": {k: round(float(f), 3) for k, f, a in zip(EVENTS, f1, actual) if a},
     }
 
 
@@ -404,7 +406,7 @@ def caption_report(model, collator, rows: list[dict], batch_size: int = 16, max_
 
     model.eval()
     hits = dict.fromkeys(ATTRIBUTES, 0)
-    tp = fp = fn = 0
+    counts = {kind: [0, 0, 0] for kind in EVENTS}  # true positives, false positives, misses
     examples = []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
@@ -419,19 +421,19 @@ def caption_report(model, collator, rows: list[dict], batch_size: int = 16, max_
                 hits[key] += got[key] == truth[key]
             truth_text = describe(row["meta"], video.indices)
             want = read_description(truth_text)["events"]
-            tp, fp, fn = (
-                tp + len(want & got["events"]),
-                fp + len(got["events"] - want),
-                fn + len(want - got["events"]),
-            )
+            for kind in want | got["events"]:
+                counts[kind][(kind not in want) + 2 * (kind not in got["events"])] += 1
             if len(examples) < 3:
                 examples.append({"video": row["video"], "truth": truth_text, "said": text})
     n = max(len(rows), 1)
+    tp, fp, fn = (sum(c[i] for c in counts.values()) for i in range(3))
     return {
         "videos": len(rows),
         "attribute_accuracy": {k: round(v / n, 3) for k, v in hits.items()},
         "event_precision": round(tp / max(tp + fp, 1), 3),
         "event_recall": round(tp / max(tp + fn, 1), 3),
+        # Per kind: [named and shown, named but not shown, shown but not named].
+        "events_by_kind": {k: c for k, c in counts.items() if any(c)},
         "examples": examples,
     }
 

@@ -93,6 +93,13 @@ def test_short_pretrain_run_writes_a_base_that_sft_loads(tmp_path, capsys):
     assert marker["corpus"]["seed"] == 1001 and marker["weights_sha256"] == digest(
         tmp_path / "base" / "model.safetensors"
     )
+    # The end report breaks the events down by kind: [named and shown, named only, shown only] counts.
+    from cot_rm.pretrain import EVENTS
+
+    report = marker["report"]
+    assert set(report["events_by_kind"]) <= set(EVENTS)
+    assert all(len(c) == 3 and sum(c) > 0 for c in report["events_by_kind"].values())
+    assert set(report["tower"]["slice_event_f1_by_kind"]) <= set(EVENTS)
     corpus = [json.loads(line) for line in (tmp_path / "corpus" / "pointwise.jsonl").open()]
     assert corpus and all(
         not (drawn_combinations(r["meta"]) & HELD_OUT) for r in corpus if r["split"] != "test"
