@@ -281,7 +281,8 @@ class TowerTrainer(Trainer):
 
 @torch.no_grad()
 def tower_report(probe: TowerProbe, collator: TowerCollator, rows: list[dict], batch_size: int = 16) -> dict:
-    """Phase 1's heads on held-out corpus videos: attribute accuracy, and the F1 of the per-slice events."""
+    """Phase 1's heads on held-out corpus videos: attribute accuracy, and the F1 of the per-slice events,
+    overall and per kind."""
     probe.eval()
     hits = dict.fromkeys(CLASSES, 0)
     tp, predicted, actual = (torch.zeros(len(EVENTS)) for _ in range(3))  # per event kind
@@ -400,7 +401,8 @@ def train_tower(cfg, model, collator: DescribeCollator, rows: list[dict]) -> dic
 @torch.no_grad()
 def caption_report(model, collator, rows: list[dict], batch_size: int = 16, max_new_tokens: int = 80) -> dict:
     """Greedy descriptions of `rows`' videos against the truth: per-attribute accuracy, and the precision
-    and recall of the event kinds named (which kinds the sampled frames show, `describe` decides)."""
+    and recall of the event kinds named (which kinds the sampled frames show, `describe` decides), with
+    the counts behind them per kind."""
     from cot_rm.processing import encode
     from data_synthesis.describe import describe, drawn_spec, read_description
 
