@@ -17,9 +17,10 @@ import uuid
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from cot_rm.media_policy import MediaPolicy, Refused, open_url, pinned_client
+import httpx
 
-REMOTE_SCHEMES = ("http", "https")
+from cot_rm.media_policy import SCHEMES, MediaPolicy, Refused, open_url, pinned_client
+
 # Content parts of an OpenAI chat message that carry a media URL: `{"type": "image_url", "image_url":
 # {"url": ...}}` and the like; vLLM also takes the bare string form (`"image_url": "..."`).
 MEDIA_PART_KEYS = ("image_url", "video_url", "audio_url")
@@ -36,7 +37,7 @@ class ClientError(Exception):
 
 def is_remote(ref: str) -> bool:
     try:
-        return urlparse(ref).scheme.lower() in REMOTE_SCHEMES and "://" in ref
+        return urlparse(ref).scheme.lower() in SCHEMES and "://" in ref
     except ValueError as err:  # e.g. an unclosed IPv6 bracket
         raise ClientError(400, f"{ref[:200]!r}: not a valid URL ({err})") from None
 
@@ -77,8 +78,6 @@ def check_video(path: Path, label: str) -> None:
 
 def check_remote(url: str, policy: MediaPolicy, what: str = "video") -> None:
     """The rules of `policy` that need no DNS (scheme, allowed hosts), before a request takes a slot."""
-    import httpx
-
     try:
         policy.check_url(httpx.URL(url))
     except Refused as err:
@@ -93,8 +92,6 @@ async def fetch_media(url: str, dest_dir: Path, max_bytes: int, timeout_s: float
     checked, each connection to the address checked), streamed: at most `max_bytes` (the upload limit)
     and `timeout_s` for the whole transfer. Returns the file, which the caller deletes; a failure
     leaves nothing behind. A refused URL is a 403 naming the rule, and nothing was sent to it."""
-    import httpx
-
     suffix = "".join(c for c in Path(urlparse(url).path).suffix[:8] if c.isalnum() or c == ".")
     dest = dest_dir / f"{uuid.uuid4().hex}{suffix}"
     try:
