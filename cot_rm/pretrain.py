@@ -89,11 +89,26 @@ def drawn_combinations(meta: dict) -> set[tuple[str, str]]:
 # -------------------------------------------------------------------------------------------- batches
 
 
-def request_text(video) -> str:
-    """The user's words beside the video: what was sampled (as the judge is told), then the task."""
+def request_text(video, prompt: str | None = None) -> str:
+    """The user's words beside the video: what was sampled (as the judge is told), the prompt if any (as
+    the judge is given it), then the task."""
     from cot_rm.protocol import frames_seen
 
-    return f"{frames_seen(video)}\nDescribe what you see."
+    if prompt is None:
+        return f"{frames_seen(video)}\nDescribe what you see."
+    return f'{frames_seen(video)}\nGeneration prompt: "{prompt}"\nDescribe what you see, then quote the prompt.'
+
+
+def random_prompt(rng: random.Random, held_out: bool = False) -> str:
+    """A toy-world prompt drawn at random: from the corpus's colour x shape combinations, or (`held_out`,
+    only to measure copying in the end report) from the ones the test splits keep."""
+    from data_synthesis.toyworld_plan import COUNTS, DIRECTIONS, HELD_OUT, SPEEDS, TEMPLATES, prompt_text
+    from data_synthesis.toyworld_render import BACKGROUNDS
+
+    colour, shape = rng.choice([(c, s) for c in COLOURS for s in SHAPES if ((c, s) in HELD_OUT) == held_out])
+    spec = {"colour": colour, "shape": shape, "count": rng.choice(COUNTS), "direction": rng.choice(DIRECTIONS),
+            "speed": rng.choice(SPEEDS), "background": rng.choice(list(BACKGROUNDS))}  # fmt: skip
+    return prompt_text(spec, rng.randrange(len(TEMPLATES)))
 
 
 class DescribeCollator:
@@ -121,20 +136,27 @@ class DescribeCollator:
                 messages, image = self.frame_sample(row, rng)
                 images.append(image)
             else:
-                messages, video = self.video_sample(row)
+                prompt = random_prompt(rng) if rng.random() < self.args.quote_task else None
+                messages, video = self.video_sample(row, prompt=prompt)
                 videos.append(video)
             texts.append(self.render(messages))
         return self.encode(texts, videos, images)
 
-    def video_sample(self, row: dict, answer: bool = True):
+    def video_sample(self, row: dict, answer: bool = True, prompt: str | None = None):
+        """The video and "Describe what you see."; with a `prompt` (one unrelated to the video), also
+        "then quote the prompt", answered as the judge's critique recalls it: what is learned is copying
+        text from the context, since neither the video nor the description tells what the prompt says."""
         from cot_rm.video import read_video
         from data_synthesis.describe import describe
 
         video = read_video(row["video"], self.sampling, self.cache)
+        text = request_text(video, prompt)
         messages = [{"role": "user", "content": [{"type": "video", "video": row["video"]},
-                                                 {"type": "text", "text": request_text(video)}]}]  # fmt: skip
+                                                 {"type": "text", "text": text}]}]  # fmt: skip
         if answer:
-            messages.append({"role": "assistant", "content": describe(row["meta"], video.indices)})
+            said = describe(row["meta"], video.indices)
+            said += f" The prompt asks for {prompt}." if prompt else ""
+            messages.append({"role": "assistant", "content": said})
         return messages, video
 
     def frame_sample(self, row: dict, rng: random.Random):
@@ -399,34 +421,42 @@ def train_tower(cfg, model, collator: DescribeCollator, rows: list[dict]) -> dic
 
 
 @torch.no_grad()
-def caption_report(model, collator, rows: list[dict], batch_size: int = 16, max_new_tokens: int = 80) -> dict:
-    """Greedy descriptions of `rows`' videos against the truth: per-attribute accuracy, and the precision
-    and recall of the event kinds named (which kinds the sampled frames show, `describe` decides), with
-    the counts behind them per kind."""
+def describe_greedily(model, collator, rows: list[dict], prompts=None, batch_size=16, max_new_tokens=80):
+    """Greedy answers to the description task for `rows` (with `prompts[i]` to quote, when given), as
+    (row, the sampled video, the text) triples."""
     from cot_rm.processing import encode
-    from data_synthesis.describe import describe, drawn_spec, read_description
 
     model.eval()
-    hits = dict.fromkeys(ATTRIBUTES, 0)
-    counts = {kind: [0, 0, 0] for kind in EVENTS}  # true positives, false positives, misses
-    examples = []
+    prompts = prompts or [None] * len(rows)
     for start in range(0, len(rows), batch_size):
-        chunk = rows[start : start + batch_size]
-        samples = [collator.video_sample(r, answer=False) for r in chunk]
+        chunk = list(zip(rows[start : start + batch_size], prompts[start : start + batch_size]))
+        samples = [collator.video_sample(r, answer=False, prompt=p) for r, p in chunk]
         texts = [collator.render(msgs, generation=True) for msgs, _ in samples]
         batch = encode(collator.processor, texts, videos=[v for _, v in samples], padding_side="left")
         out = model.generate(**batch.to(model.device), max_new_tokens=max_new_tokens, do_sample=False)
-        for row, (_, video), ids in zip(chunk, samples, out[:, batch["input_ids"].shape[1] :]):
-            text = collator.processor.tokenizer.decode(ids, skip_special_tokens=True).strip()
-            truth, got = drawn_spec(row["meta"]), read_description(text)
-            for key in ATTRIBUTES:
-                hits[key] += got[key] == truth[key]
-            truth_text = describe(row["meta"], video.indices)
-            want = read_description(truth_text)["events"]
-            for kind in want | got["events"]:
-                counts[kind][(kind not in want) + 2 * (kind not in got["events"])] += 1
-            if len(examples) < 3:
-                examples.append({"video": row["video"], "truth": truth_text, "said": text})
+        for (row, _), (_, video), ids in zip(chunk, samples, out[:, batch["input_ids"].shape[1] :]):
+            yield row, video, collator.processor.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+
+def caption_report(model, collator, rows: list[dict], batch_size: int = 16) -> dict:
+    """Greedy descriptions of `rows`' videos against the truth: per-attribute accuracy, and the precision
+    and recall of the event kinds named (which kinds the sampled frames show, `describe` decides), with
+    the counts behind them per kind."""
+    from data_synthesis.describe import describe, drawn_spec, read_description
+
+    hits = dict.fromkeys(ATTRIBUTES, 0)
+    counts = {kind: [0, 0, 0] for kind in EVENTS}  # true positives, false positives, misses
+    examples = []
+    for row, video, text in describe_greedily(model, collator, rows, batch_size=batch_size):
+        truth, got = drawn_spec(row["meta"]), read_description(text)
+        for key in ATTRIBUTES:
+            hits[key] += got[key] == truth[key]
+        truth_text = describe(row["meta"], video.indices)
+        want = read_description(truth_text)["events"]
+        for kind in want | got["events"]:
+            counts[kind][(kind not in want) + 2 * (kind not in got["events"])] += 1
+        if len(examples) < 3:
+            examples.append({"video": row["video"], "truth": truth_text, "said": text})
     n = max(len(rows), 1)
     tp, fp, fn = (sum(c[i] for c in counts.values()) for i in range(3))
     return {
@@ -438,6 +468,27 @@ def caption_report(model, collator, rows: list[dict], batch_size: int = 16, max_
         "events_by_kind": {k: c for k, c in counts.items() if any(c)},
         "examples": examples,
     }
+
+
+def quote_report(model, collator, rows: list[dict], seed: int = 0, batch_size: int = 16) -> dict:
+    """Copying, measured where it matters: each video beside a prompt with a colour x shape combination
+    the corpus never holds (the test splits'), asked to describe and then quote it. `exact`: the answer
+    holds "The prompt asks for <the prompt>."; `colour_shape`: the quote at least names the prompt's
+    colour and shape (singular or plural) together."""
+    rng = random.Random(f"quote:{seed}")
+    prompts = [random_prompt(rng, held_out=True) for _ in rows]
+    exact = pair = 0
+    examples = []
+    for (row, _, text), prompt in zip(describe_greedily(model, collator, rows, prompts, batch_size, 120), prompts):
+        quote = text.partition("The prompt asks for ")[2]
+        exact += quote.startswith(f"{prompt}.")
+        colour, shape = next((c, s) for c in COLOURS for s in SHAPES if f" {c} {s}" in f" {prompt}")
+        pair += f" {colour} {shape}" in f" {quote}"
+        if len(examples) < 3:
+            examples.append({"prompt": prompt, "said": text})
+    n = max(len(rows), 1)
+    return {"videos": len(rows), "exact": round(exact / n, 3), "colour_shape": round(pair / n, 3),
+            "examples": examples}  # fmt: skip
 
 
 def digest(path: str | Path) -> str:
@@ -513,6 +564,7 @@ def main(args: argparse.Namespace) -> int:
     trainer.save_state()
     val = [r for r in rows if r["split"] == "val"][: cfg.corpus.eval_videos]
     report = caption_report(model, trainer.data_collator, val)
+    report["quote"] = quote_report(model, trainer.data_collator, val, trainer.args.seed)
     if tower:
         report = {"tower": tower, **report}
     out = save_base(model, processor, cfg, report, Path(cfg.save_to))

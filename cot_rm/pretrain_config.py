@@ -59,6 +59,10 @@ class CorpusArgs:
         default=0.25,
         metadata=meta("share of samples that describe one frame shown as an image (the tool's view)"),
     )
+    quote_task: float = field(
+        default=0.0,
+        metadata=meta("share of video samples that also quote a random prompt given beside the video"),
+    )
     frame_max_pixels: int = field(default=50176, metadata=meta("pixels of that image (the tool's)"))
     eval_videos: int = field(default=96, metadata=meta("val videos captioned greedily in the end report"))
 
@@ -68,6 +72,7 @@ class CorpusArgs:
                 (self.seed >= 0 and self.videos >= 12, "corpus: seed >= 0 and at least 12 videos"),
                 (self.frames >= 2 and self.frames % 2 == 0, "frames: an even number >= 2"),
                 (0.0 <= self.frame_task < 1.0, "frame_task must be in [0, 1)"),
+                (0.0 <= self.quote_task <= 1.0, "quote_task must be in [0, 1]"),
                 (self.eval_videos >= 0, "eval_videos must be >= 0"),
             ]
         )
