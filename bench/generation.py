@@ -2,7 +2,7 @@
 
 The same N requests go to both sides: each is the protocol's first turn (system prompt with the
 select_frames tool schema, a real mp4 video, the generation prompt), rendered with `cot_rm.protocol`
-and the checkpoint's processor, with the video decoded and sampled once by `cot_rm.video`. Greedy, and
+and the checkpoint's processor, with the video decoded and sampled once by `cot_rm.media.video`. Greedy, and
 exactly M new tokens per request on both sides (HF: `min_new_tokens=M`; vLLM: `min_tokens=M`,
 `ignore_eos`), so they do the same work. Three modes are timed (warm-up first, median of the repeats):
 
@@ -59,7 +59,7 @@ def make_videos(root: Path, n: int) -> list[Path]:
     the requests differ in frame count and size (and so in prompt length: batching pads for real)."""
     import numpy as np
 
-    from cot_rm.video_writer import write_video
+    from cot_rm.media.writer import write_video
 
     paths = []
     for i in range(n):
@@ -79,8 +79,9 @@ def prepare(args, work: Path) -> dict:
     import numpy as np
     from transformers import AutoProcessor
 
-    from cot_rm import protocol, tiny
-    from cot_rm.video import Sampling, read_video_numpy
+    from cot_rm import protocol
+    from cot_rm.media.video import Sampling, read_video_numpy
+    from cot_rm.model import tiny
 
     model = Path(args.model) if args.model else tiny.build_tiny_checkpoint(work / "tiny_qwen2_5_vl")
     family = json.loads((model / "config.json").read_text())["model_type"]
@@ -109,7 +110,7 @@ def prepare(args, work: Path) -> dict:
 def _vllm_metadata(video, family: str) -> dict:
     """The video metadata vLLM gets: the serve path's rule (`serve_engine.vllm_video_metadata`), so its
     video positions match transformers' (sent with source indices, a trained model's greedy text diverges)."""
-    from cot_rm.serve_engine import vllm_video_metadata
+    from cot_rm.engine.vllm import vllm_video_metadata
 
     meta = {k: v for k, v in video.processor_metadata().items() if k != "frames_indices"}
     return meta | vllm_video_metadata(video, family)
@@ -130,9 +131,9 @@ def hf_worker(work: Path) -> dict:
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from cot_rm.processing import encode
-    from cot_rm.rope import use_qwen_positions
-    from cot_rm.video import Sampling, read_video
+    from cot_rm.media.video import Sampling, read_video
+    from cot_rm.model.processing import encode
+    from cot_rm.model.rope import use_qwen_positions
 
     inp = json.loads((work / "inputs.json").read_text())
     cuda = torch.cuda.is_available()
@@ -354,7 +355,7 @@ Notes:
 {note}
 - Greedy outputs: vLLM equals HF batch 1 on {a["identical_vllm_vs_hf_batch1"]}/{inp["n"]} requests (mean common prefix {a["mean_common_prefix_vllm_vs_hf_batch1"]:.1f} tokens), HF batched equals HF batch 1 on {a["identical_hf_batched_vs_hf_batch1"]}/{inp["n"]}. Shown to confirm both sides did the same work, not a correctness check: with random weights, near-tied logits could flip a token on small numeric differences.
 - Load average (1 min) before / after each side: HF {load["hf"][0]:.1f} / {load["hf"][1]:.1f}, vLLM {load["vllm"][0]:.1f} / {load["vllm"][1]:.1f}. Other jobs share these cores, so passes of one mode can differ severalfold (see the passes column); the best pass is the least disturbed one.
-- vLLM gets the frames `cot_rm.video` decoded (no resampling, `do_sample_frames` off) and its multimodal processor cache is off, so each pass re-runs its processor as HF does; the HF side alternates batch 1 and batched within each repeat; the two sides run one after the other, not at once.
+- vLLM gets the frames `cot_rm.media.video` decoded (no resampling, `do_sample_frames` off) and its multimodal processor cache is off, so each pass re-runs its processor as HF does; the HF side alternates batch 1 and batched within each repeat; the two sides run one after the other, not at once.
 """
 
 

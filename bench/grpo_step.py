@@ -1,6 +1,6 @@
 """Benchmark: one GRPO group (rollouts, log-probs, update) with a frozen tower's features reused vs recomputed.
 
-The project's GRPO path (`cot_rm.grpo.build`: `CotRmGRPOTrainer`, select_frames rollouts on HF generate,
+The project's GRPO path (`cot_rm.train.grpo.trainer.build`: `CotRmGRPOTrainer`, select_frames rollouts on HF generate,
 the head co-trained) with `configs/tiny/grpo.yaml`'s shape, one group per step (one prompt x
 `num_generations` rollouts), in two settings:
 
@@ -54,12 +54,12 @@ from transformers import set_seed
 
 from bench.generation import machine, need_inputs, publish
 from bench.sft_step import random_init_loader, write_model_dir, write_videos
-from cot_rm import grpo
 from cot_rm.config import check_trl_args, load_config
-from cot_rm.grpo_config import GRPORunConfig
-from cot_rm.modeling import ThinkThenScore
-from cot_rm.video import Sampling
-from cot_rm.vision_cache import inner_vision_model
+from cot_rm.media.video import Sampling
+from cot_rm.model.modeling import ThinkThenScore
+from cot_rm.model.vision_cache import inner_vision_model
+from cot_rm.train.grpo import trainer as grpo
+from cot_rm.train.grpo.config import GRPORunConfig
 
 SETTINGS = ("reuse", "recompute")
 PHASES = ("generation", "logps", "update", "other", "total")
@@ -79,7 +79,7 @@ def write_random(work: Path, args, device: torch.device) -> tuple[Path, Path]:
     ckpt.mkdir(parents=True, exist_ok=True)
     from safetensors.torch import save_file
 
-    from cot_rm.modeling import HEAD_NAME
+    from cot_rm.model.modeling import HEAD_NAME
 
     save_file(
         {k: v.detach().contiguous().cpu() for k, v in model.head.state_dict().items()}, str(ckpt / HEAD_NAME)

@@ -16,8 +16,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from cot_rm.video import Sampling
-from data_synthesis.toyworld import ToyConfig, build
+from cot_rm.media.video import Sampling
+from data_synthesis.toyworld.world import ToyConfig, build
 from eval.perception import QUESTIONS, probe_accuracy
 
 ROOT = Path(__file__).resolve().parents[1]

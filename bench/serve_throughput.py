@@ -74,7 +74,7 @@ class Server:
     """`cot-rm serve` as a child process (its own group), healthy or an error with its log tail."""
 
     def __init__(self, args, media_root: str, work: Path):
-        from cot_rm.serve_engine import free_port
+        from cot_rm.engine.vllm import free_port
 
         self.port, self.log = free_port(), work / "serve.log"
         self.url = f"http://127.0.0.1:{self.port}"

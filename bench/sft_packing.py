@@ -4,14 +4,14 @@ The same batches go through every mode: real toy-world SFT examples (`runs/demo/
 pairs, both videos of a pair in one batch) collated by the project's `SFTCollator` with the tiny config's
 rationale dropout, so a batch mixes head-only samples (video + prompt), short and long critiques and tool
 images, and the padded batch pads every row to the longest. A step is the SFT trainer's work on one
-batch: forward, LM loss + head losses (`cot_rm.sft.lm_loss`, `head_losses`), backward, AdamW step:
+batch: forward, LM loss + head losses (`cot_rm.train.common.lm_loss`, `head_losses`), backward, AdamW step:
 
     padded         the collator's batch as it is (right padding, sdpa with the padding mask)
     padded_nomask  the same batch without the attention mask: with right padding the real tokens never
                    attend to a pad, so their outputs are the same, and sdpa runs its plain causal kernel
-    packed         `cot_rm.packing.pack_batch` (one row, no pads) + `packed_forward`, transformers' sdpa
+    packed         `cot_rm.model.packing.pack_batch` (one row, no pads) + `packed_forward`, transformers' sdpa
                    with the block-diagonal causal mask it builds from the packed text positions
-    packed_varlen  the same packed row, attention by `cot_rm.packing.varlen_sdpa` (sdpa per sequence)
+    packed_varlen  the same packed row, attention by `cot_rm.model.packing.varlen_sdpa` (sdpa per sequence)
 
 Packing runs inside the timed step (as the model's own rope-index computation does in `padded`). The
 frozen tower's features come from the vision-feature cache in every mode (as in the SFT config), filled by
@@ -51,12 +51,13 @@ import transformers
 
 from bench.generation import machine, need_inputs, publish
 from cot_rm.config import read_yaml
-from cot_rm.modeling import ThinkThenScore
-from cot_rm.packing import pack_batch, packed_forward, use_varlen_sdpa
+from cot_rm.model.modeling import ThinkThenScore
+from cot_rm.model.packing import pack_batch, packed_forward, use_varlen_sdpa
+from cot_rm.model.vision_cache import VisionFeatureCache
 from cot_rm.protocol import JudgeSpec
-from cot_rm.sft import HEAD_KEYS, head_losses, lm_loss
-from cot_rm.sft_data import SFTCollator, build_examples, load_traces
-from cot_rm.vision_cache import VisionFeatureCache
+from cot_rm.train.common import head_losses, lm_loss
+from cot_rm.train.data import SFTCollator, build_examples, load_traces
+from cot_rm.train.sft.trainer import HEAD_KEYS
 
 MODES = ("padded", "padded_nomask", "packed", "packed_varlen")
 LOSS_KEYS = ("lm", "point", "pair")

@@ -1,6 +1,6 @@
-"""Benchmark: SFT optimizer steps of a think-then-score Qwen2.5-VL-7B (random init) through `cot_rm.sft`.
+"""Benchmark: SFT optimizer steps of a think-then-score Qwen2.5-VL-7B (random init) through `cot_rm.train.sft.trainer`.
 
-Tokens/s and peak GPU memory of the project's real SFT path (`cot_rm.sft.build`: config loader, model,
+Tokens/s and peak GPU memory of the project's real SFT path (`cot_rm.train.sft.trainer.build`: config loader, model,
 collator, trainer, vision-feature cache) with `configs/qwen2_5_vl_7b/sft.yaml` minus DeepSpeed (one GPU),
 in three configurations (CONFIG_OVERRIDES), one after the other in one process:
 
@@ -9,7 +9,7 @@ in three configurations (CONFIG_OVERRIDES), one after the other in one process:
     naive     tower trained, no reuse, checkpointing on the whole model, tower included (plain transformers)
 
 The model has the 7B architecture (`--size tiny`: the tiny test model's), random weights and the tokenizer
-and processor of `cot_rm.tiny`: nothing is downloaded. The data are synthetic traces around real mp4 files
+and processor of `cot_rm.model.tiny`: nothing is downloaded. The data are synthetic traces around real mp4 files
 (default: one 16-frame 448x448 video, the protocol's prompt, a ~512-token critique; `--pair`: pairs).
 Each optimizer step is timed between the Trainer's step callbacks, synchronized; its tokens are the
 attention_mask sums of the micro-batches it was fed; the first `--warmup` steps are left out of the rates.
@@ -56,16 +56,16 @@ import trl
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, TrainerCallback
 from transformers.models.qwen2_5_vl import Qwen2_5_VLConfig
 
-import cot_rm.modeling
+import cot_rm.model.modeling
 from bench.generation import machine, publish
-from cot_rm import tiny
 from cot_rm.config import check_trl_args, load_config, read_yaml
+from cot_rm.media.video import Sampling, read_video
+from cot_rm.media.writer import write_video
+from cot_rm.model import tiny
 from cot_rm.protocol import JudgeSpec, judgment_conversation, render
-from cot_rm.sft import build
-from cot_rm.sft_config import SFTRunConfig
-from cot_rm.sft_data import assistant_mask
-from cot_rm.video import Sampling, read_video
-from cot_rm.video_writer import write_video
+from cot_rm.train.data import assistant_mask
+from cot_rm.train.sft.config import SFTRunConfig
+from cot_rm.train.sft.trainer import build
 
 FAMILY = "qwen2_5_vl"
 # What each configuration changes in the SFT config (`naive` also checkpoints the tower: see below).
@@ -124,7 +124,7 @@ def write_model_dir(path: Path, size: str) -> Path:
 
 
 def random_init_loader(device: torch.device):
-    """`cot_rm.modeling._load_vlm` builds the VLM from the folder's config.json right on `device`
+    """`cot_rm.model.modeling._load_vlm` builds the VLM from the folder's config.json right on `device`
     (random init): no 16 GB checkpoint to read, no network."""
 
     def load_from_config(path, torch_dtype=None, attn_implementation=None):
@@ -133,7 +133,7 @@ def random_init_loader(device: torch.device):
         with torch.device(device):
             return AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(str(path)), **kwargs)
 
-    return mock.patch.object(cot_rm.modeling, "_load_vlm", load_from_config)
+    return mock.patch.object(cot_rm.model.modeling, "_load_vlm", load_from_config)
 
 
 def checkpoint_everything():
@@ -144,7 +144,7 @@ def checkpoint_everything():
         kwargs = {"use_reentrant": False, **(gradient_checkpointing_kwargs or {})}
         self.base_vlm.gradient_checkpointing_enable(kwargs, every_n_layers=every_n_layers, offload=offload)
 
-    return mock.patch.object(cot_rm.modeling.ThinkThenScore, "gradient_checkpointing_enable", enable)
+    return mock.patch.object(cot_rm.model.modeling.ThinkThenScore, "gradient_checkpointing_enable", enable)
 
 
 # ---- data: synthetic SFT traces in the project's format around real mp4 files
@@ -324,7 +324,7 @@ def summarize(steps: list[dict], warmup: int) -> dict:
 
 
 def train_once(name: str, cfg, result: dict, args, device: torch.device) -> None:
-    """Build through `cot_rm.sft.build`, train, fill `result`. An error (e.g. out of memory) is recorded so
+    """Build through `cot_rm.train.sft.trainer.build`, train, fill `result`. An error (e.g. out of memory) is recorded so
     the other configurations still run; the model is freed, else the next one's peak would include it."""
     model = trainer = timer = alive = None
     try:

@@ -9,7 +9,7 @@ hand-made pixel features per kind (what the pixels hold, whatever the tower lear
 
     feats=mean   each temporal slice's spatial mean (where things are is lost)
     feats=flat   each slice's tokens in place
-    feats=both   the mean and the tokens (what `cot_rm.pretrain.TowerProbe` reads)
+    feats=both   the mean and the tokens (what `cot_rm.train.pretrain.trainer.TowerProbe` reads)
     events_head=linear   one linear map over each slice's features (what `TowerProbe` has)
     events_head=tokmax   an MLP on each token, the strongest answer per slice (`TokenMax`)
     lr, steps, sched=const|cos, pos_weight (events), events_weight, vision_hidden, vision_depth
@@ -32,9 +32,10 @@ from pathlib import Path
 
 import torch
 
-from cot_rm import tiny
-from cot_rm.pretrain import CLASSES, EVENTS, DescribeCollator, TowerCollator, slice_tokens
-from cot_rm.pretrain_config import CorpusArgs
+from cot_rm.model import tiny
+from cot_rm.model.tower import slice_tokens
+from cot_rm.train.pretrain.config import CorpusArgs
+from cot_rm.train.pretrain.trainer import CLASSES, EVENTS, DescribeCollator, TowerCollator
 
 FAMILY = "qwen2_5_vl"
 DEFAULTS = {"feats": "mean", "lr": 4e-3, "steps": 300, "sched": "const", "pos_weight": 1.0,

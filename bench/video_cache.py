@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cot_rm.frame_cache import FrameCache
-from cot_rm.video import Sampling, read_video
-from cot_rm.video_writer import write_video
+from cot_rm.media.frame_cache import FrameCache
+from cot_rm.media.video import Sampling, read_video
+from cot_rm.media.writer import write_video
 
 ROOT = Path(__file__).resolve().parents[1]
 

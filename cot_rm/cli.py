@@ -11,33 +11,43 @@ import importlib
 import os
 import sys
 
-# name -> (module, one-line help). Commands whose module does not exist yet say so when run.
+# name -> (module, one-line help). Each module exposes `add_arguments(parser)` and `main(args) -> int`.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "video-info": ("cot_rm.video_cli", "Decode a video and print its sampling plan as JSON."),
-    "toyworld": ("data_synthesis.toyworld", "Generate the procedural toy world (videos + labels)."),
+    "video-info": ("cot_rm.media.cli", "Decode a video and print its sampling plan as JSON."),
+    "toyworld": ("data_synthesis.toyworld.world", "Generate the procedural toy world (videos + labels)."),
     "synthesize": ("data_synthesis.pipeline", "Teacher rationales -> filtered tool traces (SFT data)."),
     "pretrain": (
-        "cot_rm.pretrain",
+        "cot_rm.train.pretrain.trainer",
         "Stage 0 (tiny model only): perception pretraining on toy-world descriptions.",
     ),
-    "sft": ("cot_rm.sft", "Stage 1: SFT cold start with masked loss and the regression head."),
-    "grpo": ("cot_rm.grpo", "Stage 2: GRPO with tool rollouts and the head co-trained."),
-    "eval": ("eval.run", "Evaluate predictions or a checkpoint on a benchmark."),
-    "judge": ("cot_rm.judge", "Judge videos with a checkpoint (local transformers)."),
-    "serve": ("cot_rm.serve", "Serve a checkpoint: judge API, OpenAI routes, interactive page."),
+    "sft": ("cot_rm.train.sft.trainer", "Stage 1: SFT cold start with masked loss and the regression head."),
+    "grpo": ("cot_rm.train.grpo.trainer", "Stage 2: GRPO with tool rollouts and the head co-trained."),
+    "eval": ("eval.cli", "Evaluate predictions or a checkpoint on a benchmark."),
+    "judge": ("cot_rm.judge.cli", "Judge videos with a checkpoint (local transformers)."),
+    "serve": ("cot_rm.serve.cli", "Serve a checkpoint: judge API, OpenAI routes, interactive page."),
     "demo": ("cot_rm.demo", "Run the whole tiny pipeline on the toy world (CPU)."),
 }
 
 
+# Packages of optional extras: a command that needs one says which extra to install.
+EXTRAS = {"fastapi": "serve", "uvicorn": "serve", "starlette": "serve", "multipart": "serve"}
+
+
+class MissingExtra(Exception):
+    """A command's module needs a package of an optional extra that is not installed."""
+
+
 def _load(module: str):
-    """The subcommand's module, or None while it is not built (or is a library without a command yet)."""
+    """The subcommand's module (imported only when that command runs: the registry is what keeps
+    `cot-rm --help` and light commands fast, without torch)."""
     try:
-        mod = importlib.import_module(module)
+        return importlib.import_module(module)
     except ModuleNotFoundError as err:
-        if err.name == module:
-            return None
-        raise
-    return mod if hasattr(mod, "add_arguments") and hasattr(mod, "main") else None
+        extra = EXTRAS.get((err.name or "").split(".")[0])
+        if extra is None:
+            raise
+        raise MissingExtra(f"needs the {extra!r} extra ({err.name} is missing): pip install 'cot-rm[{extra}]' "
+                           "(`make setup` installs it)") from None  # fmt: skip
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
@@ -51,12 +61,13 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     for name, (module, help_line) in COMMANDS.items():
         p = sub.add_parser(name, help=help_line, description=help_line)
         if name == chosen:
-            mod = _load(module)
-            if mod is not None:
-                mod.add_arguments(p)
-                p.set_defaults(_main=mod.main)
-            else:
-                p.set_defaults(_missing=module)
+            try:
+                mod = _load(module)
+            except MissingExtra as err:
+                p.set_defaults(_missing=str(err))
+                continue
+            mod.add_arguments(p)
+            p.set_defaults(_main=mod.main)
     return parser
 
 
@@ -75,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     if getattr(args, "_missing", None):
-        print(f"cot-rm {args.command}: not available yet in this version.", file=sys.stderr)
+        print(f"cot-rm {args.command}: {args._missing}", file=sys.stderr)
         return 2
     return int(args._main(args) or 0)
 

@@ -5,7 +5,7 @@
     save_config(cfg, Path(cfg.train["output_dir"]) / "cot_rm_config.yaml")
     print(describe(SFTRunConfig))                  # every key with type, default and help (for --help)
 
-The loader is generic (any dataclass tree); the SFT run config lives in `cot_rm/sft_config.py`.
+The loader is generic (any dataclass tree); the SFT run config lives in `cot_rm/train/sft/config.py`.
 Override values are YAML (`3`, `1e-4`, `true`, `null`, `[train,val]`); dotted keys reach into sections;
 setting a key under an empty optional section (`model.lora.r=8` when `lora` is null) creates that
 section with its defaults. A `dict` field (`train`) takes any keys. Field metadata: `help` (shown by
@@ -447,8 +447,11 @@ def positive(kind):
     return parse
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """`--config FILE` plus positional `KEY=VALUE` overrides; `--help` lists every key (`describe`)."""
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type, description: str | None = None) -> None:
+    """`--config FILE` plus positional `KEY=VALUE` overrides; `--help` says `description` and lists every
+    key (`describe`)."""
+    if description is not None:
+        parser.description = description
     parser.add_argument("--config", default=None, help="YAML config (see configs/); keys listed below")
     parser.add_argument(
         "overrides",
@@ -470,6 +473,16 @@ def require(rules: Sequence[tuple[bool, str]]) -> None:
     for ok, msg in rules:
         if not ok:
             raise ValueError(msg)
+
+
+def train_section_rules(train: dict, owned: dict[str, str] | None = None) -> list[tuple[bool, str]]:
+    """The rules every stage's verbatim `train:` section (to a TRL config) must hold, for `require`: an
+    output_dir, and no key that another section owns (two places for one setting would drift)."""
+    clash = [f"train.{k} (set {where} instead)" for k, where in (owned or {}).items() if k in train]
+    return [
+        (bool(train.get("output_dir")), "train.output_dir is required (checkpoints, logs, config)"),
+        (not clash, f"keys owned by another section: {', '.join(clash)}"),
+    ]
 
 
 def meta(help_text: str, choices: Sequence[str] | None = None) -> dict[str, Any]:

@@ -137,7 +137,7 @@ def tool_schema(spec: JudgeSpec = JudgeSpec()) -> dict:
 
 
 class FrameInfo(Protocol):
-    """What the first turn states about the video (a `cot_rm.video.Video` satisfies it)."""
+    """What the first turn states about the video (a `cot_rm.media.video.Video` satisfies it)."""
 
     indices: list[int]
     timestamps: list[float]
@@ -539,3 +539,37 @@ def check_call(
 def _num(x: float) -> int | float:
     """Integral floats print as ints (4, not 4.0), so answers read like the scale."""
     return int(x) if float(x).is_integer() else float(x)
+
+
+def message_text(message: dict) -> str:
+    """An assistant message back as the raw text the protocol parses.
+
+    TRL's `parse_response` (tokenizers with a response schema) splits a Qwen turn into
+    `reasoning_content` (the <think> body), `content` and structured `tool_calls`; they are put back
+    together in Qwen's own layout so that the one parser judges every form alike.
+    """
+    content = message.get("content") or ""
+    if isinstance(content, list):  # content parts: only the text counts
+        content = "".join(
+            p.get("text") or "" for p in content if isinstance(p, dict) and p.get("type") == "text"
+        )
+    think = message.get("reasoning_content") or message.get(
+        "reasoning"
+    )  # vLLM's reasoning parsers: either name
+    if isinstance(think, str) and "<think>" not in content:
+        content = f"<think>{think}</think>\n{content}"
+    calls = message.get("tool_calls") or []
+    if calls and "<tool_call>" not in content:
+        content = content.rstrip() + "\n" + "\n".join(_call_text(c) for c in calls)
+    return content
+
+
+def _call_text(call: dict) -> str:
+    fn = call.get("function", call) if isinstance(call, dict) else {}
+    args = fn.get("arguments")
+    if isinstance(args, str):  # OpenAI-style JSON string arguments
+        try:
+            args = json.loads(args)
+        except json.JSONDecodeError:
+            pass  # left a string: the parser rejects it as malformed_tool_call
+    return f"<tool_call>\n{json.dumps({'name': fn.get('name'), 'arguments': args})}\n</tool_call>"

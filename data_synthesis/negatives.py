@@ -49,13 +49,19 @@ from pathlib import Path
 import av
 import numpy as np
 
+from cot_rm.media.video import VideoError, probe
 from cot_rm.protocol import JudgeSpec
 from cot_rm.schema import PairRecord, PointwiseRecord, read_jsonl, write_jsonl
-from cot_rm.video import VideoError, probe
-
-from .describe import drawn_spec
-from .toyworld import compare, dimension_scores, encode, frame_index, overall_score, preference
-from .toyworld_plan import OPPOSITE, direction_severity
+from data_synthesis.toyworld.describe import drawn_spec
+from data_synthesis.toyworld.plan import OPPOSITE, direction_severity
+from data_synthesis.toyworld.world import (
+    compare,
+    dimension_scores,
+    encode,
+    frame_index,
+    overall_score,
+    preference,
+)
 
 KINDS = ("prompt_swap", "shuffle", "reverse", "drop")
 KIND_DIMENSION = {"prompt_swap": "text_alignment", "shuffle": "physical_consistency",

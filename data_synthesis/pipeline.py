@@ -22,13 +22,18 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from cot_rm.protocol import PROTOCOL_VERSION, TOOL_MAX_PIXELS, JudgeSpec
-from cot_rm.schema import PointwiseRecord, read_jsonl
-from cot_rm.video import Sampling, VideoError, read_frames_at, read_video_numpy, sample_indices
+from tqdm import tqdm
 
-from .filters import ConsistencyRule
-from .rationalize import PROMPT_VERSION, Item, Outcome, RationaleConfig, label_spec, rationalize
-from .traces import build_trace, tool_frames
+from cot_rm.media.video import Sampling, VideoError, read_frames_at, read_video_numpy, sample_indices
+from cot_rm.protocol import PROTOCOL_VERSION, TOOL_MAX_PIXELS, JudgeSpec
+from cot_rm.schema import PointwiseRecord, SchemaError, read_jsonl
+from data_synthesis.filters import ConsistencyRule
+from data_synthesis.negatives import write_negatives
+from data_synthesis.rationalize import PROMPT_VERSION, Item, Outcome, RationaleConfig, label_spec, rationalize
+from data_synthesis.teachers.base import TeacherUnavailableError
+from data_synthesis.teachers.factory import make_teacher
+from data_synthesis.teachers.oracle import check_annotated
+from data_synthesis.traces import build_trace, tool_frames
 
 
 @dataclass(frozen=True)
@@ -216,8 +221,6 @@ def _summary(log: Path, teacher, cfg: SynthConfig, out: Path) -> dict:
 
 
 def _bar(total: int, initial: int, enabled: bool):
-    from tqdm import tqdm
-
     return tqdm(
         total=total, initial=initial, desc="synthesize", unit="video", disable=not enabled, file=sys.stderr
     )
@@ -287,8 +290,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def negatives_for(records, out: Path, kinds: list[str], rate: float, seed: int) -> list[PointwiseRecord]:
     """Deliberate negatives of `records` in OUT.negatives/ (made once; a resumed run reuses them)."""
-    from .negatives import write_negatives
-
     folder = out.with_name(out.name.removesuffix(".jsonl") + ".negatives")
     settings = {"kinds": sorted(kinds), "rate": rate, "seed": seed, "sources": [r.id for r in records]}
     stamp = folder / "settings.json"
@@ -317,10 +318,6 @@ def config_from_args(args: argparse.Namespace) -> SynthConfig:
 
 
 def main(args: argparse.Namespace) -> int:
-    from cot_rm.schema import SchemaError
-
-    from .teachers import TeacherUnavailableError, make_teacher
-
     try:
         cfg = config_from_args(args)
         records = _select(read_jsonl(args.input, kind="pointwise"), cfg, args)
@@ -332,8 +329,6 @@ def main(args: argparse.Namespace) -> int:
             args.teacher, **({"concurrency": args.concurrency, "timeout_s": args.timeout} if openai else {})
         )
         if teacher.name == "oracle":
-            from .oracle import check_annotated
-
             check_annotated(records, args.input)
         summary = synthesize(records, teacher, Path(args.out), cfg, args.restart, not args.no_progress)
     except (SchemaError, ResumeError, TeacherUnavailableError, VideoError, ValueError) as err:

@@ -14,10 +14,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cot_rm.protocol import DIMENSION_HELP, JudgeSpec, Judgment, ParseError, parse_judgment
-
-from . import filters
-from .filters import ConsistencyRule
-from .teachers import Teacher, TeacherRequest
+from data_synthesis import filters
+from data_synthesis.filters import ConsistencyRule
+from data_synthesis.teachers.base import Teacher, TeacherRequest
 
 PROMPT_VERSION = "rationale/1"
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from cot_rm.schema import PairRecord, PointwiseRecord, SchemaError, iter_jsonl, parse_record, resolve_media
 from eval.tables import BenchError, Columns, blank, label_cell, mapping_cell, read_rows, score_cell, text_cell
 
 OURS = ("visual_quality", "text_alignment", "physical_consistency", "overall")
@@ -316,8 +317,6 @@ def load(name: str, data: Path, root: Path | None = None, split: str | None = No
 
 def _validate(rows: Iterable[tuple[str, dict]], kind: str) -> list:
     """Records from (where, record dict) pairs; a bad value or a repeated id names its row."""
-    from cot_rm.schema import parse_record
-
     records, seen = [], {}
     for where, row in rows:
         try:
@@ -333,8 +332,6 @@ def _validate(rows: Iterable[tuple[str, dict]], kind: str) -> list:
 
 def _kind_mismatch(rec, first) -> str | None:
     """Why `rec` cannot join a file whose first record is `first` (only pairwise or only pointwise)."""
-    from cot_rm.schema import PairRecord, PointwiseRecord
-
     name = {PairRecord: "pairwise", PointwiseRecord: "pointwise"}
     if type(rec) not in name:
         return f"a {type(rec).__name__} is neither a pairwise nor a pointwise record"
@@ -345,8 +342,6 @@ def _kind_mismatch(rec, first) -> str | None:
 
 def _load_jsonl(path: Path, root: Path, split: str | None, limit: int | None) -> Bench:
     """The project's own JSONL: all pairwise or all pointwise records (kind detected), filtered."""
-    from cot_rm.schema import SchemaError, iter_jsonl, resolve_media
-
     records, seen = [], {}
     try:
         for lineno, rec in iter_jsonl(path, resolve=False, lines=True):

@@ -15,19 +15,23 @@ clearly more. `bench/perception.py` prints the table for two bases side by side.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from cot_rm.media.video import read_video
+from cot_rm.model.processing import encode
+from cot_rm.model.tower import slice_means
+from data_synthesis.toyworld.describe import drawn_spec, visible_frames
 
 QUESTIONS = ("colour", "shape", "count", "direction", "visual_quality", "physical_consistency")
 
 
 def pooled_slices(model, processor, videos: Sequence) -> torch.Tensor:
-    """[N, slices * width]: `cot_rm.pretrain.slice_means` of videos sampled with one frame count."""
-    from cot_rm.pretrain import slice_means
-    from cot_rm.processing import encode
-
+    """[N, slices * width]: `cot_rm.model.tower.slice_means` of videos sampled with one frame count."""
     batch = encode(
         processor, ["<|vision_start|><|video_pad|><|vision_end|>"] * len(videos), videos=list(videos)
     )
@@ -42,8 +46,6 @@ def pooled_features(model, processor, videos: Sequence) -> torch.Tensor:
 
 def labels(meta: dict, shown: Sequence[int]) -> dict[str, object]:
     """The answer to each question for one toy video, as shown at frames `shown`."""
-    from data_synthesis.describe import drawn_spec, visible_frames
-
     spec = drawn_spec(meta)
     seen = {d["dimension"] for d in meta["defects"] if visible_frames(d, shown)}
     return {
@@ -79,12 +81,6 @@ def linear_probe(x_train, y_train, x_test, y_test, steps: int = 300, l2: float =
 def probe_accuracy(base: str | Path, toy: str | Path, sampling, train_share: float = 0.7) -> dict:
     """Probe accuracy per question on the toy world in `toy` (its pointwise.jsonl), and chance (the
     majority class of the test part)."""
-    from collections import Counter
-
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    from cot_rm.video import read_video
-
     model = AutoModelForImageTextToText.from_pretrained(str(base), dtype=torch.float32).eval()
     processor = AutoProcessor.from_pretrained(base)
     rows = [json.loads(line) for line in (Path(toy) / "pointwise.jsonl").open() if line.strip()]

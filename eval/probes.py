@@ -14,9 +14,9 @@ does not is open to being gamed by a generator (a still image scoring as well as
     swap_prompt  the original video judged against another video's prompt
     color_drift  saturation and a red cast that grow over the video (x3 and +60 at the last frame)
 
-Copies are decoded at the checkpoint's own pixel budget (cot_rm/video.py), at most MAX_FRAMES frames
+Copies are decoded at the checkpoint's own pixel budget (cot_rm/media/video.py), at most MAX_FRAMES frames
 spread over the original's duration, and encoded with libx264 at high quality
-(cot_rm/video_writer.py); the `reencode` control measures what that round trip alone does.
+(cot_rm/media/writer.py); the `reencode` control measures what that round trip alone does.
 """
 
 from __future__ import annotations
@@ -28,6 +28,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
+
+from cot_rm.media.video import Sampling, VideoError, probe, read_video_numpy
+from cot_rm.media.writer import write_video
+from eval import run as ev
 
 MAX_FRAMES = 128  # frames kept per copy: enough for any sampler at 2 fps over a minute
 CRF = "12"  # x264 quality for the copies: visually lossless, so `reencode` stays near zero
@@ -111,8 +116,6 @@ def swapped_prompts(prompts: list[str], pool: list[str] | None = None) -> list[s
 
 def load_frames(path: str, sampling) -> tuple[np.ndarray, float]:
     """(frames (T, H, W, 3), fps that keeps the original's duration) at the checkpoint's pixel budget."""
-    from cot_rm.video import Sampling, probe, read_video_numpy
-
     total = probe(path)["total_frames"]
     spec = Sampling(num_frames=min(total, MAX_FRAMES), min_pixels=sampling.min_pixels,
                     max_pixels=sampling.max_pixels, family=sampling.family)  # fmt: skip
@@ -122,8 +125,6 @@ def load_frames(path: str, sampling) -> tuple[np.ndarray, float]:
 
 def write_copy(path: Path, frames: np.ndarray, fps: float) -> None:
     """Encode atomically (temp file + rename): a killed run never leaves half a video behind."""
-    from cot_rm.video_writer import write_video
-
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     write_video(tmp, frames, fps, options={"crf": CRF, "preset": "veryfast"})
     os.replace(tmp, path)
@@ -152,11 +153,6 @@ def make_copies(vid: str, path: str, sampling, folder: Path) -> dict[str, str]:
 
 def run(args) -> dict:
     """`cot-rm eval --probes`: perturb, judge, compare; the probes.json object."""
-    from tqdm import tqdm
-
-    from cot_rm.video import Sampling, VideoError
-    from eval import run as ev
-
     if args.probe_videos < 1:
         raise ev.EvalError(f"--probe-videos must be >= 1, got {args.probe_videos}")
     bench = ev.load_bench(args)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from eval import metrics
+from eval import metrics, probes
 
 
 def _fmt(value) -> str:
@@ -99,7 +99,5 @@ def write_report(out: Path) -> None:
     if (out / "metrics.json").exists():
         parts.append(report_markdown(json.loads((out / "metrics.json").read_text())))
     if (out / "probes.json").exists():
-        from eval import probes
-
         parts.append(probes.report_section(json.loads((out / "probes.json").read_text())))
     (out / "report.md").write_text("\n".join(parts), encoding="utf-8")

@@ -1,8 +1,5 @@
-"""`cot-rm eval`: metrics from a predictions file, or a checkpoint judged on a benchmark.
-
-    cot-rm eval --predictions FILE --out DIR [--tie-eps X | --val-predictions VAL]
-    cot-rm eval --model CKPT --bench NAME --data PATH [--root VIDEOS] --out DIR [--split test] [--limit N]
-    cot-rm eval --model CKPT --bench NAME --data PATH --out DIR --probes [--probe-videos N]
+"""The library half of `cot-rm eval` (its command line is `eval.cli`): metrics from a predictions file, or
+a checkpoint judged on a benchmark.
 
 The predictions file format is in eval/metrics.py; the benchmark loaders in eval/benchmarks.py.
 With --model, every distinct (video, prompt) is judged once, greedy, with the checkpoint's own frame
@@ -24,82 +21,20 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cot_rm.config import positive
-from eval import metrics
-from eval.benchmarks import BENCHES, BenchError
+from tqdm import tqdm
+
+from cot_rm.judge.local import Judge, video_error_of
+from cot_rm.media.frame_cache import file_identity
+from cot_rm.model.checkpoint import CheckpointError, load_checkpoint
+from cot_rm.schema import write_jsonl
+from eval import benchmarks, metrics
 from eval.faithfulness import faithfulness, toy_defects
-from eval.report import write_report
 
 
 class EvalError(Exception):
     """A one-line, user-facing reason to stop (exit 2)."""
 
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.description = (
-        "Evaluate a predictions file (no model needed), or judge a benchmark with a cot-rm checkpoint "
-        "(greedy, the checkpoint's own frame sampling; resumable), or run reward-hacking probes. "
-        "Writes DIR/metrics.json (or probes.json) and DIR/report.md."
-    )
-    arg = p.add_argument
-    # fmt: off
-    arg("--predictions", type=Path, metavar="FILE", help="metrics from this predictions JSONL alone (format: README)")
-    arg("--model", type=Path, metavar="CKPT", help="a cot-rm checkpoint (save_pretrained folder) to judge with")
-    arg("--bench", choices=BENCHES, default="jsonl",
-        help="benchmark loader for --data (default jsonl: the project's own records; the public ones "
-        "and where to get them are listed in the README)")
-    arg("--data", type=Path, metavar="PATH", help="the benchmark's annotation file (JSONL, CSV, JSON or Parquet)")
-    arg("--root", type=Path, metavar="DIR", help="folder the video paths are relative to (default: --data's folder)")
-    arg("--out", type=Path, required=True, metavar="DIR", help="output folder (also the resumable cache)")
-    arg("--split", choices=("train", "val", "test"), help="jsonl only: keep records of this split (and records without one)")
-    arg("--limit", type=int, metavar="N", help="evaluate the first N records only")
-    tie = p.add_mutually_exclusive_group()
-    tie.add_argument("--tie-eps", type=float, metavar="X",
-                     help="also report accuracy with ties at this fixed eps (score scale; default: the "
-                     "checkpoint's tie_margin when fitted)")
-    tie.add_argument("--val-predictions", type=Path, metavar="FILE",
-                     help="a predictions file on validation pairs (same model): each dimension's tie eps is "
-                     "searched there and applied here, reported beside the eps searched on this set")
-    arg("--probes", action="store_true",
-        help="reward-hacking probes: judge static / duplicated / shuffled / colour-drifted copies and a "
-        "swapped prompt, report how the scores move (DIR/probes.json)")
-    arg("--probe-videos", type=int, default=32, metavar="N", help="with --probes: videos to perturb (default 32)")
-    arg("--max-new-tokens", type=positive(int), default=512, metavar="N", help="per assistant turn (default 512)")
-    arg("--batch-size", type=positive(int), default=4, metavar="N", help="videos per judging batch (default 4)")
-    arg("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
-    arg("--dtype", choices=("auto", "bfloat16", "float16", "float32"), default="auto",
-        help="auto: bfloat16 on CUDA, float32 on CPU")
     # fmt: on
-
-
-def main(args: argparse.Namespace) -> int:
-    try:
-        if (args.predictions is None) == (args.model is None):
-            raise EvalError("give exactly one of --predictions FILE or --model CKPT")
-        if args.out.exists() and not args.out.is_dir():
-            raise EvalError(f"--out {args.out}: exists and is not a folder; give a folder for the outputs")
-        if args.probes and args.model is None:
-            raise EvalError("--probes needs --model CKPT and --data (the videos to perturb)")
-        if args.predictions is not None:
-            name, result = (
-                "metrics.json",
-                eval_predictions(args.predictions, args.tie_eps, args.val_predictions),
-            )
-        elif args.probes:
-            from eval import probes
-
-            name, result = "probes.json", probes.run(args)
-        else:
-            name, result = "metrics.json", eval_model(args)
-    except (EvalError, BenchError, metrics.PredictionsError) as err:
-        print(f"cot-rm eval: {err}", file=sys.stderr)
-        return 2
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / name).write_text(json.dumps(result, indent=2) + "\n")
-    write_report(args.out)
-    print((args.out / "report.md").read_text(encoding="utf-8"))  # the metrics, as tables
-    print(f"cot-rm eval: wrote {args.out / name} and report.md", file=sys.stderr)
-    return 0
 
 
 # ------------------------------------------------------------------------------ predictions file
@@ -197,9 +132,6 @@ def predictions_for(
 
 
 def eval_model(args: argparse.Namespace) -> dict:
-    from cot_rm.judge import video_error_of
-    from cot_rm.schema import write_jsonl
-
     bench = load_bench(args)
     model, device, dtype = load_model(args.model, args.device, args.dtype)
     videos, ids = plan(bench.records, bench.kind, bench.root)
@@ -242,8 +174,6 @@ def eval_model(args: argparse.Namespace) -> dict:
 
 
 def load_bench(args: argparse.Namespace):
-    from eval import benchmarks
-
     if args.data is None:
         raise EvalError("--model needs --data (the benchmark's annotation file)")
     return benchmarks.load(args.bench, args.data, args.root, args.split, args.limit)
@@ -286,21 +216,10 @@ def protocol(model, args, key: dict) -> dict:
 
 def load_model(path: Path, device: str, dtype: str):
     """(ThinkThenScore in eval mode on `device`, device, dtype); a bad path is an EvalError."""
-    if not path.is_dir():
-        raise EvalError(f"{path}: no such checkpoint folder")
-    if not (path / "cot_rm.json").is_file():
-        raise EvalError(f"{path}: not a cot-rm checkpoint (no cot_rm.json; see save_pretrained)")
-    import torch
-
-    from cot_rm.modeling import ThinkThenScore
-
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-    dtype = ("bfloat16" if device.startswith("cuda") else "float32") if dtype == "auto" else dtype
     try:
-        model = ThinkThenScore.from_pretrained(path, torch_dtype=getattr(torch, dtype))
-    except (OSError, ValueError, KeyError) as err:
-        raise EvalError(f"{path}: cannot load the checkpoint ({str(err).splitlines()[0]})") from None
-    return model.to(device).eval(), device, dtype
+        return load_checkpoint(path, device, dtype)
+    except CheckpointError as err:
+        raise EvalError(str(err)) from None
 
 
 def checkpoint_id(path: Path) -> str:
@@ -337,10 +256,6 @@ def key_id(key: dict) -> str:
 def judge_videos(model, videos: dict[str, tuple[str, str]], args, cache: Path, key: dict) -> dict[str, dict]:
     """Judgments for every video id, judging only those not yet in `cache` (appended and fsynced per
     batch, so a killed run resumes where it stopped), under `key` (written beside it as .key.json)."""
-    from tqdm import tqdm
-
-    from cot_rm.judge import Judge, video_error_of
-
     done = load_cache(cache, key)
     cache.with_suffix(".key.json").write_text(json.dumps(key, indent=2, sort_keys=True) + "\n")
     prints = {vid: fingerprint(path) for vid, (path, _) in videos.items()}
@@ -378,8 +293,6 @@ def judge_videos(model, videos: dict[str, tuple[str, str]], args, cache: Path, k
 def fingerprint(path: str) -> str:
     """What a cached judgment of `path` was made from: the resolved file, its size and mtime (a URL as
     given), so a video regenerated under the same name, or another folder's file, is judged again."""
-    from cot_rm.frame_cache import file_identity
-
     if "://" in path:
         return path
     try:
@@ -424,8 +337,6 @@ def load_cache(path: Path, key: dict) -> dict[str, dict]:
             raise _key_mismatch(path, obj.get("eval_key"), key)
         done[obj["id"]] = obj
     if torn or (lines and lines[-1] != ""):
-        from cot_rm.schema import write_jsonl
-
         write_jsonl(path, list(done.values()))  # atomic: no half line left to append onto
         if torn:
             print(f"cot-rm eval: {path}: dropped a torn last line", file=sys.stderr)

@@ -9,6 +9,8 @@ import csv
 import json
 from pathlib import Path
 
+import pyarrow.parquet as pq
+
 
 class BenchError(Exception):
     """A one-line, user-facing reason the benchmark cannot be loaded."""
@@ -31,8 +33,6 @@ def read_rows(path: Path) -> list[tuple[str, dict]]:
         if suffix == ".json":
             return _json_rows(path)
         if suffix == ".parquet":
-            import pyarrow.parquet as pq
-
             return [(f"{path}: row {i}", row) for i, row in enumerate(pq.read_table(path).to_pylist(), 1)]
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise BenchError(f"{path}: cannot read it ({err})") from None

@@ -117,7 +117,7 @@ stage_grpo() {
         # reach the server through rollout.vllm_sync_dir each step (same host), read whole on rank 0,
         # hence ZeRO-2 (ZeRO-3 would leave rank 0 a shard).
         gpus=$((GPUS_PER_NODE - 1)) accel=configs/accelerate/zero2.yaml
-        CUDA_VISIBLE_DEVICES=$gpus "$PY" -m cot_rm.grpo_vllm_server --model "$SFT_OUT" --port "$ROLLOUT_PORT" \
+        CUDA_VISIBLE_DEVICES=$gpus "$PY" -m cot_rm.train.grpo.vllm_server --model "$SFT_OUT" --port "$ROLLOUT_PORT" \
             -- --dtype bfloat16 --gpu-memory-utilization 0.9 --max-model-len 16384 >"$OUT/rollout_server.log" 2>&1 &
         SERVER_PID=$!
         wait_health "http://127.0.0.1:$ROLLOUT_PORT" "$OUT/rollout_server.log"

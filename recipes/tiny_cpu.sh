@@ -69,7 +69,7 @@ stage_sft() {
     local base=$BASE
     if [[ $base == random ]]; then  # built locally; skipped when a complete one is already there
         base=$OUT/tiny-qwen2_5_vl
-        "$PY" -c 'import sys; from cot_rm.tiny import build_tiny_checkpoint; build_tiny_checkpoint(sys.argv[1], family="qwen2_5_vl")' "$base"
+        "$PY" -c 'import sys; from cot_rm.model.tiny import build_tiny_checkpoint; build_tiny_checkpoint(sys.argv[1], family="qwen2_5_vl")' "$base"
     fi
     # The config's paths point at runs/demo: redirect every one of them to $OUT. The held-out report
     # reads the test split of the same pairs file (data.eval_split: test), never trained on.

@@ -26,7 +26,7 @@ def write_mp4(
     The content moves every frame so that frame sampling and decoding bugs show up as wrong pixels.
     Height and width must be even (yuv420p subsampling).
     """
-    from cot_rm.video_writer import write_video
+    from cot_rm.media.writer import write_video
 
     ys, xs = np.mgrid[0:height, 0:width]
     background = np.stack([xs * 200 // width, ys * 200 // height, np.full_like(xs, 60)], -1).astype(np.uint8)
@@ -58,7 +58,7 @@ def sample_mp4(make_mp4) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_qwen25vl_dir(tmp_path_factory) -> Path:
-    from cot_rm.tiny import build_tiny_checkpoint
+    from cot_rm.model.tiny import build_tiny_checkpoint
 
     return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "qwen2_5_vl", "qwen2_5_vl")
 
@@ -67,7 +67,7 @@ def tiny_qwen25vl_dir(tmp_path_factory) -> Path:
 def tiny_rm(tiny_qwen25vl_dir, tmp_path_factory) -> Path:
     """A saved think-then-score checkpoint (untrained head) on the tiny Qwen2.5-VL: what eval,
     benchmarks and probes load with --model. Read-only: a test that changes it copies it first."""
-    from cot_rm.modeling import ThinkThenScore
+    from cot_rm.model.modeling import ThinkThenScore
 
     path = tmp_path_factory.mktemp("rm") / "ckpt"
     ThinkThenScore.from_base(tiny_qwen25vl_dir).save_pretrained(path)
@@ -76,7 +76,7 @@ def tiny_rm(tiny_qwen25vl_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_qwen3vl_dir(tmp_path_factory) -> Path:
-    from cot_rm.tiny import build_tiny_checkpoint
+    from cot_rm.model.tiny import build_tiny_checkpoint
 
     return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "qwen3_vl", "qwen3_vl")
 

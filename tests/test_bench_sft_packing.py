@@ -17,9 +17,9 @@ BATCHES, REPEATS = 2, 2
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory, tiny_rm) -> tuple[dict, str, Path]:
     from cot_rm.schema import read_jsonl
-    from data_synthesis.oracle import OracleTeacher
     from data_synthesis.pipeline import SynthConfig, synthesize
-    from data_synthesis.toyworld import ToyConfig, build
+    from data_synthesis.teachers.oracle import OracleTeacher
+    from data_synthesis.toyworld.world import ToyConfig, build
 
     root = tmp_path_factory.mktemp("sft_packing")
     build(root / "toy", ToyConfig(n=12, seed=0), progress=False)

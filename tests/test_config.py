@@ -23,7 +23,7 @@ from cot_rm.config import (
     parse_value,
     save_config,
 )
-from cot_rm.sft_config import HEAD_KINDS, LoraArgs, SFTRunConfig
+from cot_rm.train.sft.config import HEAD_KINDS, LoraArgs, SFTRunConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
@@ -92,7 +92,7 @@ def test_sft_yaml_loads(path):
 def test_grpo_yaml_loads(path):
     import trl
 
-    from cot_rm.grpo_config import GRPORunConfig
+    from cot_rm.train.grpo.config import GRPORunConfig
 
     cfg = load_config(GRPORunConfig, path, [])
     check_trl_args(trl.GRPOConfig, cfg.train)
@@ -103,7 +103,7 @@ def test_grpo_yaml_loads(path):
 def test_pretrain_yaml_loads(path):
     import trl
 
-    from cot_rm.pretrain_config import PretrainRunConfig
+    from cot_rm.train.pretrain.config import PretrainRunConfig
 
     cfg = load_config(PretrainRunConfig, path, [])
     check_trl_args(trl.SFTConfig, cfg.train)
@@ -326,7 +326,7 @@ def test_check_trl_args():
 
 
 def test_sft_refuses_traces_labelled_on_dimensions_the_model_does_not_score():
-    from cot_rm.sft import check_dimensions
+    from cot_rm.train.sft.trainer import check_dimensions
 
     dims = ("visual_quality", "overall")
     check_dimensions(
@@ -416,7 +416,7 @@ def test_generic_loader_on_other_dataclasses():
 
 
 def test_sections_validate_when_built_in_code():
-    from cot_rm.sft_config import DataArgs, LossArgs, ModelArgs
+    from cot_rm.train.sft.config import DataArgs, LossArgs, ModelArgs
 
     with pytest.raises(ValueError, match="head 'conv': choose one of linear, mlp"):
         ModelArgs(base="m", head="conv")
@@ -432,8 +432,8 @@ def test_sections_validate_when_built_in_code():
 
 def test_lora_args_mirror_lora_settings():
     """LoraArgs copies LoraSettings' fields and defaults (config.py stays torch-free)."""
-    from cot_rm.modeling import HEAD_KINDS as MODEL_HEAD_KINDS
-    from cot_rm.modeling import LoraSettings
+    from cot_rm.model.modeling import HEAD_KINDS as MODEL_HEAD_KINDS
+    from cot_rm.model.modeling import LoraSettings
 
     ours = {f.name: f.default for f in dataclasses.fields(LoraArgs)}
     theirs = {f.name: f.default for f in dataclasses.fields(LoraSettings)}
@@ -443,14 +443,14 @@ def test_lora_args_mirror_lora_settings():
 
 
 def test_resume_names_the_settings_that_changed(tmp_path):
-    from cot_rm.sft import _changed_keys
-    from cot_rm.sft_config import SFTRunConfig
+    from cot_rm.train.runs import changed_keys
+    from cot_rm.train.sft.config import SFTRunConfig
 
     first = load_config(SFTRunConfig, "configs/tiny/sft.yaml", ["train.learning_rate=1e-3"])
     save_config(first, tmp_path / "run_config.yaml")
-    assert _changed_keys(tmp_path / "run_config.yaml", first) == []
+    assert changed_keys(tmp_path / "run_config.yaml", first) == []
     later = load_config(
         SFTRunConfig, "configs/tiny/sft.yaml", ["train.learning_rate=1e-4", "loss.head_weight=2"]
     )
-    assert _changed_keys(tmp_path / "run_config.yaml", later) == ["loss.head_weight", "train.learning_rate"]
-    assert _changed_keys(tmp_path / "missing.yaml", later) == []
+    assert changed_keys(tmp_path / "run_config.yaml", later) == ["loss.head_weight", "train.learning_rate"]
+    assert changed_keys(tmp_path / "missing.yaml", later) == []

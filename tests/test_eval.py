@@ -483,3 +483,17 @@ def test_model_eval_on_toy_pairs_reports_faithfulness(tiny_rm, bench, tmp_path, 
     assert got["videos"] == 3 and got["defects_present"] == 3
     assert set(got["recall_by_type"]) == {"flicker", "freeze", "wrong_colour"}
     assert "faithful critiques (toy world, 3 videos)" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_correlations_match_scipy():
+    """SRCC, PLCC and Kendall's tau-b against scipy's, on scores with many ties (the toy world's labels
+    are integers 1-5) and on continuous ones."""
+    stats = pytest.importorskip("scipy.stats")  # in the dev extra, which `make setup` installs
+    rng = np.random.default_rng(0)
+    for trial in range(20):
+        n = int(rng.integers(5, 200))
+        true = rng.integers(1, 6, n).astype(float)
+        pred = true + rng.normal(0, 1.5, n) if trial % 2 else rng.integers(1, 6, n).astype(float)
+        assert m.spearman(pred, true) == pytest.approx(stats.spearmanr(pred, true).statistic, abs=1e-12)
+        assert m.pearson(pred, true) == pytest.approx(stats.pearsonr(pred, true).statistic, abs=1e-12)
+        assert m.kendall_tau_b(pred, true) == pytest.approx(stats.kendalltau(pred, true).statistic, abs=1e-12)

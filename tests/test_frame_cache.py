@@ -1,4 +1,4 @@
-"""cot_rm.frame_cache: hits, keys, atomic concurrent fills, LRU eviction, and the CLI's --no-cache."""
+"""cot_rm.media.frame_cache: hits, keys, atomic concurrent fills, LRU eviction, and the CLI's --no-cache."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from videogen import index_frame
 
-from cot_rm.frame_cache import TMP_PREFIX, FrameCache, default_cache_dir
-from cot_rm.video import Sampling, read_video_numpy
-from cot_rm.video_writer import write_video
+from cot_rm.media.frame_cache import TMP_PREFIX, FrameCache, default_cache_dir
+from cot_rm.media.video import Sampling, read_video_numpy
+from cot_rm.media.writer import write_video
 
 SMALL = Sampling(num_frames=4, max_pixels=56 * 56)
 
@@ -85,7 +85,7 @@ def test_concurrent_fillers_never_expose_partial_entries(tmp_path, caplog):
         p.start()
     reader = FrameCache(root)
     seen = 0
-    with caplog.at_level(logging.WARNING, logger="cot_rm.frame_cache"):
+    with caplog.at_level(logging.WARNING, logger="cot_rm.media.frame_cache"):
         while any(p.is_alive() for p in procs) or seen == 0:
             for k in range(4):
                 if (hit := reader.get(f"{k:064x}")) is not None:

@@ -8,12 +8,12 @@ import pytest
 import torch
 from trl import GRPOConfig
 
-from cot_rm import grpo
 from cot_rm.config import config_from_dict
-from cot_rm.grpo_config import GRPORunConfig
-from cot_rm.modeling import ThinkThenScore
+from cot_rm.media.video import Sampling
+from cot_rm.model.modeling import ThinkThenScore
 from cot_rm.protocol import format_tool_call
-from cot_rm.video import Sampling
+from cot_rm.train.grpo import trainer as grpo
+from cot_rm.train.grpo.config import GRPORunConfig
 
 FAMILY = "qwen2_5_vl"
 SAMPLING = Sampling(fps=None, num_frames=4, max_pixels=56 * 56, family=FAMILY)
@@ -124,10 +124,10 @@ def test_the_moved_head_is_calibrated_again_on_val_traces(ckpt, tmp_path):
     from types import SimpleNamespace
 
     from cot_rm.schema import read_jsonl
-    from cot_rm.sft_data import load_traces
-    from data_synthesis.oracle import OracleTeacher
+    from cot_rm.train.data import load_traces
     from data_synthesis.pipeline import SynthConfig, synthesize
-    from data_synthesis.toyworld import ToyConfig, build
+    from data_synthesis.teachers.oracle import OracleTeacher
+    from data_synthesis.toyworld.world import ToyConfig, build
 
     build(tmp_path / "toy", ToyConfig(n=24, seed=3), progress=False)
     synthesize(read_jsonl(tmp_path / "toy" / "pointwise.jsonl"), OracleTeacher(), tmp_path / "sft.jsonl",
@@ -309,8 +309,8 @@ def test_rows_are_checked_against_the_checkpoint_up_front(data, tmp_path, capsys
     are one-line errors before any rollout; pairs that cannot be used are counted aloud."""
     from types import SimpleNamespace
 
-    from cot_rm.grpo import load_rows
     from cot_rm.protocol import JudgeSpec
+    from cot_rm.train.grpo.trainer import load_rows
 
     rows = [json.loads(line) for line in (data / "pointwise.jsonl").read_text().splitlines()]
     for r in rows:

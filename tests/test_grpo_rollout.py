@@ -7,12 +7,12 @@ import pytest
 import torch
 from transformers import AutoProcessor, GenerationConfig
 
-from cot_rm import grpo_rollout as R
 from cot_rm import protocol as P
-from cot_rm.processing import encode
+from cot_rm.media.video import Sampling, VideoError
+from cot_rm.model.config import REWARD_TOKEN
+from cot_rm.model.processing import encode
 from cot_rm.protocol import JudgeSpec
-from cot_rm.rm_config import REWARD_TOKEN
-from cot_rm.video import Sampling, VideoError
+from cot_rm.train.grpo import rollout as R
 
 FAMILY = "qwen2_5_vl"
 SAMPLING = Sampling(fps=None, num_frames=4, max_pixels=56 * 56, family=FAMILY)
@@ -248,7 +248,7 @@ def test_padded_layout(processor, sample_mp4):
 
 
 def test_hf_generator_on_the_tiny_model(tiny_qwen25vl_dir, processor, sample_mp4):
-    from cot_rm.modeling import ThinkThenScore
+    from cot_rm.model.modeling import ThinkThenScore
 
     model = ThinkThenScore.from_base(tiny_qwen25vl_dir).eval()
     tok = model.processor.tokenizer
@@ -312,8 +312,8 @@ def test_qwen3_vl_ids_equal_the_rendered_conversation(tiny_qwen3vl_dir, sample_m
 def test_hf_generator_after_a_tool_round_and_media_rebuild_the_inputs(tiny_qwen25vl_dir, sample_mp4):
     """Turn 0 scripted (a valid call), later turns by the real model with tool images in context; the
     media of each rollout rebuild exactly the vision inputs of its final sequence."""
-    from cot_rm.modeling import ThinkThenScore
-    from cot_rm.processing import mm_token_type_ids
+    from cot_rm.model.modeling import ThinkThenScore
+    from cot_rm.model.processing import mm_token_type_ids
 
     model = ThinkThenScore.from_base(tiny_qwen25vl_dir).eval()
     proc, spec = model.processor, JudgeSpec(memory_window=1)

@@ -16,18 +16,18 @@ from safetensors import safe_open
 from test_grpo_rollout import FINAL, call, scripted
 from transformers import GenerationConfig
 
-from cot_rm import grpo_rollout as R
-from cot_rm import grpo_vllm as V
-from cot_rm.modeling import LoraSettings, ThinkThenScore
-from cot_rm.processing import mm_token_type_ids
+from cot_rm.media.video import Sampling
+from cot_rm.model.config import REWARD_TOKEN
+from cot_rm.model.modeling import LoraSettings, ThinkThenScore
+from cot_rm.model.processing import mm_token_type_ids
 from cot_rm.protocol import JudgeSpec
-from cot_rm.rm_config import REWARD_TOKEN
-from cot_rm.video import Sampling
+from cot_rm.train.grpo import rollout as R
+from cot_rm.train.grpo import vllm as V
 
 FAMILY = "qwen2_5_vl"
 # 4 frames of a 32-frame 8 fps clip (sampled at 1 fps: temporal positions 0 and 4). At 140 px the video's
 # spatial span (5 merged patches) covers them; at 56 px (SMALL, the colocate check) it does not, so the
-# text after the video starts after the temporal positions (cot_rm.rope; stock transformers 5.19 would
+# text after the video starts after the temporal positions (cot_rm.model.rope; stock transformers 5.19 would
 # start it earlier, and log-probs would differ from vLLM's by ~3e-3).
 SAMPLING = Sampling(fps=None, num_frames=4, max_pixels=140 * 140, family=FAMILY)
 SMALL = Sampling(fps=None, num_frames=4, max_pixels=56 * 56, family=FAMILY)
@@ -148,7 +148,7 @@ def served(tiny_rm, tmp_path_factory):
     from conftest import VLLM_MM_LIMITS
     from vllm_server import start_server
 
-    from cot_rm.serve_engine import engine_view
+    from cot_rm.engine.vllm import engine_view
 
     work = tmp_path_factory.mktemp("grpo_vllm")
     view = engine_view(tiny_rm, work)
@@ -310,7 +310,7 @@ def test_cot_rm_grpo_trains_with_the_server_backend(served, tiny_qwen25vl_dir, m
     the server, and the step trains the head."""
     from test_grpo import run_config
 
-    from cot_rm import grpo
+    from cot_rm.train.grpo import trainer as grpo
 
     server, _ = served
     torch.manual_seed(0)
@@ -402,7 +402,7 @@ def test_colocate_code_on_the_cpu_offline_engine(model, recorded_small, tiny_rm,
     from safetensors.torch import save_file
     from vllm_server import REPO, server_env, vllm_python
 
-    from cot_rm.serve_engine import engine_view
+    from cot_rm.engine.vllm import engine_view
 
     proc = model.processor
     plain = [{"inputs": {k: b.inputs[k].tolist() for k in ("input_ids", "attention_mask")},
@@ -435,7 +435,7 @@ def test_colocate_code_on_the_cpu_offline_engine(model, recorded_small, tiny_rm,
 
 
 def test_rollout_server_launcher_serves_the_lm_without_the_head(tiny_rm, tmp_path, monkeypatch):
-    from cot_rm import grpo_vllm_server
+    from cot_rm.train.grpo import vllm_server as grpo_vllm_server
 
     seen = {}
     monkeypatch.setattr(
@@ -457,7 +457,7 @@ def test_rollout_server_launcher_serves_the_lm_without_the_head(tiny_rm, tmp_pat
 
 
 def test_weight_sync_refuses_zero3_shards(tiny_rm):
-    from cot_rm.modeling import ThinkThenScore
+    from cot_rm.model.modeling import ThinkThenScore
 
     policy = ThinkThenScore.from_pretrained(tiny_rm)
     assert any(name.endswith("embed_tokens.weight") for name, _ in V.vllm_named_weights(policy))

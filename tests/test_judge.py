@@ -8,10 +8,10 @@ import pytest
 
 from cot_rm import cli
 from cot_rm import protocol as P
-from cot_rm.judge import Judge, _Conv, summarize_samples
-from cot_rm.modeling import ThinkThenScore
+from cot_rm.judge.local import Judge, _Conv, summarize_samples
+from cot_rm.media.video import Sampling, read_video
+from cot_rm.model.modeling import ThinkThenScore
 from cot_rm.protocol import JudgeSpec
-from cot_rm.video import Sampling, read_video
 
 ANSWER = (
     '<answer>{"visual_quality": 4, "text_alignment": 3, "physical_consistency": 5, "overall": 3}</answer>'
@@ -74,8 +74,8 @@ def test_judgments_follow_the_contract(judge, sample_mp4, tmp_path):
 
 def test_video_only_scores_read_what_rationale_dropout_trains(judge, sample_mp4):
     """The head without a critique reads exactly the sequence SFT's rationale dropout trains it on."""
-    from cot_rm.sft_data import SFTCollator
-    from cot_rm.sft_report import head_scores
+    from cot_rm.train.data import SFTCollator
+    from cot_rm.train.report import head_scores
 
     model, prompt = judge.model, "two red squares moving left"
     video = read_video(sample_mp4, judge.sampling)
@@ -202,7 +202,10 @@ def test_cli_usage_errors_are_one_line(rm_dir, sample_mp4, tmp_path, capsys):
         (("--model", rm_dir, sample_mp4, "--prompts-file", two), "2 prompts for 1 videos"),
         (("--model", rm_dir, *[sample_mp4] * 3, "--prompts-file", gap), f"{gap}:2: empty prompt"),
         (("--model", rm_dir, sample_mp4, "--prompt", "  "), "--prompt is empty"),
-        (("--model", tmp_path / "nowhere", sample_mp4, "--prompt", "p"), "cannot load the checkpoint"),
+        (
+            ("--model", tmp_path / "nowhere", sample_mp4, "--prompt", "p"),
+            "nowhere: no such checkpoint folder",
+        ),
         (
             ("--model", rm_dir, sample_mp4, "--prompt", "p", "--samples", "2", "--temperature", "0"),
             "--samples",

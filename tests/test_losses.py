@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from cot_rm.losses import (
+from cot_rm.model.losses import (
     TieParameter,
     accuracy_with_ties,
     bt_margin_loss,

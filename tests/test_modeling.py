@@ -10,7 +10,8 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText, AutoTokenizer
 
-from cot_rm.modeling import (
+from cot_rm.media.video import Sampling, read_video
+from cot_rm.model.modeling import (
     CONFIG_NAME,
     HEAD_NAME,
     CotRmConfig,
@@ -22,10 +23,9 @@ from cot_rm.modeling import (
     fit_tie_margin,
     reward_positions,
 )
-from cot_rm.processing import encode
+from cot_rm.model.processing import encode
+from cot_rm.model.tiny import REWARD_TOKEN
 from cot_rm.protocol import JudgeSpec
-from cot_rm.tiny import REWARD_TOKEN
-from cot_rm.video import Sampling, read_video
 
 ANSWERS = [
     '<think>Sharp frames.</think><answer>{"overall": 4}</answer>',

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from videogen import index_frame, read_index
 
+from cot_rm.media.video import VideoError, probe
+from cot_rm.media.writer import write_video
 from cot_rm.schema import PointwiseRecord, read_jsonl
-from cot_rm.video import VideoError, probe
-from cot_rm.video_writer import write_video
 from data_synthesis.negatives import (
     KINDS,
     decode_all,
@@ -21,7 +21,7 @@ from data_synthesis.negatives import (
     rescore,
     write_negatives,
 )
-from data_synthesis.toyworld import ToyConfig, build, dimension_scores
+from data_synthesis.toyworld.world import ToyConfig, build, dimension_scores
 
 DIMS = ("visual_quality", "text_alignment", "physical_consistency")
 REAL_SCORES = {"visual_quality": 4, "text_alignment": 5, "physical_consistency": 4, "overall": 3}

@@ -1,4 +1,4 @@
-"""cot_rm.packing on the tiny checkpoints of both families: a packed (padding-free) batch gives the padded
+"""cot_rm.model.packing on the tiny checkpoints of both families: a packed (padding-free) batch gives the padded
 batch's LM loss, head outputs and gradients, with transformers' sdpa (block-diagonal mask from the text
 positions) and with the per-sequence `varlen_sdpa`."""
 
@@ -7,12 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cot_rm.modeling import ThinkThenScore
-from cot_rm.packing import IGNORE, VARLEN_SDPA, pack_batch, packed_forward, sft_forward, use_varlen_sdpa
-from cot_rm.processing import encode
-from cot_rm.sft import lm_loss
-from cot_rm.tiny import REWARD_TOKEN
-from cot_rm.video import Sampling, read_frames_at, read_video
+from cot_rm.media.video import Sampling, read_frames_at, read_video
+from cot_rm.model.modeling import ThinkThenScore
+from cot_rm.model.packing import IGNORE, VARLEN_SDPA, pack_batch, packed_forward, sft_forward, use_varlen_sdpa
+from cot_rm.model.processing import encode
+from cot_rm.model.tiny import REWARD_TOKEN
+from cot_rm.train.common import lm_loss
 
 # Very different lengths, as rationale dropout gives: a head-only sample, a short and a long critique.
 ANSWERS = [None, "<think>Sharp.</think><answer>{\"overall\": 4}</answer>",
@@ -134,8 +134,8 @@ def test_sft_forward_padded_and_packed_agree(model, batch):
 def test_lora_models_reach_the_inner_model(ckpt):
     """PEFT sets `peft_config` on the HF model it wraps too: only a PeftModel may be unwrapped (this used to
     crash LoRA training with packing, `model.lora.r=8 data.packing=true`)."""
-    from cot_rm.modeling import LoraSettings
-    from cot_rm.packing import _inner, use_varlen_sdpa
+    from cot_rm.model.modeling import LoraSettings
+    from cot_rm.model.packing import _inner, use_varlen_sdpa
 
     model = ThinkThenScore.from_base(ckpt, lora=LoraSettings(r=2, dropout=0.0), attn_implementation="sdpa")
     assert type(_inner(model)).__name__ in ("Qwen2_5_VLModel", "Qwen3VLModel")

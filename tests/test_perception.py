@@ -47,7 +47,7 @@ def test_linear_probe_separable_and_noise():
 def test_pooled_features_keep_time_order(tiny_qwen25vl_dir, sample_mp4):
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
-    from cot_rm.video import Sampling, read_video
+    from cot_rm.media.video import Sampling, read_video
 
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_qwen25vl_dir).eval()
     processor = AutoProcessor.from_pretrained(tiny_qwen25vl_dir)

@@ -4,12 +4,13 @@ a short `cot-rm pretrain` run that writes a loadable base with its marker."""
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 from cot_rm.cli import main as cli
-from cot_rm.pretrain import MARKER, digest, drawn_combinations
-from data_synthesis.describe import describe, describe_frame, read_description, visible_frames
-from data_synthesis.toyworld_plan import HELD_OUT
+from cot_rm.train.pretrain.trainer import MARKER, digest, drawn_combinations
+from data_synthesis.toyworld.describe import describe, describe_frame, read_description, visible_frames
+from data_synthesis.toyworld.plan import HELD_OUT
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = {
@@ -94,7 +95,7 @@ def test_short_pretrain_run_writes_a_base_that_sft_loads(tmp_path, capsys):
         tmp_path / "base" / "model.safetensors"
     )
     # The end report breaks the events down by kind: [named and shown, named only, shown only] counts.
-    from cot_rm.pretrain import EVENTS
+    from cot_rm.train.pretrain.trainer import EVENTS
 
     report = marker["report"]
     assert set(report["events_by_kind"]) <= set(EVENTS)
@@ -107,14 +108,14 @@ def test_short_pretrain_run_writes_a_base_that_sft_loads(tmp_path, capsys):
     # A rerun of the finished run has nothing left to do.
     assert cli(args) == 0
     assert "nothing to do" in capsys.readouterr().err
-    from cot_rm.modeling import ThinkThenScore
+    from cot_rm.model.modeling import ThinkThenScore
 
     model = ThinkThenScore.from_base(str(tmp_path / "base"), dims=("visual_quality", "overall"))
     assert model.config.family == "qwen2_5_vl"
 
 
 def test_slice_events_place_each_event_in_its_temporal_slice():
-    from cot_rm.pretrain import EVENTS, slice_events
+    from cot_rm.train.pretrain.trainer import EVENTS, slice_events
 
     meta = _meta(
         _d("flicker", "visual_quality", [8, 9, 10, 11, 12, 13], 3, towards="black"),
@@ -132,10 +133,10 @@ def test_slice_events_place_each_event_in_its_temporal_slice():
 def test_tower_collator_targets_name_what_is_drawn(tiny_qwen25vl_dir, tmp_path):
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
-    from cot_rm.pretrain import CLASSES, EVENTS, DescribeCollator, TowerCollator, TowerProbe
-    from cot_rm.pretrain_config import CorpusArgs
-    from data_synthesis.describe import drawn_spec
-    from data_synthesis.toyworld import ToyConfig, build
+    from cot_rm.train.pretrain.config import CorpusArgs
+    from cot_rm.train.pretrain.trainer import CLASSES, EVENTS, DescribeCollator, TowerCollator, TowerProbe
+    from data_synthesis.toyworld.describe import drawn_spec
+    from data_synthesis.toyworld.world import ToyConfig, build
 
     build(tmp_path, ToyConfig(4, 3, 64, 64, workers=1), progress=False)
     rows = [json.loads(line) for line in (tmp_path / "pointwise.jsonl").open()]
@@ -177,8 +178,8 @@ def test_shipped_base_sees_colours_and_defects_on_fresh_videos(tmp_path):
     """Linear probes on the shipped base's pooled vision features (eval/perception.py), on a toy world
     it never saw (seed 11, not the corpus's 1001): the drawn colour, the count, and whether the shown
     frames hold a visual-quality defect."""
-    from cot_rm.video import Sampling
-    from data_synthesis.toyworld import ToyConfig, build
+    from cot_rm.media.video import Sampling
+    from data_synthesis.toyworld.world import ToyConfig, build
     from eval.perception import probe_accuracy
 
     build(tmp_path / "world", ToyConfig(240, 11, 64, 64, workers=1), progress=False)
@@ -188,3 +189,45 @@ def test_shipped_base_sees_colours_and_defects_on_fresh_videos(tmp_path):
     assert got["count"] >= PROBE_THRESHOLDS["count"], got
     vq_margin = got["visual_quality"] - got["chance"]["visual_quality"]
     assert vq_margin >= PROBE_THRESHOLDS["visual_quality_over_chance"], got
+
+
+def test_copy_and_quote_samples_never_write_a_held_out_pair():
+    from cot_rm.train.pretrain.trainer import copy_sample, random_prompt
+    from data_synthesis.toyworld.plan import HELD_OUT
+
+    rng = random.Random(0)
+    words = [
+        "red",
+        "triangle",
+        "triangles",
+        "yellow",
+        "diamond",
+        "green",
+        "square",
+        "blue",
+        "circle",
+        "moves",
+    ]
+    for _ in range(300):
+        user, assistant = copy_sample(words, rng)
+        text = assistant["content"]
+        assert user["content"][0]["text"] == f"Repeat exactly: {text}"
+        assert not any(f" {c} {s}" in f" {text}" for c, s in HELD_OUT), text
+    seen = {random_prompt(rng) for _ in range(300)}
+    held = {random_prompt(rng, held_out=True) for _ in range(50)}
+    has_held_out = lambda p: any(f" {c} {s}" in f" {p}" for c, s in HELD_OUT)  # noqa: E731
+    assert not any(has_held_out(p) for p in seen) and all(has_held_out(p) for p in held)
+
+
+def test_quote_scoring_on_hand_written_answers():
+    from cot_rm.train.pretrain.trainer import quoted
+
+    prompt = "two yellow diamonds moving left slowly on a white background"
+    caption = "Two yellow triangles on a white background, moving left quickly."
+    assert quoted(prompt, f"{caption} The prompt asks for {prompt}.") == (True, True)
+    assert quoted(prompt, f"{caption} The prompt asks for two yellow diamonds moving up.") == (False, True)
+    assert quoted(prompt, f"{caption} The prompt asks for two yellow triangles moving left.") == (
+        False,
+        False,
+    )
+    assert quoted(prompt, "I see two yellow diamonds.") == (False, False)  # named, but not in a quote

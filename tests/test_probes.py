@@ -60,7 +60,7 @@ def test_swapped_prompts_pick_the_next_different_prompt():
 
 
 def test_copies_are_real_videos_of_the_same_duration(make_mp4, tmp_path):
-    from cot_rm.video import Sampling, probe, read_video_numpy
+    from cot_rm.media.video import Sampling, probe, read_video_numpy
 
     src = make_mp4("probe_src.mp4", num_frames=16, height=64, width=64, fps=8)
     sampling = Sampling(max_pixels=56 * 56, family="qwen2_5_vl")

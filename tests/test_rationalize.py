@@ -11,9 +11,9 @@ from cot_rm.protocol import JudgeSpec
 from cot_rm.schema import PointwiseRecord
 from data_synthesis import filters
 from data_synthesis.filters import ConsistencyRule
-from data_synthesis.oracle import OracleTeacher, cite
 from data_synthesis.rationalize import Item, RationaleConfig, rationalize
-from data_synthesis.teachers import TeacherReply, TeacherRequest
+from data_synthesis.teachers.base import TeacherReply, TeacherRequest
+from data_synthesis.teachers.oracle import OracleTeacher, cite
 from data_synthesis.traces import build_trace, plan_calls, tool_frames
 
 LABEL = {"visual_quality": 4, "text_alignment": 2, "physical_consistency": 3, "overall": 3}

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cot_rm.judge.html import build_report, split_sentences, write_report
+from cot_rm.media.video import Sampling
 from cot_rm.protocol import PROTOCOL_VERSION, JudgeSpec
-from cot_rm.report import build_report, split_sentences, write_report
-from cot_rm.video import Sampling
 
 SAMPLING = Sampling(num_frames=8, max_pixels=56 * 56)
 CRITIQUE = (
@@ -125,7 +125,7 @@ def test_tool_trace_parse_errors_and_unreadable_videos(sample_mp4):
     assert page.count('<section class="video">') == 3
     assert "<code>select_frames([8, 12])</code>" in page and "tool error: frame 99 is out of range" in page
     assert (
-        "<code>{&quot;name&quot;: &quot;zoom&quot;, &quot;x&quot;: &quot;&lt;b&gt;&quot;}</code>" in page
+        "<code>{&#34;name&#34;: &#34;zoom&#34;, &#34;x&#34;: &#34;&lt;b&gt;&#34;}</code>" in page
     )  # as asked
     assert "did not parse: unclosed_tag" in page and "&lt;think&gt;frame 5 &lt;answer&gt;{" in page
     assert "video_error: x.mp4: no such file" in page

@@ -7,8 +7,9 @@ import pickle
 import pytest
 from trl.trainer.utils import get_callable_name
 
-from cot_rm import rewards as R
+from cot_rm import protocol as P
 from cot_rm.protocol import JudgeSpec, parse_turn, tool_turn
+from cot_rm.train.grpo import rewards as R
 
 
 def answer(think="Frame 3 flickers.", vq=4, ta=2, pc=3, ov=3) -> str:
@@ -86,9 +87,9 @@ def test_final_turn_of_every_completion_form():
             {"type": "function", "function": {"name": "select_frames", "arguments": {"frames": [5]}}}
         ],
     }
-    assert parse_turn(R.message_text(structured)).calls[0].frames == (5,)
+    assert parse_turn(P.message_text(structured)).calls[0].frames == (5,)
     as_json_string = {"function": {"name": "select_frames", "arguments": '{"frames": [6, 7]}'}}
-    assert parse_turn(R.message_text({**structured, "tool_calls": [as_json_string]})).calls[0].frames == (
+    assert parse_turn(P.message_text({**structured, "tool_calls": [as_json_string]})).calls[0].frames == (
         6,
         7,
     )

@@ -1,4 +1,4 @@
-"""Qwen2.5-VL positions (cot_rm/rope.py), by hand: text after a sparsely sampled video starts after the
+"""Qwen2.5-VL positions (cot_rm/model/rope.py), by hand: text after a sparsely sampled video starts after the
 video's last temporal position (Qwen's original rule, and vLLM's), not after its spatial extent."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import types
 import torch
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLModel
 
-from cot_rm import rope
-from cot_rm.modeling import ThinkThenScore
+from cot_rm.model import rope
+from cot_rm.model.modeling import ThinkThenScore
 
 
 def _model():

@@ -140,10 +140,10 @@ def test_openai_client_against_the_one_port(server):
 def test_served_scores_equal_the_local_judge(server, media, tiny_rm):
     """Same greedy critique -> same head scores (1e-3): the served turns replayed through the local
     judge's loop and scoring pass, and the local judge's own greedy generation."""
-    from cot_rm.judge import Judge
-    from cot_rm.modeling import ThinkThenScore
+    from cot_rm.judge.local import Judge
+    from cot_rm.media.video import Sampling
+    from cot_rm.model.modeling import ThinkThenScore
     from cot_rm.protocol import JudgeSpec
-    from cot_rm.video import Sampling
 
     resp = _judge(server, {"video": str(media["clip"]), "prompt": PROMPT}, params={"stream": 1})
     assert resp.status_code == 200, resp.text
@@ -305,7 +305,8 @@ class _SlowServed:
 
 
 def test_a_full_queue_answers_503_with_retry_after(media, tmp_path):
-    from cot_rm.serve import Settings, create_app
+    from cot_rm.serve.app import create_app
+    from cot_rm.serve.deps import Settings
 
     served = _SlowServed()
     app = create_app(Settings(media["root"], tmp_path, None), served, "http://unused", max_active=1)
@@ -327,7 +328,7 @@ def test_a_full_queue_answers_503_with_retry_after(media, tmp_path):
 
 
 def test_media_paths_resolve_inside_the_root_only(media):
-    from cot_rm.serve import ClientError, resolve_media
+    from cot_rm.serve.media import ClientError, resolve_media
 
     root = Path(os.path.realpath(media["root"]))
     assert resolve_media(f"file://{media['clip']}", root) == Path(os.path.realpath(media["clip"]))
@@ -464,8 +465,8 @@ def test_the_page_uploads_judges_and_shows_the_result(server, media, tmp_path):
 def test_the_engine_is_started_unable_to_fetch_media(tmp_path, monkeypatch):
     """The engine allows media from one host that cannot exist, after any --vllm-arg (the last value
     wins), and follows no redirect: the front server fetches what it may and sends the bytes."""
-    from cot_rm import serve_engine
-    from cot_rm.serve_engine import NO_MEDIA_HOST, Engine, EngineSettings
+    from cot_rm.engine import vllm as serve_engine
+    from cot_rm.engine.vllm import NO_MEDIA_HOST, Engine, EngineSettings
 
     launched = {}
     monkeypatch.setattr(serve_engine, "engine_view", lambda ckpt, work: work)
@@ -485,7 +486,7 @@ def test_the_engine_is_started_unable_to_fetch_media(tmp_path, monkeypatch):
 def test_private_engines_do_not_inherit_a_teacher_key(monkeypatch):
     """A VLLM_API_KEY exported for the synthesis teacher must not lock `cot-rm serve` (or the GRPO rollout
     server) out of its own engine: their clients send no key."""
-    from cot_rm.serve_engine import engine_env
+    from cot_rm.engine.vllm import engine_env
 
     monkeypatch.setenv("VLLM_API_KEY", "secret")
     monkeypatch.setenv("PYTHONPATH", "/somewhere")

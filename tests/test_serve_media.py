@@ -27,7 +27,7 @@ from urllib.parse import quote, unquote
 import httpx
 import pytest
 
-from cot_rm.media_policy import MediaPolicy
+from cot_rm.serve.media_policy import MediaPolicy
 
 PROMPT = "a red square slides to the right"
 SLOW_S = 3.0  # the /slow route's stall; the bare app's fetch timeout is well under it
@@ -134,7 +134,8 @@ class _Served:
 
 
 def _app(files, tmp_path, engine_url="http://unused", **settings):
-    from cot_rm.serve import Settings, create_app
+    from cot_rm.serve.app import create_app
+    from cot_rm.serve.deps import Settings
 
     served = _Served()
     uploads = tmp_path / "uploads"
@@ -237,7 +238,7 @@ class _Undecodable(_Served):
     """The engine side finds the video undecodable mid-judgment (a file whose header reads fine)."""
 
     async def run(self, rid, path, prompt, on_event=None):
-        from cot_rm.video import VideoError
+        from cot_rm.media.video import VideoError
 
         raise VideoError(path, "decoding failed after frame 16; re-export the video")
 
@@ -261,7 +262,8 @@ def test_odd_requests_get_a_4xx_not_a_500(files, tmp_path):
 
 
 def test_a_streamed_video_error_says_what_the_plain_answer_says(files, tmp_path):
-    from cot_rm.serve import Settings, create_app
+    from cot_rm.serve.app import create_app
+    from cot_rm.serve.deps import Settings
 
     uploads = tmp_path / "uploads"
     uploads.mkdir()
@@ -286,7 +288,8 @@ def test_a_streamed_video_error_says_what_the_plain_answer_says(files, tmp_path)
 
 
 def test_health_says_when_to_come_back_while_starting(files, tmp_path):
-    from cot_rm.serve import Settings, create_app
+    from cot_rm.serve.app import create_app
+    from cot_rm.serve.deps import Settings
 
     app = create_app(Settings(files["root"], tmp_path, None), None, "http://unused", ready=lambda: False)
 
@@ -323,7 +326,7 @@ PUBLIC = ["8.8.8.8", "1.1.1.1", "11.0.0.1", "172.32.0.1", "192.169.0.1", "100.12
 
 def test_the_address_classifier_on_literal_addresses():
     """No connection, no DNS: the classifier alone, on IPv4 and IPv6 literals."""
-    from cot_rm.media_policy import address_rule
+    from cot_rm.serve.media_policy import address_rule
 
     for text, kind in REFUSED.items():
         said = address_rule(ipaddress.ip_address(text))
@@ -335,7 +338,7 @@ def test_the_address_classifier_on_literal_addresses():
 def test_the_policy_options_parse(capsys):
     import argparse
 
-    from cot_rm.serve import add_arguments
+    from cot_rm.serve.cli import add_arguments
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
@@ -354,7 +357,7 @@ def test_the_policy_options_parse(capsys):
 
 def _media_urls(body: dict) -> list[str]:
     """Every media URL in a chat body, as the engine would read them."""
-    from cot_rm.serve_media import _media_refs
+    from cot_rm.serve.media import _media_refs
 
     return [holder[field] for holder, field in _media_refs(body)]
 
@@ -398,7 +401,7 @@ def test_loopback_urls_are_refused_on_every_url_route_with_nothing_fetched(files
 def _public(monkeypatch, *public: str) -> None:
     """Let the classifier take these loopback addresses for public ones (stand-ins for internet hosts:
     a test server must listen on loopback); every other address is classified as usual."""
-    from cot_rm import media_policy
+    from cot_rm.serve import media_policy
 
     real, stand_ins = media_policy.address_rule, {ipaddress.ip_address(a) for a in public}
     monkeypatch.setattr(media_policy, "address_rule", lambda ip: None if ip in stand_ins else real(ip))
@@ -435,7 +438,7 @@ def test_allowed_domains_refuse_every_other_host_on_every_hop(files, tmp_path):
     """--allowed-media-domains localhost with --allow-private-media-urls: localhost is fetched (the name
     in the Host header, the connection to its checked address), 127.0.0.1 is another host, first hop or
     redirect."""
-    from cot_rm.media_policy import parse_domains
+    from cot_rm.serve.media_policy import parse_domains
 
     site = MediaHTTP(files["site_dir"])
     try:
@@ -477,7 +480,7 @@ def test_the_request_goes_to_the_address_that_was_checked(files, tmp_path, monke
     """DNS rebinding: `localhost` first answers 127.0.0.2 (standing for a public address), then
     127.0.0.1 (standing for an internal service, on the same port). The name is resolved once, and
     the request goes to the address checked, under its name; the internal server receives nothing."""
-    from cot_rm import media_policy
+    from cot_rm.serve import media_policy
 
     _public(monkeypatch, "127.0.0.2")
     asked = []
@@ -505,7 +508,7 @@ def test_chat_media_urls_reach_the_engine_as_bytes_fetched_here(files, tmp_path)
     stand-in engine (which echoes what it got) sees only data: and file:// media under the root, and
     every GET the site served came before the engine's POST. The downloads are gone afterwards and
     share one request's size limit."""
-    from cot_rm.serve_media import FETCHED_DATA_URL
+    from cot_rm.serve.media import FETCHED_DATA_URL
 
     site = MediaHTTP(files["site_dir"])
     try:
@@ -549,7 +552,7 @@ def _self_signed(folder: Path, name: str) -> tuple[Path, Path]:
 def test_https_is_verified_for_the_name_while_connecting_to_the_checked_address(files, tmp_path, monkeypatch):
     """The request goes to the checked IP, the certificate is checked against the URL's name: a
     certificate for localhost is taken for https://localhost, not for https://127.0.0.1."""
-    from cot_rm import serve_media
+    from cot_rm.serve import media as serve_media
 
     cert, key = _self_signed(tmp_path, "localhost")
     served_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

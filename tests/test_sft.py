@@ -29,9 +29,9 @@ CONFIG = "configs/tiny/sft.yaml"
 def data(tmp_path_factory, tiny_qwen25vl_dir):
     """Toy world + oracle traces of its train/val records (as `cot-rm demo` makes them), and the tiny model."""
     from cot_rm.schema import read_jsonl
-    from data_synthesis.oracle import OracleTeacher
     from data_synthesis.pipeline import SynthConfig, synthesize
-    from data_synthesis.toyworld import ToyConfig, build
+    from data_synthesis.teachers.oracle import OracleTeacher
+    from data_synthesis.toyworld.world import ToyConfig, build
 
     root = tmp_path_factory.mktemp("sft")
     build(root / "toy", ToyConfig(n=24, seed=0), progress=False)
@@ -106,10 +106,10 @@ def _assert_cot_rm_checkpoint(folder: Path, trainer_checkpoint: bool = False) ->
 
 def _scores(folder: Path, data, n: int = 3) -> torch.Tensor:
     """Load a checkpoint the way a user does and score a few training traces with its head."""
-    from cot_rm.modeling import ThinkThenScore
+    from cot_rm.model.modeling import ThinkThenScore
     from cot_rm.protocol import JudgeSpec
-    from cot_rm.sft_data import SFTCollator, load_traces
-    from cot_rm.sft_report import head_scores
+    from cot_rm.train.data import SFTCollator, load_traces
+    from cot_rm.train.report import head_scores
 
     model = ThinkThenScore.from_pretrained(folder)
     assert not model.training and not any(p.requires_grad for p in model.parameters())
@@ -265,8 +265,8 @@ def _train_in_process(data, out: Path, *overrides: str):
     from transformers import set_seed
 
     from cot_rm.config import load_config
-    from cot_rm.sft import build
-    from cot_rm.sft_config import SFTRunConfig
+    from cot_rm.train.sft.config import SFTRunConfig
+    from cot_rm.train.sft.trainer import build
 
     cfg = load_config(
         SFTRunConfig, ROOT / CONFIG, [*data["overrides"], f"train.output_dir={out}", *overrides]
@@ -315,11 +315,11 @@ def test_video_reliance_reads_the_same_critique_on_another_video(data, tmp_path)
     sides run the same computation), and a different video a different loss on a model that reads it."""
     import shutil
 
-    from cot_rm.modeling import ThinkThenScore
+    from cot_rm.media.video import probe
+    from cot_rm.model.modeling import ThinkThenScore
     from cot_rm.protocol import JudgeSpec
-    from cot_rm.sft_data import SFTCollator, load_traces
-    from cot_rm.sft_report import video_reliance
-    from cot_rm.video import probe
+    from cot_rm.train.data import SFTCollator, load_traces
+    from cot_rm.train.report import video_reliance
 
     torch.manual_seed(0)
     model = ThinkThenScore.from_base(data["model"], freeze_vision=True).eval()
@@ -341,7 +341,7 @@ def test_video_reliance_reads_the_same_critique_on_another_video(data, tmp_path)
 
 
 def test_no_validation_traces_leave_scores_uncalibrated_and_say_so(capsys):
-    from cot_rm.sft_report import calibrate
+    from cot_rm.train.report import calibrate
 
     calibrate(None, None, [{"video": "v.mp4"}], None)  # returns before it needs a model
     err = capsys.readouterr().err
@@ -353,8 +353,8 @@ def test_zero3_final_model_is_gathered_then_loaded_whole(tiny_rm, tmp_path):
     with a whole copy loaded from there (a forward pass on sharded weights alone would hang)."""
     from types import SimpleNamespace
 
-    from cot_rm.modeling import ThinkThenScore
-    from cot_rm.sft import _whole_model
+    from cot_rm.model.modeling import ThinkThenScore
+    from cot_rm.train.common import whole_model
 
     model = ThinkThenScore.from_pretrained(tiny_rm)
     saved = []
@@ -370,17 +370,17 @@ def test_zero3_final_model_is_gathered_then_loaded_whole(tiny_rm, tmp_path):
             is_world_process_zero=lambda: main,
         )
 
-    assert _whole_model(model, trainer(None)) is model and _whole_model(model, trainer(2)) is model
+    assert whole_model(model, trainer(None)) is model and whole_model(model, trainer(2)) is model
     assert saved == []
-    assert _whole_model(model, trainer(3, main=False)) is None and len(saved) == 1  # gathered, then done
-    whole = _whole_model(model, trainer(3))
+    assert whole_model(model, trainer(3, main=False)) is None and len(saved) == 1  # gathered, then done
+    whole = whole_model(model, trainer(3))
     assert whole is not model and len(saved) == 2
     for (name, a), (_, b) in zip(model.state_dict().items(), whole.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
 
 
 def test_one_path_spelled_two_ways_is_not_a_changed_setting(tmp_path, monkeypatch):
-    from cot_rm.sft import _same
+    from cot_rm.train.runs import _same
 
     (tmp_path / "base").mkdir()
     monkeypatch.chdir(tmp_path)
@@ -399,8 +399,8 @@ def test_a_run_without_checkpoints_is_still_protected(tmp_path):
     from types import SimpleNamespace
 
     from cot_rm.config import load_config, save_config
-    from cot_rm.sft import finished, start_run
-    from cot_rm.sft_config import SFTRunConfig
+    from cot_rm.train.runs import finished, start_run
+    from cot_rm.train.sft.config import SFTRunConfig
 
     out = tmp_path / "run"
     out.mkdir()

@@ -9,15 +9,15 @@ from transformers import AutoProcessor
 
 from cot_rm import protocol as P
 from cot_rm.protocol import JudgeSpec
-from cot_rm.sft_data import IGNORE, SFTCollator, assistant_mask, build_examples, load_traces, trace_settings
+from cot_rm.train.data import IGNORE, SFTCollator, assistant_mask, build_examples, load_traces, trace_settings
 
 
 @pytest.fixture(scope="module")
 def traces(tmp_path_factory):
     from cot_rm.schema import read_jsonl
-    from data_synthesis.oracle import OracleTeacher
     from data_synthesis.pipeline import SynthConfig, synthesize
-    from data_synthesis.toyworld import ToyConfig, build
+    from data_synthesis.teachers.oracle import OracleTeacher
+    from data_synthesis.toyworld.world import ToyConfig, build
 
     root = tmp_path_factory.mktemp("sftdata")
     build(root / "toy", ToyConfig(n=24, seed=5), progress=False)

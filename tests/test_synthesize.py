@@ -12,16 +12,16 @@ import pytest
 
 from cot_rm import protocol as P
 from cot_rm.schema import PointwiseRecord, read_jsonl, write_jsonl
-from data_synthesis.oracle import OracleTeacher
 from data_synthesis.pipeline import ResumeError, SynthConfig, synthesize
-from data_synthesis.teachers import TeacherReply
+from data_synthesis.teachers.base import TeacherReply
+from data_synthesis.teachers.oracle import OracleTeacher
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
-    from data_synthesis.toyworld import ToyConfig, build
+    from data_synthesis.toyworld.world import ToyConfig, build
 
     out = tmp_path_factory.mktemp("toy")
     build(out, ToyConfig(n=60, seed=3), progress=False)

@@ -16,14 +16,10 @@ import pytest
 from PIL import Image
 
 from cot_rm.protocol import ParseError, parse_turn
-from data_synthesis.teachers import (
-    HFTeacher,
-    OpenAITeacher,
-    TeacherRequest,
-    TeacherUnavailableError,
-    chat_messages,
-    make_teacher,
-)
+from data_synthesis.teachers.base import TeacherRequest, TeacherUnavailableError
+from data_synthesis.teachers.factory import make_teacher
+from data_synthesis.teachers.hf import HFTeacher
+from data_synthesis.teachers.openai import OpenAITeacher, chat_messages
 
 
 def frames(n: int, size: tuple[int, int] = (56, 56), shade: int = 0) -> list[Image.Image]:
@@ -91,7 +87,7 @@ class FakeOpenAI:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with fake.lock:
                     fake.bodies.append(body)
-                    fake.headers.append(dict(self.headers))
+                    fake.headers.append({k.lower(): v for k, v in self.headers.items()})
                     fake.inflight += 1
                     fake.max_inflight = max(fake.max_inflight, fake.inflight)
                 try:
@@ -131,7 +127,6 @@ class FakeOpenAI:
 
 def fast_teacher(url: str, **kw) -> OpenAITeacher:
     kw.setdefault("model", "m")
-    kw.setdefault("backoff_s", 0.01)
     kw.setdefault("timeout_s", 5.0)
     return OpenAITeacher(url, **kw)
 
@@ -175,12 +170,12 @@ def test_timeout_is_retried_then_reported():
 
 def test_exponential_backoff_between_tries():
     with FakeOpenAI({"x": [500, 500, 500]}) as fake:
-        fast_teacher(fake.url, max_retries=3, backoff_s=0.2).generate([request("a", "x")])
+        fast_teacher(fake.url, max_retries=3).generate([request("a", "x")])
     t = fake.attempts["x"]
     gaps = [t[1] - t[0], t[2] - t[1]]
-    # backoff_s * 2**k, plus at most 10% jitter, plus request overhead
-    assert 0.2 <= gaps[0] < 0.2 * 1.1 + 0.2
-    assert 0.4 <= gaps[1] < 0.4 * 1.1 + 0.2
+    # The openai client's schedule: 0.5 s * 2**k, less up to 25% jitter, plus request overhead.
+    assert 0.5 * 0.75 <= gaps[0] < 0.5 + 0.2
+    assert 1.0 * 0.75 <= gaps[1] < 1.0 + 0.2
 
 
 def test_connection_refused_is_counted_not_raised():
@@ -226,7 +221,7 @@ def test_payload_shape(monkeypatch):
         teacher = fast_teacher(fake.url + "/v1/", temperature=0.3)
         teacher.generate([request("a", "judge it", images=images, seed=11, max_tokens=77)])
     body, headers = fake.bodies[0], fake.headers[0]
-    assert headers["Authorization"] == "Bearer sk-test"
+    assert headers["authorization"] == "Bearer sk-test"
     assert (body["model"], body["seed"], body["max_tokens"], body["temperature"]) == ("m", 11, 77, 0.3)
     system, user = body["messages"]
     assert system == {"role": "system", "content": "You judge generated videos."}
@@ -252,7 +247,7 @@ def test_model_discovery_and_specs(monkeypatch):
     assert fake.model_listings == 1  # only the teacher without a model asked
     assert (discovered.name, discovered.model, named.model) == ("openai", "fake-vlm", "my-model")
     assert named.concurrency == 2 and named.base_url == fake.url + "/v1"
-    assert "Authorization" not in fake.headers[0]
+    assert "authorization" not in fake.headers[0]
     with pytest.raises(ValueError, match="unknown teacher"):
         make_teacher("gpt:http://x")
     with pytest.raises(TeacherUnavailableError, match="cannot list models"):
@@ -265,14 +260,14 @@ def test_make_teacher_model_sources():
         assert make_teacher(f"openai:{fake.url}", model="from-kw").model == "from-kw"
         assert fake.model_listings == 0
     oracle = make_teacher("oracle")
-    assert oracle.name == "oracle" and type(oracle).__module__ == "data_synthesis.oracle"
+    assert oracle.name == "oracle" and type(oracle).__module__ == "data_synthesis.teachers.oracle"
     assert not oracle.plain and make_teacher("oracle:plain").plain
     with pytest.raises(ValueError, match="unknown teacher"):
         make_teacher("oracle:fancy")
 
 
 def test_plain_oracle_says_it_one_way_in_a_fixed_order():
-    from data_synthesis.oracle import Plain, critique
+    from data_synthesis.teachers.oracle import Plain, critique
 
     flicker = {
         "type": "flicker",
@@ -302,18 +297,18 @@ def test_chat_messages_jpeg():
 
 
 class CountingTeacher(OpenAITeacher):
-    """Records how many HTTP calls are in flight at once, on the client side."""
+    """Records how many requests are in flight at once, on the client side."""
 
     def __init__(self, *args, **kw):
         self.lock, self.inflight, self.max_inflight = threading.Lock(), 0, 0
         super().__init__(*args, **kw)
 
-    def _call_once(self, method, path, body=None):
+    def _one(self, request):
         with self.lock:
             self.inflight += 1
             self.max_inflight = max(self.max_inflight, self.inflight)
         try:
-            return super()._call_once(method, path, body)
+            return super()._one(request)
         finally:
             with self.lock:
                 self.inflight -= 1

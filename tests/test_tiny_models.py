@@ -1,6 +1,6 @@
 """The tiny random checkpoints load back with the Auto classes and run the real video path.
 
-For each family: real mp4 -> `cot_rm.video.read_video` -> `cot_rm.processing.encode` -> forward
+For each family: real mp4 -> `cot_rm.media.video.read_video` -> `cot_rm.model.processing.encode` -> forward
 (3-D mrope positions) and `generate`.
 """
 
@@ -12,9 +12,15 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
-from cot_rm.processing import encode, expected_video_grid
-from cot_rm.tiny import REWARD_TOKEN, build_processor, build_tiny_checkpoint, build_tokenizer, chat_template
-from cot_rm.video import Sampling, read_frames_at, read_video
+from cot_rm.media.video import Sampling, read_frames_at, read_video
+from cot_rm.model.processing import encode, expected_video_grid
+from cot_rm.model.tiny import (
+    REWARD_TOKEN,
+    build_processor,
+    build_tiny_checkpoint,
+    build_tokenizer,
+    chat_template,
+)
 
 ARCHITECTURE = {
     "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",

@@ -12,11 +12,11 @@ import av
 import numpy as np
 import pytest
 
+from cot_rm.media.video import probe
 from cot_rm.schema import PairRecord, PointwiseRecord, read_jsonl
-from cot_rm.video import probe
-from data_synthesis.toyworld import ToyConfig, build, encode, overall_score, scores_from_defects
-from data_synthesis.toyworld_plan import DEFECT_TYPES, HELD_OUT, SPLIT_CYCLE, VISIBLE_TYPES, plan_video
-from data_synthesis.toyworld_render import BACKGROUNDS, COLOURS, RADIUS, SHAPES, WALL_COLOURS, render, sdf
+from data_synthesis.toyworld.plan import DEFECT_TYPES, HELD_OUT, SPLIT_CYCLE, VISIBLE_TYPES, plan_video
+from data_synthesis.toyworld.render import BACKGROUNDS, COLOURS, RADIUS, SHAPES, WALL_COLOURS, render, sdf
+from data_synthesis.toyworld.world import ToyConfig, build, encode, overall_score, scores_from_defects
 
 META_KEYS = {"spec", "fps", "num_frames", "height", "width", "seed", "prompt_id", "defects", "frame_defects"}
 SPEC_KEYS = {"shape", "colour", "count", "direction", "speed", "background"}

@@ -1,4 +1,4 @@
-"""cot_rm.video and `cot-rm video-info` on real files written with PyAV (tests/videogen.py).
+"""cot_rm.media.video and `cot-rm video-info` on real files written with PyAV (tests/videogen.py).
 
 Every frame spells its own index in black/white blocks, so a test can tell which source frame came back.
 Expected numbers are worked out by hand in the comments.
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from videogen import index_frame, read_index
 
-from cot_rm.video import (
+from cot_rm.media.video import (
     Sampling,
     VideoError,
     probe,
@@ -26,7 +26,7 @@ from cot_rm.video import (
     smart_nframes,
     smart_resize,
 )
-from cot_rm.video_writer import write_video
+from cot_rm.media.writer import write_video
 
 INFO_KEYS = {
     "path", "duration_s", "fps", "total_frames", "sampled_indices", "timestamps_s",
@@ -218,8 +218,8 @@ def test_vllm_is_told_the_video_positions_the_local_judge_uses(videos, tiny_qwen
     own (`serve_engine.vllm_video_metadata`). Both must come out at 2 / (4 of 24 frames at 12 fps) = 1 s."""
     from transformers import AutoProcessor
 
-    from cot_rm.processing import encode
-    from cot_rm.serve_engine import vllm_video_metadata
+    from cot_rm.engine.vllm import vllm_video_metadata
+    from cot_rm.model.processing import encode
 
     processor = AutoProcessor.from_pretrained(tiny_qwen25vl_dir)
     video = read_video(videos["mp4"], Sampling(fps=None, num_frames=4, max_pixels=56 * 56))

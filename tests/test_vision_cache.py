@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cot_rm.modeling import LoraSettings, ThinkThenScore
-from cot_rm.processing import encode
-from cot_rm.tiny import REWARD_TOKEN
-from cot_rm.video import Sampling, read_frames_at, read_video
-from cot_rm.vision_cache import VisionFeatureCache, inner_vision_model
+from cot_rm.media.video import Sampling, read_frames_at, read_video
+from cot_rm.model.modeling import LoraSettings, ThinkThenScore
+from cot_rm.model.processing import encode
+from cot_rm.model.tiny import REWARD_TOKEN
+from cot_rm.model.vision_cache import VisionFeatureCache, inner_vision_model
 
 SMALL = 64 * 96  # max pixels: the vision path runs for real, in milliseconds
 

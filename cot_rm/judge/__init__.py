@@ -1,0 +1,1 @@
+"""The local judge (transformers) and the HTML critique."""

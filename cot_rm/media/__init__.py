@@ -1,0 +1,1 @@
+"""Videos in and out: decoding and sampling, the frame cache, the video writer."""

@@ -1,0 +1,1 @@
+"""Stage 0, `cot-rm pretrain` (tiny family only): perception pretraining on toy-world descriptions."""

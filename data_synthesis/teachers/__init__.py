@@ -1,0 +1,1 @@
+"""Teachers: whatever writes the rationales that synthesis anchors on the human labels."""
