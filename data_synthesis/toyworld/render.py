@@ -1,6 +1,6 @@
 """Drawing for the toy world: anti-aliased shapes on plain backgrounds, motion tracks and defects.
 
-The planner (`toyworld_plan`) decides WHAT goes wrong and WHERE (types, severities, frame spans); this
+The planner (`plan.py`) decides WHAT goes wrong and WHERE (types, severities, frame spans); this
 module draws it and turns severities into magnitudes. For defects whose visibility depends on geometry
 (wall_pass, morphing) it measures the frames where they actually show on the drawn pixels, and a
 defect that ends up invisible is dropped, so every annotation is true of the pixels.
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-# Colours in hue order: wrong_colour's severity is the distance on this ring (toyworld_plan).
+# Colours in hue order: wrong_colour's severity is the distance on this ring (plan.py).
 COLOURS = {
     "red": (220, 40, 40),
     "yellow": (235, 205, 30),

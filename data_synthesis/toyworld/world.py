@@ -320,7 +320,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     print(json.dumps(summary))
     if empty := [s for s, k in summary["splits"].items() if not k]:
-        per = 3 * cfg.videos_per_prompt  # prompts 0, 1, 2 are train, val, test (toyworld_plan.SPLIT_CYCLE)
+        per = 3 * cfg.videos_per_prompt  # prompts 0, 1, 2 are train, val, test (plan.SPLIT_CYCLE)
         print(f"cot-rm toyworld: no {' or '.join(empty)} videos; --n {per} or more covers every split",
               file=sys.stderr)  # fmt: skip
     return 0

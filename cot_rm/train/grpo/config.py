@@ -3,7 +3,7 @@
     cfg = load_config(GRPORunConfig, "configs/tiny/grpo.yaml", overrides)   # see cot_rm/config.py
     check_trl_args(trl.GRPOConfig, cfg.train)
 
-Torch-free like `sft_config`: `cot-rm grpo --help` lists these keys without importing the model stack.
+Torch-free like the SFT config (`cot_rm.train.sft.config`): `cot-rm grpo --help` lists these keys without importing the model stack.
 `train` goes to `trl.GRPOConfig(**train)` as is (num_generations, max_completion_length, temperature,
 loss_type, learning_rate, ...); the keys this config owns elsewhere are refused there.
 """

@@ -259,7 +259,7 @@ class Rollouts:
         skey = json.dumps(sampling.to_dict(), sort_keys=True)
         key = (path, skey, row["prompt"])
         if key not in seen:
-            vkey = f"{path}|{skey}"  # the vision-cache key sft_data uses
+            vkey = f"{path}|{skey}"  # the vision-cache key cot_rm.train.data uses
             if vkey not in videos:
                 videos[vkey] = read_video(path, sampling, self.frame_cache)
             video = videos[vkey]
@@ -447,7 +447,7 @@ class Rollouts:
 
 
 def _image_key(ref: dict, tool_px: int) -> str:
-    """The tool image's vision-cache key, as `sft_data` builds it (path | frame | tool max pixels)."""
+    """The tool image's vision-cache key, as `cot_rm.train.data` builds it (path | frame | tool max pixels)."""
     return f"{ref['video']}|{ref['frame']}|{tool_px}"
 
 

