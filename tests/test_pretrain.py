@@ -224,9 +224,9 @@ def test_quote_scoring_on_hand_written_answers():
 
     prompt = "two yellow diamonds moving left slowly on a white background"
     caption = "Two yellow triangles on a white background, moving left quickly."
-    assert quoted(prompt, f"{caption} The prompt asks for {prompt}.") == (True, True)
-    assert quoted(prompt, f"{caption} The prompt asks for two yellow diamonds moving up.") == (False, True)
-    assert quoted(prompt, f"{caption} The prompt asks for two yellow triangles moving left.") == (
+    assert quoted(prompt, f'Generation prompt: "{prompt}". {caption}') == (True, True)
+    assert quoted(prompt, f'Generation prompt: "two yellow diamonds moving up". {caption}') == (False, True)
+    assert quoted(prompt, f'Generation prompt: "two yellow triangles moving left". {caption}') == (
         False,
         False,
     )

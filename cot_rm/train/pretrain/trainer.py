@@ -120,7 +120,7 @@ def request_text(video, prompt: str | None = None) -> str:
     if prompt is None:
         return f"{frames_seen(video)}\nDescribe what you see."
     return (
-        f'{frames_seen(video)}\nGeneration prompt: "{prompt}"\nDescribe what you see, then quote the prompt.'
+        f'{frames_seen(video)}\nGeneration prompt: "{prompt}"\nQuote the prompt, then describe what you see.'
     )
 
 
@@ -187,16 +187,17 @@ class DescribeCollator:
         return self.encode(texts, videos, images)
 
     def video_sample(self, row: dict, answer: bool = True, prompt: str | None = None):
-        """The video and "Describe what you see."; with a `prompt` (one unrelated to the video), also
-        "then quote the prompt", answered as the judge's critique recalls it: what is learned is copying
-        text from the context, since neither the video nor the description tells what the prompt says."""
+        """The video and "Describe what you see."; with a `prompt` (one unrelated to the video), the prompt
+        is quoted first, in the words the user turn gives it (`Generation prompt: "..."`, so the quote
+        starts where the same words stand in the context), then the description: what is learned is
+        copying, since neither the video nor the description tells what the prompt says."""
         video = read_video(row["video"], self.sampling, self.cache)
         text = request_text(video, prompt)
         messages = [{"role": "user", "content": [{"type": "video", "video": row["video"]},
                                                  {"type": "text", "text": text}]}]  # fmt: skip
         if answer:
             said = describe(row["meta"], video.indices)
-            said += f" The prompt asks for {prompt}." if prompt else ""
+            said = f'Generation prompt: "{prompt}". {said}' if prompt else said
             messages.append({"role": "assistant", "content": said})
         return messages, video
 
@@ -472,9 +473,8 @@ def caption_report(model, collator, rows: list[dict], batch_size: int = 16) -> d
 
 def quote_report(model, collator, rows: list[dict], seed: int = 0, batch_size: int = 16) -> dict:
     """Copying, measured where it matters: each video beside a prompt with a colour x shape combination
-    the corpus never holds (the test splits'), asked to describe and then quote it. `exact`: the answer
-    holds "The prompt asks for <the prompt>."; `colour_shape`: the quote at least names the prompt's
-    colour and shape (singular or plural) together."""
+    the corpus never holds (the test splits'), asked to quote it and describe the video. `exact`: the
+    quote is the prompt; `colour_shape`: it at least names the prompt's colour and shape together."""
     rng = random.Random(f"quote:{seed}")
     prompts = [random_prompt(rng, held_out=True) for _ in rows]
     exact = pair = 0
@@ -493,9 +493,9 @@ def quote_report(model, collator, rows: list[dict], seed: int = 0, batch_size: i
 
 def quoted(prompt: str, said: str) -> tuple[bool, bool]:
     """(the answer quotes the prompt word for word, its quote names the prompt's colour and shape together)."""
-    quote = said.partition("The prompt asks for ")[2]
+    quote = said.partition('Generation prompt: "')[2].partition('"')[0]
     colour, shape = next((c, s) for c in COLOURS for s in SHAPES if f" {c} {s}" in f" {prompt}")
-    return quote.startswith(f"{prompt}."), f" {colour} {shape}" in f" {quote}"
+    return quote == prompt, f" {colour} {shape}" in f" {quote}"
 
 
 def digest(path: str | Path) -> str:
