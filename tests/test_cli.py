@@ -86,3 +86,14 @@ def test_overrides_may_follow_flags(capsys):
     with pytest.raises(SystemExit):
         main(["sft", "--config", cfg, "--no-report", "--bogus"])
     assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+def test_video_info_starts_without_torch():
+    # --help exits through SystemExit: caught, so that the check after it runs.
+    code = (
+        "import sys\nfrom cot_rm.cli import main\ntry:\n    main(['video-info', '--help'])\n"
+        "except SystemExit:\n    pass\nprint('torch' in sys.modules)"
+    )
+    out = _run("-c", code)
+    assert out.returncode == 0 and "--max-pixels" in out.stdout, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "False"  # torch was not imported

@@ -14,8 +14,9 @@ STAGES = tuple(
     "cot_rm.train.pretrain cot_rm.train.sft cot_rm.train.grpo cot_rm.serve data_synthesis eval".split()
 )
 SHARED_INSIDE_A_STAGE = ("data_synthesis.toyworld",)  # the embedded world every stage may build or read
-# Function-level imports kept on purpose: (file, imported module). Each carries a comment saying why.
-LAZY = {("cot_rm/train/grpo/vllm.py", "vllm")}
+# Function-level imports kept on purpose: (file, imported module). Each carries a comment saying why:
+# vLLM is the GPU extra's; torch would cost `cot-rm video-info` its start-up time.
+LAZY = {("cot_rm/train/grpo/vllm.py", "vllm"), ("cot_rm/media/video.py", "torch")}
 MAX_FUNCTION_LINES = 80
 
 

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 import av
 import numpy as np
-import torch
 from av.video.reformatter import VideoReformatter
 from PIL import Image
 
@@ -496,6 +495,8 @@ def read_video(
     path: str | os.PathLike, sampling: Sampling = Sampling(), cache: FrameCache | None = None
 ) -> Video:
     """Sample, decode and resize a video; `frames` is a (T, 3, H, W) uint8 torch tensor."""
+    import torch  # lazily: `cot-rm video-info` (NumPy only) starts without torch's import time
+
     video = read_video_numpy(path, sampling, cache)
     return dataclasses.replace(video, frames=torch.from_numpy(video.frames))
 
