@@ -215,7 +215,10 @@ def test_copy_and_quote_samples_never_write_a_held_out_pair():
         assert not any(f" {c} {s}" in f" {text}" for c, s in HELD_OUT), text
     seen = {random_prompt(rng) for _ in range(300)}
     held = {random_prompt(rng, held_out=True) for _ in range(50)}
-    has_held_out = lambda p: any(f" {c} {s}" in f" {p}" for c, s in HELD_OUT)  # noqa: E731
+
+    def has_held_out(prompt: str) -> bool:
+        return any(f" {c} {s}" in f" {prompt}" for c, s in HELD_OUT)
+
     assert not any(has_held_out(p) for p in seen) and all(has_held_out(p) for p in held)
 
 

@@ -23,12 +23,13 @@ def as_pil(image) -> Image.Image:
 def image_b64(image, fmt: str = "PNG", quality: int = 85) -> str:
     """The image encoded as `fmt` (PNG: lossless, so the reader sees our exact pixels; JPEG at `quality`
     where size matters more, e.g. a page), base64."""
-    buf = io.BytesIO()
-    img = as_pil(image)
+    buf, img = io.BytesIO(), as_pil(image)
     if fmt.upper() in ("JPG", "JPEG"):
         img.convert("RGB").save(buf, format="JPEG", quality=quality)
+    elif fmt.upper() == "PNG":
+        img.save(buf, format="PNG", compress_level=1)  # fast: the pixels are the same at any level
     else:
-        img.save(buf, format=fmt, compress_level=1) if fmt.upper() == "PNG" else img.save(buf, format=fmt)
+        raise ValueError(f"image format {fmt!r}: PNG or JPEG")
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
