@@ -12,7 +12,16 @@ hand-made pixel features per kind (what the pixels hold, whatever the tower lear
     feats=both   the mean and the tokens (what `cot_rm.train.pretrain.trainer.TowerProbe` reads)
     events_head=linear   one linear map over each slice's features (what `TowerProbe` has)
     events_head=tokmax   an MLP on each token, the strongest answer per slice (`TokenMax`)
+    video_events=W   also a linear head over all slices' tokens naming the events anywhere in the video
+                     (loss weight W; the cross-slice kinds, teleport or reversal, show in no one slice)
     lr, steps, sched=const|cos, pos_weight (events), events_weight, vision_hidden, vision_depth
+
+`--judge TRAIN_WORLD TEST_WORLD` (two toy worlds, e.g. the demo's and a second one) adds, per variant, the
+score probe: a ridge regression from the trained tower's pooled features (each slice's spatial mean) to
+a video's scores, fitted on TRAIN_WORLD's train split, then the pairwise accuracy without ties of those
+predictions on TEST_WORLD's test pairs. No language model, no critique: what a judge built on these
+features could reach at most on visual quality, physical consistency and overall (text alignment needs
+the prompt, which the probe does not read).
 
     .venv/bin/python bench/tower_phase.py --corpus runs/pretrain/corpus --videos 2400 \
         feats=mean,steps=300,lr=4e-3 feats=both,steps=1200,lr=2e-3,sched=cos,pos_weight=5,events_weight=10
@@ -39,7 +48,8 @@ from cot_rm.train.pretrain.trainer import CLASSES, EVENTS, DescribeCollator, Tow
 
 FAMILY = "qwen2_5_vl"
 DEFAULTS = {"feats": "mean", "lr": 4e-3, "steps": 300, "sched": "const", "pos_weight": 1.0,
-            "events_weight": 1.0, "vision_hidden": 64, "vision_depth": 2, "batch": 16, "events_head": "linear"}  # fmt: skip
+            "events_weight": 1.0, "vision_hidden": 64, "vision_depth": 2, "batch": 16, "events_head": "linear",
+            "video_events": 0.0}  # fmt: skip
 
 
 def encode_all(collator: TowerCollator, rows: list[dict]) -> list[dict]:
@@ -95,7 +105,48 @@ def auc(scores: torch.Tensor, truth: torch.Tensor) -> float:
     return round(float((pos[:, None] > neg[None, :]).float().mean()), 2)
 
 
-def run(v: dict, train: list[dict], val: list[dict], tok) -> dict:
+DIMS = ("visual_quality", "physical_consistency", "overall")
+
+
+def load_world(collator: TowerCollator, folder: Path, splits: set[str]) -> dict:
+    """A toy world's videos of `splits` (encoded as the judge samples them), their scores, its pairs."""
+    pairs = [p for p in map(json.loads, open(folder / "pairs.jsonl")) if p["split"] in splits]
+    wanted = {p["meta"][k] for p in pairs for k in ("id_a", "id_b")}
+    rows = [r for r in map(json.loads, open(folder / "pointwise.jsonl")) if r["id"] in wanted]
+    items = encode_all(collator, [{"video": str(folder / r["video"]), "meta": r["meta"]} for r in rows])
+    scores = torch.tensor([[r["scores"][d] for d in DIMS] for r in rows], dtype=torch.float)
+    return {
+        "items": items,
+        "scores": scores,
+        "index": {r["id"]: i for i, r in enumerate(rows)},
+        "pairs": pairs,
+    }
+
+
+@torch.no_grad()
+def score_probe(vlm, fit: dict, test: dict, l2: float = 300.0) -> dict:
+    """Pairwise accuracy without ties on `test`'s pairs of a ridge fit of `fit`'s scores on pooled features."""
+
+    def pooled(world):
+        return torch.cat([features(vlm, stack(world["items"][i : i + 64]), "mean").flatten(1)
+                          for i in range(0, len(world["items"]), 64)])  # fmt: skip
+
+    x, xt = pooled(fit), pooled(test)
+    mean, std = x.mean(0), x.std(0) + 1e-4
+    xs, y = (x - mean) / std, fit["scores"] - fit["scores"].mean(0)
+    w = torch.linalg.solve(xs.T @ xs + l2 * torch.eye(xs.shape[1]), xs.T @ y)
+    pred = ((xt - mean) / std) @ w
+    out = {}
+    for j, d in enumerate(DIMS):
+        said = [(p["dims"][d], pred[test["index"][p["meta"]["id_a"]], j] - pred[test["index"][p["meta"]["id_b"]], j])
+                for p in test["pairs"] if p["dims"][d] != "tie"]  # fmt: skip
+        out[d] = round(
+            sum(float(gap > 0) if lab == "A" else float(gap < 0) for lab, gap in said) / max(len(said), 1), 3
+        )
+    return out
+
+
+def run(v: dict, train: list[dict], val: list[dict], tok, judge: tuple | None = None) -> dict:
     size = tiny.TinySize(128, 2, int(v["vision_hidden"]), int(v["vision_depth"]))
     vlm = tiny.build_model(tiny.build_config(FAMILY, tok, size), 0)
     vlm.requires_grad_(False)
@@ -109,6 +160,8 @@ def run(v: dict, train: list[dict], val: list[dict], tok) -> dict:
         if v["events_head"] == "tokmax"
         else torch.nn.Linear(tokens * width, len(EVENTS))
     )
+    if v["video_events"]:
+        heads["video_events"] = torch.nn.Linear(slices * tokens * width, len(EVENTS))
     params = [p for p in [*vlm.parameters(), *heads.parameters()] if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=v["lr"], weight_decay=0.0)
     steps, start = int(v["steps"]), time.time()
@@ -121,6 +174,12 @@ def run(v: dict, train: list[dict], val: list[dict], tok) -> dict:
         loss = loss + v["events_weight"] * torch.nn.functional.binary_cross_entropy_with_logits(
             event_logits(heads, f, v["events_head"]), b["events"], pos_weight=torch.tensor(v["pos_weight"])
         )
+        if v["video_events"]:
+            loss = loss + v["video_events"] * torch.nn.functional.binary_cross_entropy_with_logits(
+                heads["video_events"](f.flatten(1)),
+                b["events"].amax(1),
+                pos_weight=torch.tensor(v["pos_weight"]),
+            )
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -138,6 +197,8 @@ def run(v: dict, train: list[dict], val: list[dict], tok) -> dict:
         got["by_kind"] = {k: round(float(x), 2) for k, x in zip(EVENTS, per_kind)}
         logits = event_logits(heads, f, v["events_head"]).flatten(0, 1)
         got["auc_by_kind"] = {k: auc(logits[:, i], truth[:, i]) for i, k in enumerate(EVENTS)}
+    if judge:
+        got["score_probe"] = score_probe(vlm, *judge)
     return {**got, "seconds": round(time.time() - start)}
 
 
@@ -170,6 +231,8 @@ def main() -> int:
     p.add_argument("variants", nargs="*", help="key=value,key=value (see above)")
     p.add_argument("--pixel-baseline", action="store_true",
                    help="first, the AUC of hand-made pixel features per event kind on the val videos")  # fmt: skip
+    p.add_argument("--judge", nargs=2, metavar=("TRAIN_WORLD", "TEST_WORLD"),
+                   help="toy worlds for the score probe (see above)")  # fmt: skip
     args = p.parse_args()
     corpus = Path(args.corpus)
     rows = [{"video": str(corpus / r["video"]), "meta": r["meta"], "split": r["split"]}
@@ -182,12 +245,16 @@ def main() -> int:
     val = encode_all(collator, [r for r in rows if r["split"] == "val"][:128])
     if args.pixel_baseline:
         print(json.dumps({"pixel_baseline_auc": pixel_baseline(val)}), flush=True)
+    judge = args.judge and (
+        load_world(collator, Path(args.judge[0]), {"train"}),
+        load_world(collator, Path(args.judge[1]), {"test"}),
+    )
     for spec in args.variants:
         v = dict(DEFAULTS)
         for item in spec.split(","):
             key, value = item.split("=")
             v[key] = value if key in ("feats", "sched", "events_head") else float(value)
-        print(json.dumps({"variant": spec, **run(v, train, val, tok)}), flush=True)
+        print(json.dumps({"variant": spec, **run(v, train, val, tok, judge)}), flush=True)
     return 0
 
 
