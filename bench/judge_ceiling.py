@@ -10,10 +10,14 @@ features hold. Readers:
     ridge        a ridge regression on each temporal slice's spatial mean (slices concatenated)
     ridge+diff   the same plus the mean and maximum over tokens of |token(slice t+1) - token(slice t)|
     transformer  a 2-layer, 128-wide transformer over all the video's tokens (the language model's size)
+    cnn          no tower: a small conv net on the same sampled frames (halved to 56 px) and each frame's
+                 difference to the next, a convolution over time, then scores: what the pixels hold
 
 It also prints the bound that the score rule sets: with the true visual-quality and physical-consistency
 scores and nothing of text alignment, how well is `overall` (their minimum with text alignment) ordered?
-`--tune-tower STEPS` first trains the base's tower (a linear head on the slice means, the scores as
+`--paired` samples frames in adjacent pairs (half as many evenly spaced positions, each with the next
+source frame), so each temporal slice of the tower holds the motion at that moment: a sampling to try,
+not the judge's. `--tune-tower STEPS` first trains the base's tower (a linear head on the slice means, the scores as
 targets, batches of 16, lr 1e-3) on FIT's train split, then reads it with ridge.
 
     .venv/bin/cot-rm toyworld --out runs/w0 --n 400 --seed 0     # the demo's world
@@ -31,10 +35,12 @@ import random
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from cot_rm.media.video import Sampling, read_video
+from cot_rm.media import video as video_module
+from cot_rm.media.video import Sampling, read_video, smart_nframes
 from cot_rm.model.processing import encode
 from cot_rm.model.tower import slice_tokens
 
@@ -118,6 +124,50 @@ def transformer(t: torch.Tensor, y: torch.Tensor, tt: torch.Tensor, steps: int =
         return net.eval()((tt - mean) / std) * ys + ym
 
 
+class PixelReader(torch.nn.Module):
+    """Per frame: the frame and its difference to the next, three strided convolutions, mean and max
+    over space; then a convolution over time, mean and max over time, a linear map to the scores."""
+
+    def __init__(self, width: int = 64):
+        super().__init__()
+        act = torch.nn.GELU()
+        self.frame = torch.nn.Sequential(
+            torch.nn.Conv2d(6, 32, 3, 2, 1), act, torch.nn.Conv2d(32, width, 3, 2, 1), act,
+            torch.nn.Conv2d(width, width, 3, 2, 1), act,
+        )  # fmt: skip
+        self.time = torch.nn.Sequential(torch.nn.Conv1d(2 * width, 2 * width, 3, padding=1), act)
+        self.out = torch.nn.Linear(4 * width, len(DIMS))
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:  # [N, T, 3, H, W] in [0, 1]
+        diff = torch.cat([v[:, 1:] - v[:, :-1], torch.zeros_like(v[:, :1])], 1)
+        n, t = v.shape[:2]
+        f = self.frame(torch.cat([v, diff], 2).flatten(0, 1))
+        f = torch.cat([f.mean((2, 3)), f.amax((2, 3))], 1).view(n, t, -1).transpose(1, 2)
+        f = self.time(f)
+        return self.out(torch.cat([f.mean(2), f.amax(2)], 1))
+
+
+def pixels(world: dict) -> torch.Tensor:
+    frames = torch.stack([torch.as_tensor(v.frames) for v in world["videos"]]).float() / 255
+    return torch.nn.functional.avg_pool3d(frames.transpose(1, 2), (1, 2, 2)).transpose(1, 2)
+
+
+def cnn(fit: dict, test: dict, steps: int = 2000) -> torch.Tensor:
+    torch.manual_seed(0)
+    x, xt, y = pixels(fit), pixels(test), fit["scores"]
+    ym, ys = y.mean(0), y.std(0)
+    net = PixelReader()
+    opt = torch.optim.AdamW(net.parameters(), 2e-3, weight_decay=0.05)
+    for _ in range(steps):
+        idx = torch.randint(0, len(x), (32,))
+        loss = ((net(x[idx]) - (y[idx] - ym) / ys) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        return torch.cat([net.eval()(xt[i : i + 64]) for i in range(0, len(xt), 64)]) * ys + ym
+
+
 def tune_tower(vlm, processor, fit: dict, steps: int) -> None:
     """Train the tower on the scores (a diagnostic only: stage 0 never sees a score)."""
     vlm.requires_grad_(False)
@@ -137,6 +187,12 @@ def tune_tower(vlm, processor, fit: dict, steps: int) -> None:
         opt.step()
 
 
+def paired_indices(total_frames: int, video_fps: float, sampling: Sampling) -> list[int]:
+    """Adjacent pairs (p, p + 1) at evenly spaced positions p, as many frames as the even sampling."""
+    starts = np.linspace(0, total_frames - 2, smart_nframes(total_frames, video_fps, sampling) // 2)
+    return [i for p in starts.round().astype(int).tolist() for i in (p, p + 1)]
+
+
 def score_rule_bound(test: dict) -> float:
     """`overall` ordered by min(true visual quality, true physical consistency), text alignment unknown."""
     s = test["scores"]
@@ -152,8 +208,11 @@ def main() -> int:
     p.add_argument("--tune-tower", type=int, default=0, metavar="STEPS", help="train the tower on FIT first")
     p.add_argument("--frames", type=int, default=8, help="frames per video (the demo's 8)")
     p.add_argument("--max-pixels", type=int, default=12544, help="pixels per frame (the demo's 112x112)")
+    p.add_argument("--paired", action="store_true", help="sample adjacent pairs of frames (see above)")
     args = p.parse_args()
     torch.set_num_threads(2)
+    if args.paired:
+        video_module.sample_indices = paired_indices
     sampling = Sampling(
         fps=None, num_frames=args.frames, min_pixels=args.max_pixels, max_pixels=args.max_pixels
     )
@@ -168,6 +227,7 @@ def main() -> int:
         "ridge": lambda: ridge(t[:, :, 0].flatten(1), y, tt[:, :, 0].flatten(1)),
         "ridge+diff": lambda: ridge(with_differences(t), y, with_differences(tt)),
         "transformer": lambda: transformer(t, y, tt),
+        "cnn": lambda: cnn(fit, test),
     }
     for name in args.readers.split(","):
         print(
