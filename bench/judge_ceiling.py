@@ -18,7 +18,7 @@ scores and nothing of text alignment, how well is `overall` (their minimum with 
 `--paired` samples frames in adjacent pairs (half as many evenly spaced positions, each with the next
 source frame), so each temporal slice of the tower holds the motion at that moment: a sampling to try,
 not the judge's. `--tune-tower STEPS` first trains the base's tower (a linear head on the slice means, the scores as
-targets, batches of 16, lr 1e-3) on FIT's train split, then reads it with ridge.
+targets, batches of 16, lr 1e-3) on FIT's train split; the readers then read the trained tower.
 
     .venv/bin/cot-rm toyworld --out runs/w0 --n 400 --seed 0     # the demo's world
     .venv/bin/cot-rm toyworld --out runs/w7 --n 1600 --seed 7    # a second world: 320 test pairs
@@ -211,7 +211,7 @@ def main() -> int:
     p.add_argument("--paired", action="store_true", help="sample adjacent pairs of frames (see above)")
     args = p.parse_args()
     torch.set_num_threads(2)
-    if args.paired:
+    if args.paired:  # read_video_numpy looks the sampler up at call time: an experiment, not the judge's rule
         video_module.sample_indices = paired_indices
     sampling = Sampling(
         fps=None, num_frames=args.frames, min_pixels=args.max_pixels, max_pixels=args.max_pixels

@@ -12,8 +12,6 @@ hand-made pixel features per kind (what the pixels hold, whatever the tower lear
     feats=both   the mean and the tokens (what `cot_rm.train.pretrain.trainer.TowerProbe` reads)
     events_head=linear   one linear map over each slice's features (what `TowerProbe` has)
     events_head=tokmax   an MLP on each token, the strongest answer per slice (`TokenMax`)
-    video_events=W   also a linear head over all slices' tokens naming the events anywhere in the video
-                     (loss weight W; the cross-slice kinds, teleport or reversal, show in no one slice)
     lr, steps, sched=const|cos, pos_weight (events), events_weight, vision_hidden, vision_depth
 
 `--judge TRAIN_WORLD TEST_WORLD` (two toy worlds, e.g. the demo's and a second one) adds, per variant, the
@@ -40,6 +38,7 @@ import time
 from pathlib import Path
 
 import torch
+from judge_ceiling import DIMS, pair_accuracy, ridge  # bench/, beside this script
 
 from cot_rm.model import tiny
 from cot_rm.model.tower import slice_tokens
@@ -48,8 +47,7 @@ from cot_rm.train.pretrain.trainer import CLASSES, EVENTS, DescribeCollator, Tow
 
 FAMILY = "qwen2_5_vl"
 DEFAULTS = {"feats": "mean", "lr": 4e-3, "steps": 300, "sched": "const", "pos_weight": 1.0,
-            "events_weight": 1.0, "vision_hidden": 64, "vision_depth": 2, "batch": 16, "events_head": "linear",
-            "video_events": 0.0}  # fmt: skip
+            "events_weight": 1.0, "vision_hidden": 64, "vision_depth": 2, "batch": 16, "events_head": "linear"}  # fmt: skip
 
 
 def encode_all(collator: TowerCollator, rows: list[dict]) -> list[dict]:
@@ -105,45 +103,27 @@ def auc(scores: torch.Tensor, truth: torch.Tensor) -> float:
     return round(float((pos[:, None] > neg[None, :]).float().mean()), 2)
 
 
-DIMS = ("visual_quality", "physical_consistency", "overall")
-
-
-def load_world(collator: TowerCollator, folder: Path, splits: set[str]) -> dict:
-    """A toy world's videos of `splits` (encoded as the judge samples them), their scores, its pairs."""
-    pairs = [p for p in map(json.loads, open(folder / "pairs.jsonl")) if p["split"] in splits]
+def load_world(collator: TowerCollator, folder: Path, split: str) -> dict:
+    """A toy world's videos of `split`'s pairs (encoded as the judge samples them), their scores, the
+    pairs: what `judge_ceiling.pair_accuracy` reads."""
+    pairs = [p for p in map(json.loads, open(folder / "pairs.jsonl")) if p["split"] == split]
     wanted = {p["meta"][k] for p in pairs for k in ("id_a", "id_b")}
     rows = [r for r in map(json.loads, open(folder / "pointwise.jsonl")) if r["id"] in wanted]
     items = encode_all(collator, [{"video": str(folder / r["video"]), "meta": r["meta"]} for r in rows])
     scores = torch.tensor([[r["scores"][d] for d in DIMS] for r in rows], dtype=torch.float)
-    return {
-        "items": items,
-        "scores": scores,
-        "index": {r["id"]: i for i, r in enumerate(rows)},
-        "pairs": pairs,
-    }
+    return {"items": items, "scores": scores, "index": {r["id"]: i for i, r in enumerate(rows)}, "pairs": pairs}  # fmt: skip
 
 
 @torch.no_grad()
-def score_probe(vlm, fit: dict, test: dict, l2: float = 300.0) -> dict:
-    """Pairwise accuracy without ties on `test`'s pairs of a ridge fit of `fit`'s scores on pooled features."""
+def score_probe(vlm, fit: dict, test: dict) -> dict:
+    """`judge_ceiling`'s ridge reader on the slice means: fitted on `fit`, its pair accuracy on `test`."""
 
     def pooled(world):
         return torch.cat([features(vlm, stack(world["items"][i : i + 64]), "mean").flatten(1)
                           for i in range(0, len(world["items"]), 64)])  # fmt: skip
 
-    x, xt = pooled(fit), pooled(test)
-    mean, std = x.mean(0), x.std(0) + 1e-4
-    xs, y = (x - mean) / std, fit["scores"] - fit["scores"].mean(0)
-    w = torch.linalg.solve(xs.T @ xs + l2 * torch.eye(xs.shape[1]), xs.T @ y)
-    pred = ((xt - mean) / std) @ w
-    out = {}
-    for j, d in enumerate(DIMS):
-        said = [(p["dims"][d], pred[test["index"][p["meta"]["id_a"]], j] - pred[test["index"][p["meta"]["id_b"]], j])
-                for p in test["pairs"] if p["dims"][d] != "tie"]  # fmt: skip
-        out[d] = round(
-            sum(float(gap > 0) if lab == "A" else float(gap < 0) for lab, gap in said) / max(len(said), 1), 3
-        )
-    return out
+    got = pair_accuracy(ridge(pooled(fit), fit["scores"], pooled(test)), test)
+    return {d: got[d] for d in ("visual_quality", "physical_consistency", "overall")}
 
 
 def run(v: dict, train: list[dict], val: list[dict], tok, judge: tuple | None = None) -> dict:
@@ -160,8 +140,6 @@ def run(v: dict, train: list[dict], val: list[dict], tok, judge: tuple | None = 
         if v["events_head"] == "tokmax"
         else torch.nn.Linear(tokens * width, len(EVENTS))
     )
-    if v["video_events"]:
-        heads["video_events"] = torch.nn.Linear(slices * tokens * width, len(EVENTS))
     params = [p for p in [*vlm.parameters(), *heads.parameters()] if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=v["lr"], weight_decay=0.0)
     steps, start = int(v["steps"]), time.time()
@@ -174,12 +152,6 @@ def run(v: dict, train: list[dict], val: list[dict], tok, judge: tuple | None = 
         loss = loss + v["events_weight"] * torch.nn.functional.binary_cross_entropy_with_logits(
             event_logits(heads, f, v["events_head"]), b["events"], pos_weight=torch.tensor(v["pos_weight"])
         )
-        if v["video_events"]:
-            loss = loss + v["video_events"] * torch.nn.functional.binary_cross_entropy_with_logits(
-                heads["video_events"](f.flatten(1)),
-                b["events"].amax(1),
-                pos_weight=torch.tensor(v["pos_weight"]),
-            )
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -246,8 +218,8 @@ def main() -> int:
     if args.pixel_baseline:
         print(json.dumps({"pixel_baseline_auc": pixel_baseline(val)}), flush=True)
     judge = args.judge and (
-        load_world(collator, Path(args.judge[0]), {"train"}),
-        load_world(collator, Path(args.judge[1]), {"test"}),
+        load_world(collator, Path(args.judge[0]), "train"),
+        load_world(collator, Path(args.judge[1]), "test"),
     )
     for spec in args.variants:
         v = dict(DEFAULTS)
