@@ -129,6 +129,25 @@ def test_accuracy_with_ties_hand_computed():
     # margin 0.2: predictions tie, B, tie, A, A -> 4 of 5 right
     assert predict_with_ties(diff, 0.2).tolist() == [0, -1, 0, 1, 1]
     assert accuracy_with_ties(diff, labels, 0.2) == pytest.approx(0.8)
-    # margin 0 (never tie): A, B, A, A, A -> 2 of 5
+    # margin 0 (tie only on equal scores): A, B, A, A, A -> 2 of 5
     assert accuracy_with_ties(diff, labels, 0.0) == pytest.approx(0.4)
     assert accuracy_with_ties(diff, labels, 0.2, mask=T([1, 1, 1, 1, 0])) == 1.0
+
+
+def test_a_fitted_tie_margin_means_what_eval_applies():
+    """Tie when |d| <= margin, where the margin is fitted and where `cot-rm eval` applies it: the boundary
+    and equal scores are ties in both, so the fitted accuracy is the one eval reports."""
+    from eval import metrics
+
+    from cot_rm.model.losses import fit_tie_margin
+
+    diff = T([0.0, 0.2, -0.2, 0.3, -0.5, 0.1], dtype=torch.float64)
+    for margin in (0.0, 0.1, 0.2, 0.25, 0.3):
+        ours = predict_with_ties(diff, margin).tolist()
+        assert ours == metrics.predict_with_ties(diff.numpy(), margin).astype(int).tolist(), margin
+    assert predict_with_ties(diff, 0.2).tolist() == [0, 0, 0, 1, -1, 0]  # |d| = margin is a tie
+    assert predict_with_ties(diff, 0.0).tolist() == [0, 1, -1, 1, -1, 1]  # margin 0: equal scores tie
+    labels = T([0, 0, -1, 1, -1, 0])
+    margin = fit_tie_margin(diff, labels)
+    expected = metrics.acc_with_ties(diff.numpy(), labels.numpy(), margin)
+    assert accuracy_with_ties(diff, labels, margin) == pytest.approx(expected) == 5 / 6

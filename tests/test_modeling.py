@@ -354,7 +354,7 @@ def test_fit_calibration_hand_computed_and_calibrate_inverts(model):
 
 def test_fit_tie_margin_hand_computed():
     # |d| sorted 0.05 0.1 0.3 0.5 1.0 -> candidates 0, 0.075, 0.2, 0.4, 0.75, 2.0 with 3-way
-    # accuracy 2/5, 3/5, 4/5, 5/5, 4/5, 3/5 (tie when |d| < m): the best margin is 0.4.
+    # accuracy 2/5, 3/5, 4/5, 5/5, 4/5, 3/5 (tie when |d| <= m): the best margin is 0.4.
     diffs, labels = [0.1, -0.5, 0.05, 1.0, 0.3], [0, -1, 0, 1, 0]
     assert fit_tie_margin(diffs, labels) == pytest.approx(0.4)
     assert fit_tie_margin([0.3, -0.2], [1, -1]) == 0.0  # no ties: never predict one

@@ -167,9 +167,12 @@ def pairwise_accuracy(
 
 
 def predict_with_ties(diff: torch.Tensor, margin: float) -> torch.Tensor:
-    """3-way prediction from d = score_a - score_b: tie when |d| < margin, else the sign of d."""
+    """3-way prediction from d = score_a - score_b: tie when |d| <= margin, else the sign of d.
+
+    `<=`, the rule `cot-rm eval` (eval/metrics.py) and the GRPO pairwise reward apply, so a margin fitted
+    here means the same thing wherever it is used; margin 0 ties exactly equal scores only."""
     pred = torch.sign(diff).long()
-    return torch.where(diff.abs() < margin, torch.zeros_like(pred), pred)
+    return torch.where(diff.abs() <= margin, torch.zeros_like(pred), pred)
 
 
 def accuracy_with_ties(
@@ -207,9 +210,9 @@ def fit_calibration(
 
 
 def fit_tie_margin(diffs: Sequence[float] | torch.Tensor, labels: Sequence[int] | torch.Tensor) -> float:
-    """The margin m maximising 3-way accuracy on validation pairs (tie when |score_a - score_b| < m).
+    """The margin m maximising 3-way accuracy on validation pairs (tie when |score_a - score_b| <= m).
 
-    Candidates: 0 (never tie), the midpoints between consecutive distinct |d| (the same partitions as
+    Candidates: 0 (tie only on equal scores), the midpoints between consecutive distinct |d| (the same partitions as
     VideoAlign's threshold search, but with a margin that sits between the data) and 2 max|d| (always
     tie). Equal accuracies keep the smallest margin. Labels: 1 = A, -1 = B, 0 = tie.
     """
