@@ -12,12 +12,14 @@ from cot_rm.model.losses import (
     accuracy_with_ties,
     bt_margin_loss,
     bt_ties_loss,
+    fit_tie_margin,
     gaussian_nll_loss,
     mse_loss,
     pairwise_accuracy,
     predict_with_ties,
     rao_kupper_log_probs,
 )
+from eval import metrics
 
 T = torch.tensor
 
@@ -137,10 +139,6 @@ def test_accuracy_with_ties_hand_computed():
 def test_a_fitted_tie_margin_means_what_eval_applies():
     """Tie when |d| <= margin, where the margin is fitted and where `cot-rm eval` applies it: the boundary
     and equal scores are ties in both, so the fitted accuracy is the one eval reports."""
-    from eval import metrics
-
-    from cot_rm.model.losses import fit_tie_margin
-
     diff = T([0.0, 0.2, -0.2, 0.3, -0.5, 0.1], dtype=torch.float64)
     for margin in (0.0, 0.1, 0.2, 0.25, 0.3):
         ours = predict_with_ties(diff, margin).tolist()
