@@ -27,7 +27,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 # Bump when decoding or resizing changes what an entry holds: old entries then simply miss.
-CACHE_VERSION = 2  # 2: frames turned upright by the display rotation
+CACHE_VERSION = 3  # 2: frames turned upright by the display rotation; 3: RGB at full size, then resized
 DEFAULT_MAX_BYTES = 16 * 1024**3
 SUFFIX = ".npy"
 TMP_PREFIX = ".tmp-"

@@ -36,7 +36,11 @@ VIDEO_MIN_TOKENS = 128  # qwen-vl-utils' VIDEO_MIN_TOKEN_NUM: default min_pixels
 IMAGE_MIN_TOKENS = 4  # qwen-vl-utils' IMAGE_MIN_TOKEN_NUM, for frames returned as images
 MAX_RATIO = 200  # qwen-vl-utils refuses more extreme aspect ratios
 MIN_SEEK_GAP = 32  # decode forward rather than seek when the next target is this close
-INTERPOLATION = "BICUBIC"  # swscale bicubic (area-aware when downscaling), as qwen-vl-utils' bicubic
+# Frames are resized as RGB with PIL's bicubic (antialiased when shrinking: the filter torchvision's
+# uint8 resize, which qwen-vl-utils calls, was ported from), after the decoder's own RGB conversion at
+# the stored size. Two steps rather than one swscale pass, so that frames held in memory (an RGB array,
+# `cot_rm.media.clip`) go through the very same arithmetic as a file and give the model the same pixels.
+RESAMPLE = Image.Resampling.BICUBIC
 
 
 class VideoError(Exception):
@@ -449,20 +453,27 @@ class _Decoder:
         )
 
 
+def resize_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """An upright HxWx3 uint8 frame resized to `size` (height, width): the one resize every frame the
+    model sees goes through, from a file or from memory."""
+    if rgb.shape[:2] == tuple(size):
+        return np.ascontiguousarray(rgb)
+    image = Image.fromarray(np.ascontiguousarray(rgb)).resize((size[1], size[0]), RESAMPLE)
+    return np.asarray(image)
+
+
 def _decode_at(path: str, indices: list[int], info: _StreamInfo, size: tuple[int, int]):
-    """RGB frames (HxWx3 uint8, resized to `size`, turned upright) for `indices`, in that order, and the
+    """RGB frames (HxWx3 uint8, turned upright, resized to `size`) for `indices`, in that order, and the
     decode count."""
-    height, width = size if info.rotation in (0, 180) else size[::-1]  # the stored frames' orientation
     found: dict[int, np.ndarray] = {}
-    # One reformatter reuses its swscale context; frame.to_ndarray(width=...) builds one per frame (~4x slower).
+    # One reformatter reuses its swscale context (frame.to_ndarray builds one per frame); its defaults are
+    # to_ndarray(format="rgb24")'s, so frames a caller decodes that way are these very pixels.
     scaler = VideoReformatter()
     with _open(path) as container:
         decoder = _Decoder(container, _video_stream(container, path), info, path)
         for target in sorted(set(indices)):
-            rgb = scaler.reformat(
-                decoder.frame_at(target), width, height, "rgb24", interpolation=INTERPOLATION
-            )
-            found[target] = np.ascontiguousarray(np.rot90(rgb.to_ndarray(), info.rotation // 90))
+            rgb = scaler.reformat(decoder.frame_at(target), format="rgb24").to_ndarray()
+            found[target] = resize_rgb(np.rot90(rgb, info.rotation // 90), size)
     return [found[i] for i in indices], decoder.decoded
 
 
