@@ -4,7 +4,7 @@
     pairwise   {"id", "prompt", "video_a", "video_b", "preference": "A"|"B"|"tie",
                 "dims": {dim: "A"|"B"|"tie"}, "meta": {...}}   (+ "prompt_b" when the prompts differ)
     judgment   {"id", "scores", "answer_scores", "rationale", "frames_cited", "tool_calls",
-                "parse_error", "model", "protocol_version"}
+                "parse_error", "model", "protocol_version"}   (+ "scores_std", "answer_probs")
 
 Every record may carry "split" (train/val/test). Video paths are relative to the JSONL file unless
 absolute (or a URL); loaders resolve them. A bad line is an error naming `file:line` and the reason:
@@ -64,6 +64,8 @@ class JudgmentRecord:
     parse_error: str | None
     model: str
     protocol_version: str
+    scores_std: dict[str, float] | None = None  # an uncertainty head's std, on the scale of `scores`
+    answer_probs: dict[str, dict | None] | None = None  # per dimension {"probs": {score: p}, "expected"}
 
 
 Record = PointwiseRecord | PairRecord | JudgmentRecord
@@ -192,6 +194,24 @@ def _check_judgment(r: JudgmentRecord) -> None:
     _text(r.protocol_version, "protocol_version")
     if r.answer_scores is None and r.parse_error is None:
         raise ValueError("answer_scores is null but parse_error is null too: say why it did not parse")
+    if r.scores_std is not None:
+        _scores(r.scores_std, "scores_std")
+    if r.answer_probs is not None and not isinstance(r.answer_probs, dict):
+        raise ValueError(
+            f"answer_probs must be null or an object of dimension -> probabilities, got {r.answer_probs!r}"
+        )
+    for dim, entry in (r.answer_probs or {}).items():
+        _answer_probs(entry, f"answer_probs[{dim!r}]")
+
+
+def _answer_probs(entry: Any, name: str) -> None:
+    if entry is None:
+        return
+    if not isinstance(entry, dict) or set(entry) != {"probs", "expected"}:
+        raise ValueError(f'{name} must be null or {{"probs": {{score: p}}, "expected": x}}, got {entry!r}')
+    _scores(entry["probs"], f"{name}['probs']")
+    if abs(sum(entry["probs"].values()) - 1.0) > 1e-6:
+        raise ValueError(f"{name}['probs'] must sum to 1, got {sum(entry['probs'].values())}")
 
 
 _CHECKS = {"pointwise": _check_pointwise, "pairwise": _check_pair, "judgment": _check_judgment}

@@ -24,8 +24,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from cot_rm.judge.local import Judge, video_error_of
-from cot_rm.media.frame_cache import file_identity
+from cot_rm.media.frame_cache import CACHE_VERSION, file_identity
+from cot_rm.model import calibration
 from cot_rm.model.checkpoint import CheckpointError, load_checkpoint
+from cot_rm.protocol import JudgeSpec
 from cot_rm.schema import write_jsonl
 from eval import benchmarks, metrics
 from eval.faithfulness import faithfulness, toy_defects
@@ -181,15 +183,20 @@ def load_bench(args: argparse.Namespace):
 
 def _model_eps(model, args) -> tuple[metrics.Eps, str | None]:
     """--tie-eps or --val-predictions, else the checkpoint's fitted tie_margin (head unit scale) put on
-    the score scale; applies to the head's scores."""
+    the head's scores by the calibration rule (`cot_rm.model.calibration`: the same ties on either scale).
+    One number when every dimension gets the same eps, else one per dimension."""
     if args.tie_eps is not None or args.val_predictions is not None:
         return fixed_eps(args.tie_eps, args.val_predictions)
-    margin = float(model.config.tie_margin or 0.0)
+    cfg = model.config
+    margin = float(cfg.tie_margin or 0.0)
     if margin <= 0:
         return None, None
-    spec = model.config.judge_spec or {}
-    half_range = (spec.get("score_max", 5.0) - spec.get("score_min", 1.0)) / 2
-    return margin * half_range, f"checkpoint tie_margin {margin} (head unit scale) x {half_range}"
+    spec = JudgeSpec.from_dict(cfg.judge_spec or {"dimensions": cfg.dimensions})
+    eps = calibration.margin_on_scores(margin, cfg.dimensions, cfg.calibration, spec)
+    source = f"checkpoint tie_margin {margin} (head unit scale) x {(spec.score_max - spec.score_min) / 2}"
+    if len(set(eps.values())) == 1:
+        return next(iter(eps.values())), source
+    return eps, source + " / each dimension's calibration std"
 
 
 def protocol(model, args, key: dict) -> dict:
@@ -246,6 +253,8 @@ def cache_key(args, model, device: str, dtype: str) -> dict:
         "tool_max_pixels": model.config.tool_max_pixels,
         "device": device.split(":")[0],  # greedy decoding can differ between CPU and GPU kernels
         "dtype": dtype,
+        "frames": CACHE_VERSION,  # how frames are decoded and resized
+        "scores_rule": calibration.RULE,  # how the head's outputs become `scores`
     }
 
 

@@ -64,8 +64,8 @@ def test_judgments_follow_the_contract(judge, sample_mp4, tmp_path):
     bad = tmp_path / "bad.mp4"
     bad.write_text("not a video")
     out = judge.judge([("a", str(sample_mp4), "a red square"), ("b", str(bad), "x")])
-    keys = {"id", "scores", "answer_scores", "rationale", "frames_cited", "tool_calls", "parse_error", "model",
-            "protocol_version"}  # fmt: skip
+    keys = {"id", "scores", "answer_scores", "answer_probs", "rationale", "frames_cited", "tool_calls",
+            "parse_error", "model", "protocol_version"}  # fmt: skip
     assert [set(j) for j in out] == [keys, keys]
     assert set(out[0]["scores"]) == set(JudgeSpec().dimensions)  # the head scores even an unparsed turn
     assert out[0]["parse_error"] is None or out[0]["answer_scores"] is None
@@ -118,8 +118,8 @@ def test_summarize_samples_hand_computed():
 
 # ------------------------------------------------------------------------------------------ the CLI
 
-CONTRACT = {"id", "scores", "answer_scores", "rationale", "frames_cited", "tool_calls", "parse_error", "model",
-            "protocol_version"}  # fmt: skip
+CONTRACT = {"id", "scores", "answer_scores", "answer_probs", "rationale", "frames_cited", "tool_calls",
+            "parse_error", "model", "protocol_version"}  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,10 @@
 
 Per video: a strip of the frames the model saw (index and time under each), the critique sentence by
 sentence with every frame a sentence cites shown beside it (`protocol.cited_frames`, the one parser),
-head and answer scores per dimension as bars (mean and std when sampled), and the tool trace (each
-select_frames call with the frames it returned, or its error).
+head and answer scores per dimension as bars (± the head's predicted std, `scores_std`, and the spread of
+the draws when sampled), the answer's probabilities over the scale (`answer_probs`) as a small histogram
+with their expectation, and the tool trace (each select_frames call with the frames it returned, or its
+error).
 
 Self-contained on purpose: images are JPEG data URIs and the style is inline, so the page can be mailed
 or attached to a run as one file; no JavaScript at all, and a Content-Security-Policy that forbids it,
@@ -60,6 +62,9 @@ table.scores td,table.scores th{padding:2px 8px;font-size:13px;vertical-align:mi
 .bar span{position:absolute;left:0;top:0;height:100%;background:#3a8f5c;border-radius:2px}
 .bar.answer span{background:#3a6a9f}
 .bar i{position:absolute;top:-3px;height:18px;border-left:2px solid #222;border-right:2px solid #222}
+.hist{display:flex;align-items:flex-end;gap:2px;height:22px}
+.hist span{display:flex;flex-direction:column;justify-content:flex-end;width:14px;height:100%;font-size:9px;text-align:center;color:#555}
+.hist b{display:block;background:#3a6a9f;min-height:1px}
 ol.trace li{margin-bottom:6px}
 .calls{display:flex;gap:4px;flex-wrap:wrap;margin-top:2px}
 table.draws td,table.draws th{padding:2px 6px;font-size:12px;border-bottom:1px solid #eee}
@@ -167,21 +172,36 @@ def _score_row(j: dict, dim: str, spec: JudgeSpec) -> dict:
     bars = {}
     for key, name in (("scores", "head"), ("answer_scores", "answer")):
         value = (j.get(key) or {}).get(dim)
-        bars[name] = None if value is None else _bar(value, (spread.get(f"{key}_std") or {}).get(dim), spec)
-    return {"dim": dim, **bars}
+        drawn = (spread.get(f"{key}_std") or {}).get(dim)
+        predicted = (j.get("scores_std") or {}).get(dim) if key == "scores" else None
+        bars[name] = None if value is None else _bar(value, drawn, spec, predicted)
+    return {"dim": dim, **bars, "probs": _probs((j.get("answer_probs") or {}).get(dim))}
 
 
-def _bar(value: float, spread: float | None, spec: JudgeSpec) -> dict:
-    """A score as a bar: its length in percent of the scale, and the mean ± std whisker when sampled."""
+def _bar(value: float, spread: float | None, spec: JudgeSpec, std: float | None = None) -> dict:
+    """A score as a bar: its length in percent of the scale and a ± whisker: the head's predicted std
+    (`scores_std`) when it has one, else the draws' spread when sampled; the label gives both."""
     span = spec.score_max - spec.score_min
 
     def pct(x: float) -> float:
         return max(0.0, min(100.0, 100 * (x - spec.score_min) / span))
 
-    if not spread:
-        return {"pct": pct(value), "whisker": None, "label": f"{value:.2f}"}
-    lo, hi = pct(value - spread), pct(value + spread)
-    return {"pct": pct(value), "whisker": (lo, hi - lo), "label": f"{value:.2f} ± {spread:.2f}"}
+    label = (
+        f"{value:.2f}" + (f" ± {std:.2f} (head std)" if std else "") + (f" ± {spread:.2f}" if spread else "")
+    )
+    width = std or spread
+    if not width:
+        return {"pct": pct(value), "whisker": None, "label": label}
+    lo, hi = pct(value - width), pct(value + width)
+    return {"pct": pct(value), "whisker": (lo, hi - lo), "label": label}
+
+
+def _probs(entry: dict | None) -> dict | None:
+    """The answer's probabilities over the scale as histogram columns, and their expectation."""
+    if not entry:
+        return None
+    cols = [{"score": k, "pct": 100 * p, "title": f"P({k}) = {p:.3f}"} for k, p in entry["probs"].items()]
+    return {"cols": cols, "label": f"E {entry['expected']:.2f}"}
 
 
 def _call(call: dict, frames: _Frames) -> dict:

@@ -5,7 +5,13 @@ generation, left padding). A turn that calls the tool gets the frames (or an err
 exception) as the next tool turn, within the protocol's budgets and memory window; a turn that
 answers ends that judgment; an unparseable turn ends it with its parse error (counted, never scored
 as 0). Then one scoring pass appends `<|reward|>` after each final turn and reads the head, so
-`scores` (head) exist even when `answer_scores` (the generated answer) do not.
+`scores` (head) exist even when `answer_scores` (the generated answer) do not. The same pass gives the
+head's std (`scores_std`, an uncertainty head only), both through the checkpoint's calibration
+(`cot_rm.model.calibration`), and `answer_probs` from the logits at the answer's score digits
+(`cot_rm.judge.answer_probs`).
+
+A video is a file path or frames held in memory (`cot_rm.media.clip.Clip`): both are sampled, sized and
+served to the tool alike.
 
 Greedy by default, so a judgment is reproducible; `judge_samples` draws k seeded sampled judgments and
 reports their mean and spread. `cot-rm judge` (`cot_rm.judge.cli`) runs it on video files.
@@ -21,7 +27,10 @@ from dataclasses import dataclass, field
 import torch
 
 from cot_rm import protocol
-from cot_rm.media.video import Sampling, VideoError, read_frames_at, read_video
+from cot_rm.judge import answer_probs
+from cot_rm.media.clip import frames_at, read_source
+from cot_rm.media.video import Sampling, VideoError
+from cot_rm.model import calibration
 from cot_rm.model.processing import encode
 from cot_rm.protocol import JudgeSpec, Judgment, ParseError, ToolRequest
 
@@ -29,7 +38,7 @@ from cot_rm.protocol import JudgeSpec, Judgment, ParseError, ToolRequest
 @dataclass
 class _Conv:
     id: str
-    path: str
+    source: object  # a video file path, or a `cot_rm.media.clip.Clip`
     video: object
     messages: list[dict]
     images: dict[int, object] = field(default_factory=dict)  # id(image part) -> PIL image
@@ -51,10 +60,11 @@ class Judge:
         self.tool_max_pixels, self.max_new_tokens = tool_max_pixels, max_new_tokens
         self.batch_size, self.cache = batch_size, cache
         self.processor, self.family = model.processor, model.config.family
+        self.score_tokens = answer_probs.score_tokens(self.processor.tokenizer, spec)
 
-    def judge(self, items: Sequence[tuple[str, str, str]], seed: int | None = None) -> list[dict]:
-        """Judgment JSON (README, Data formats) for each (id, video path, prompt), in order. `seed` fixes the
-        draws when sampling (the global RNG is restored afterwards)."""
+    def judge(self, items: Sequence[tuple[str, object, str]], seed: int | None = None) -> list[dict]:
+        """Judgment JSON (README, Data formats) for each (id, video, prompt), in order; a video is a file
+        path or a `Clip`. `seed` fixes the draws when sampling (the global RNG is restored afterwards)."""
         out = []
         with _seeded(seed, next(self.model.parameters()).device):
             for start in range(0, len(items), self.batch_size):
@@ -93,10 +103,11 @@ class Judge:
         """Assistant turns a judgment may take: one per allowed tool call, plus the answer."""
         return self.spec.max_tool_calls + 1
 
-    def open(self, rid: str, path: str, prompt: str) -> _Conv:
-        """A new judgment of the video at `path` (raises `VideoError` when it cannot be read)."""
-        video = read_video(path, self.sampling, self.cache)
-        return _Conv(rid, path, video, protocol.judgment_conversation(prompt, video, spec=self.spec))
+    def open(self, rid: str, source, prompt: str) -> _Conv:
+        """A new judgment of the video `source`, a file path or a `Clip` (raises `VideoError` when a file
+        cannot be read)."""
+        video = read_source(source, self.sampling, self.cache)
+        return _Conv(rid, source, video, protocol.judgment_conversation(prompt, video, spec=self.spec))
 
     def context(self, conv: _Conv) -> list[dict]:
         """The messages the model sees for its next turn (the memory window applied)."""
@@ -119,8 +130,8 @@ class Judge:
         for conv in convs:
             if conv.result is None:
                 conv.result = ParseError("missing_answer", "tool budget spent without an answer")
-        scores = self._score(convs) if convs else []
-        return [self._record(c, s) for c, s in zip(convs, scores, strict=True)]
+        scored = self._score(convs) if convs else []
+        return [self._record(c, **s) for c, s in zip(convs, scored, strict=True)]
 
     @torch.inference_mode()
     def score_video_only(self, items: Sequence[tuple[str, str, str]]) -> list[list[float]]:
@@ -137,6 +148,10 @@ class Judge:
     def _inputs(self, convs: list[_Conv], final: bool, reward: bool | None = None) -> dict:
         """final: the conversation ends with the model's last turn (no generation prompt); reward:
         append the query token the head reads (default: when final)."""
+        return self._encoded(convs, final, reward)[1]
+
+    def _encoded(self, convs: list[_Conv], final: bool, reward: bool | None = None) -> tuple[list[str], dict]:
+        """The rendered texts and the model inputs `_inputs` describes."""
         reward = final if reward is None else reward
         texts, videos, images = [], [], []
         for c in convs:
@@ -150,7 +165,7 @@ class Judge:
                        if p.get("type") == "image"]  # fmt: skip
         device = next(self.model.parameters()).device
         batch = encode(self.processor, texts, videos=videos, images=images or None, padding_side="left")
-        return {k: v.to(device) for k, v in batch.items()}
+        return texts, {k: v.to(device) for k, v in batch.items()}
 
     @classmethod
     def from_model(cls, model, **kwargs) -> Judge:
@@ -205,7 +220,7 @@ class Judge:
         if error is not None:
             return protocol.tool_turn(error=error)
         try:
-            pics = read_frames_at(conv.path, list(call.frames), self.tool_max_pixels, self.family)
+            pics = frames_at(conv.source, list(call.frames), self.tool_max_pixels, self.family)
         except VideoError as err:  # a frame that will not decode is the model's tool error, not a crash
             conv.calls[-1]["error"] = err.reason
             return protocol.tool_turn(error=err.reason)
@@ -216,23 +231,51 @@ class Judge:
         return turn
 
     @torch.inference_mode()
-    def _score(self, convs: list[_Conv]) -> list[list[float]]:
+    def _score(self, convs: list[_Conv]) -> list[dict]:
+        """`_record`'s keyword arguments per conversation: the head's raw outputs (and log-variances) and
+        the answer's score-digit probabilities, from one teacher-forced pass over each finished turn."""
         for c in convs:  # the final turn as generated (even unparseable: the head still reads it)
             c.messages.append({"role": "assistant", "content": (c.final_text or "").strip()})
-        raw = []
+        out = []
         for start in range(0, len(convs), self.batch_size):
-            raw += self.model.score(
-                **self._inputs(convs[start : start + self.batch_size], final=True)
-            ).tolist()
-        return raw
+            out += self._score_batch(convs[start : start + self.batch_size])
+        return out
 
-    def _record(self, conv: _Conv, raw: list[float]) -> dict:
-        dims = self.model.config.dimensions
+    def _score_batch(self, convs: list[_Conv]) -> list[dict]:
+        texts, inputs = self._encoded(convs, final=True)
+        # The final norm's output feeds the head; the LM head reads it too, at the answer's score digits.
+        with self.model.capture_hidden() as box:
+            out = self.model(**inputs, return_logits=False)
+        log_var = out.log_var.tolist() if out.log_var is not None else [None] * len(convs)
+        return [
+            {"raw": raw, "log_var": lv, "probs": self._answer_probs(c, text, ids, hidden)}
+            for c, text, raw, lv, ids, hidden in zip(
+                convs, texts, out.rewards.tolist(), log_var, inputs["input_ids"], box["hidden"], strict=True
+            )
+        ]
+
+    def _answer_probs(self, conv: _Conv, text: str, input_ids, hidden) -> dict | None:
+        """`answer_probs` of a parsed answer (None when it did not parse or the scale has no digit tokens)."""
+        if not isinstance(conv.result, Judgment) or self.score_tokens is None:
+            return None
+        tokenizer = self.processor.tokenizer
+        wanted = answer_probs.positions_from_end(tokenizer, text, answer_probs.digit_offsets(text, self.spec))
+        lm_head = self.model.base_vlm.lm_head
+        return answer_probs.read(hidden, input_ids, lm_head, wanted, self.score_tokens, self.spec)
+
+    def _record(self, conv: _Conv, raw: list[float], log_var: list[float] | None = None,
+                probs: dict | None = None) -> dict:  # fmt: skip
+        cfg = self.model.config
         ok = isinstance(conv.result, Judgment)
-        return {
+        record = {
             "id": conv.id,
-            "scores": {d: self.spec.from_unit(x) for d, x in zip(dims, raw, strict=True)},
+            "scores": calibration.scores(raw, cfg.dimensions, cfg.calibration, self.spec),
+        }
+        if log_var is not None:  # an uncertainty (Gaussian NLL) head
+            record["scores_std"] = calibration.scores_std(log_var, cfg.dimensions, cfg.calibration, self.spec)
+        return record | {
             "answer_scores": conv.result.scores if ok else None,
+            "answer_probs": probs if ok else None,
             "rationale": conv.result.think if ok else (conv.final_text or ""),
             # frames of this video only: a critique that cites "frame 121" of a 30-frame clip keeps
             # those words in `rationale`, but 121 is not a frame anyone can look at
@@ -258,7 +301,7 @@ def video_error_of(parse_error: str | None) -> str | None:
 
 def video_error_record(rid: str, error: str, model_name: str) -> dict:
     """The Judgment of a video that cannot be read: no scores at all, the reason as `parse_error`."""
-    return {"id": rid, "scores": None, "answer_scores": None, "rationale": "",
+    return {"id": rid, "scores": None, "answer_scores": None, "answer_probs": None, "rationale": "",
             "frames_cited": [], "tool_calls": [], "parse_error": VIDEO_ERROR + error,
             "model": model_name, "protocol_version": protocol.PROTOCOL_VERSION}  # fmt: skip
 
@@ -284,6 +327,8 @@ def summarize_samples(draws: list[dict], temperature: float, top_p: float, seed:
     parsed (None when none did: a failed parse never counts as a score). The text fields (rationale,
     frames_cited, tool_calls, parse_error) are those of the first draw that parsed (else draw 0), whose
     index is `samples.shown`. `samples` adds the population std of both and every draw in full.
+    The head's own `scores_std` (an uncertainty head) is the mean of the draws' and `answer_probs` the
+    mixture of the parsed draws' (per dimension, the mean of their probabilities and expectations).
     """
     parsed = [j for j in draws if j["parse_error"] is None]
     shown = next((i for i, j in enumerate(draws) if j["parse_error"] is None), 0)
@@ -292,7 +337,12 @@ def summarize_samples(draws: list[dict], temperature: float, top_p: float, seed:
     samples = {"k": len(draws), "temperature": temperature, "top_p": top_p, "seed": seed,
                "shown": shown, "n_parsed": len(parsed), "scores_std": head_std,
                "answer_scores_std": answer_std, "judgments": draws}  # fmt: skip
-    return {**draws[shown], "scores": head_mean, "answer_scores": answer_mean, "samples": samples}
+    out = {**draws[shown], "scores": head_mean, "answer_scores": answer_mean, "samples": samples}
+    if "scores_std" in out:
+        out["scores_std"] = _mean_std([j["scores_std"] for j in draws if j.get("scores_std")])[0]
+    if "answer_probs" in out:
+        out["answer_probs"] = _mixture([j.get("answer_probs") for j in parsed])
+    return out
 
 
 def _mean_std(rows: list[dict]) -> tuple[dict | None, dict | None]:
@@ -300,3 +350,17 @@ def _mean_std(rows: list[dict]) -> tuple[dict | None, dict | None]:
         return None, None
     mean = {d: statistics.fmean(r[d] for r in rows) for d in rows[0]}
     return mean, {d: statistics.pstdev([r[d] for r in rows]) for d in rows[0]}
+
+
+def _mixture(rows: list[dict | None]) -> dict | None:
+    """answer_probs of several draws -> one: per dimension, the mean over the draws that have it."""
+    rows = [r for r in rows if r]
+    if not rows:
+        return None
+    out: dict[str, dict | None] = dict.fromkeys(rows[0])
+    for dim in out:
+        have = [r[dim] for r in rows if r.get(dim)]
+        if have:
+            probs = {k: statistics.fmean(h["probs"][k] for h in have) for k in have[0]["probs"]}
+            out[dim] = {"probs": probs, "expected": statistics.fmean(h["expected"] for h in have)}
+    return out

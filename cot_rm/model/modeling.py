@@ -32,6 +32,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from transformers.utils import ModelOutput
 
 from cot_rm.media.video import Sampling
+from cot_rm.model import calibration
 from cot_rm.model.config import CONFIG_NAME, HEAD_KINDS, REWARD_TOKEN, CotRmConfig  # noqa: F401 (re-exported)
 from cot_rm.model.losses import fit_calibration, fit_tie_margin  # noqa: F401 (re-exported: fitted into CotRmConfig)
 from cot_rm.model.rope import use_qwen_positions
@@ -487,14 +488,13 @@ class ThinkThenScore(nn.Module):
             handle.remove()
 
     def _calibration_tensors(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        cal = self.config.calibration
-        mean = [cal.get(d, {}).get("mean", 0.0) for d in self.config.dimensions]
-        std = [cal.get(d, {}).get("std", 1.0) for d in self.config.dimensions]
+        mean, std = zip(*calibration.stats(self.config.dimensions, self.config.calibration), strict=True)
         return like.new_tensor(mean), like.new_tensor(std)  # [D] each
 
     def calibrate(self, rewards: torch.Tensor) -> torch.Tensor:
         """Raw rewards [..., D] -> z-scores (r - mean) / std with the stored validation statistics, as
-        VideoAlign normalises before comparing. Dimensions without statistics pass through unchanged."""
+        VideoAlign normalises before comparing. Dimensions without statistics pass through unchanged.
+        The Judgment's `scores` are these z-scores on the judge's scale (`cot_rm.model.calibration`)."""
         mean, std = self._calibration_tensors(rewards)
         return (rewards - mean) / std
 
