@@ -147,6 +147,16 @@ def test_sampled_judgments_show_mean_spread_and_draws(sample_mp4):
     assert "4.20 ± 0.25" in page and "2 draws at temperature 0.7" in page and "parse error: empty" in page
 
 
+def test_head_std_and_answer_probs_are_shown(sample_mp4):
+    probs = {"probs": {"1": 0.0, "2": 0.05, "3": 0.1, "4": 0.8, "5": 0.05}, "expected": 3.9}
+    j = _judgment(scores_std=dict.fromkeys(["visual_quality", "text_alignment", "physical_consistency", "overall"], 0.6),
+                  answer_probs={"visual_quality": probs, "text_alignment": None, "physical_consistency": probs,
+                                "overall": probs})  # fmt: skip
+    page = build_report([(j, str(sample_mp4), "p")], SAMPLING)
+    assert "4.20 ± 0.60 (head std)" in page and page.count("E 3.90") == 3
+    assert 'title="P(4) = 0.800"' in page and 'style="height:80.0%"' in page
+
+
 # ------------------------------------------------------------------------------- headless Chromium
 
 
