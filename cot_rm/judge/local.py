@@ -244,13 +244,12 @@ class Judge:
     def _score_batch(self, convs: list[_Conv]) -> list[dict]:
         texts, inputs = self._encoded(convs, final=True)
         # The final norm's output feeds the head; the LM head reads it too, at the answer's score digits.
-        with self.model.capture_hidden() as box:
-            out = self.model(**inputs, return_logits=False)
+        out = self.model(**inputs, return_logits=False, return_last_hidden=True)
         log_var = out.log_var.tolist() if out.log_var is not None else [None] * len(convs)
         return [
             {"raw": raw, "log_var": lv, "probs": self._answer_probs(c, text, ids, hidden)}
             for c, text, raw, lv, ids, hidden in zip(
-                convs, texts, out.rewards.tolist(), log_var, inputs["input_ids"], box["hidden"], strict=True
+                convs, texts, out.rewards.tolist(), log_var, inputs["input_ids"], out.last_hidden, strict=True
             )
         ]
 

@@ -200,7 +200,7 @@ def _freeze_vision(vlm) -> None:
 @dataclass
 class RewardOutput(ModelOutput):
     """rewards [B, D] (raw), log_var [B, D] (uncertainty head), LM logits [B, T, V] and loss (with
-    labels), hidden [B, H] at the reward token."""
+    labels), hidden [B, H] at the reward token, last_hidden [B, T, H] (the final norm's output)."""
 
     loss: torch.Tensor | None = None
     rewards: torch.Tensor | None = None
@@ -209,6 +209,7 @@ class RewardOutput(ModelOutput):
     hidden: torch.Tensor | None = None
     log_probs: torch.Tensor | None = None  # token_logps=True: [B, T-1] log p(token t+1), 0 where unlabelled
     entropy: torch.Tensor | None = None  # token_logps=True: [B, T-1] (when the fused head computes it)
+    last_hidden: torch.Tensor | None = None  # return_last_hidden=True: every position's, for the LM head
 
 
 class ThinkThenScore(nn.Module):
@@ -415,6 +416,7 @@ class ThinkThenScore(nn.Module):
         *,
         return_logits: bool = True,
         return_hidden: bool = False,
+        return_last_hidden: bool = False,
         token_logps: bool = False,
         detach_head_input: bool = False,
         reward_index: torch.Tensor | None = None,  # [B] in a packed batch's one row (cot_rm.model.packing)
@@ -427,6 +429,8 @@ class ThinkThenScore(nn.Module):
         `token_logps=True` (GRPO): per-token log-probs (and entropies) of the tokens labelled in `labels`
         through TRL's fused LM head (`trl.trainer.utils.add_fused_lm_head(model.base_vlm, ...)` first, which
         sets the temperature), no logits. `detach_head_input`: the head's loss does not reach the VLM.
+        `return_last_hidden`: also every position's final hidden state (the judge reads the LM head at a few
+        positions from it, without the full [B, T, V] logits).
         """
         num_items = inputs.pop("num_items_in_batch", None)
         if token_logps:
@@ -460,7 +464,10 @@ class ThinkThenScore(nn.Module):
             loss = self.base_vlm.loss_function(
                 logits=logits, labels=labels, vocab_size=logits.shape[-1], num_items_in_batch=num_items
             )
-        return RewardOutput(loss, rewards, log_var, logits, at_reward if return_hidden else None)
+        at = at_reward if return_hidden else None
+        return RewardOutput(
+            loss, rewards, log_var, logits, at, last_hidden=hidden if return_last_hidden else None
+        )
 
     def score(self, input_ids: torch.Tensor, **inputs: Any) -> torch.Tensor:
         """Raw rewards [B, D] only: the vocabulary projection is skipped (wrap in inference_mode to judge)."""
