@@ -2,6 +2,7 @@
 
     cot-rm synthesize --input data/pointwise.jsonl --teacher oracle --out data/sft.jsonl
     cot-rm synthesize --input ... --teacher openai:http://localhost:8000/v1 --out ...   # a vLLM-served VLM
+    cot-rm synthesize --teacher import:cot.json --video-root videos/ --out ...   # rationales that exist
 
 Resumable: every input record, kept or rejected, is logged in `OUT.progress.jsonl` after its lines are
 flushed to OUT, with OUT's size at that point. A killed run truncates OUT back to the last logged
@@ -19,7 +20,7 @@ import shutil
 import sys
 import zlib
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from tqdm import tqdm
@@ -29,6 +30,7 @@ from cot_rm.protocol import PROTOCOL_VERSION, TOOL_MAX_PIXELS, JudgeSpec
 from cot_rm.schema import PointwiseRecord, SchemaError, read_jsonl
 from data_synthesis.filters import ConsistencyRule
 from data_synthesis.negatives import write_negatives
+from data_synthesis.rationale_import import mapping_from
 from data_synthesis.rationalize import PROMPT_VERSION, Item, Outcome, RationaleConfig, label_spec, rationalize
 from data_synthesis.teachers.base import TeacherUnavailableError
 from data_synthesis.teachers.factory import make_teacher
@@ -61,9 +63,16 @@ def record_seed(seed: int, rid: str) -> int:
 
 
 def synthesize(
-    records, teacher, out: Path, cfg: SynthConfig, restart: bool = False, progress: bool = True
+    records,
+    teacher,
+    out: Path,
+    cfg: SynthConfig,
+    restart: bool = False,
+    progress: bool = True,
+    extra: dict | None = None,
 ) -> dict:
-    """Run (or resume) the pipeline over pointwise `records`; returns the summary written beside OUT."""
+    """Run (or resume) the pipeline over pointwise `records`; returns the summary written beside OUT
+    (with `extra`'s keys added, e.g. an import's counts)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     log = out.with_name(out.name + ".progress.jsonl")
@@ -85,7 +94,7 @@ def synthesize(
                 bar.update(1)
                 bar.set_postfix(kept=counts["accepted"], rejected=counts["rejected"], refresh=False)
     bar.close()
-    summary = _summary(log, teacher, cfg, out)
+    summary = {**_summary(log, teacher, cfg, out), **(extra or {})}
     Path(str(out).removesuffix(".jsonl") + ".summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -237,10 +246,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--input",
-        required=True,
-        help="pointwise JSONL (README, Data formats), e.g. toyworld's pointwise.jsonl",
+        help="pointwise JSONL (README, Data formats), e.g. toyworld's pointwise.jsonl (not with "
+        "--teacher import:FILE, whose records come from FILE)",
     )
-    p.add_argument("--teacher", required=True, help="oracle | openai:URL[#MODEL] | hf:PATH")
+    p.add_argument(
+        "--teacher",
+        required=True,
+        help="oracle | openai:URL[#MODEL] | hf:PATH | import:FILE (rationales that exist: VideoScore2's "
+        "released CoT records, a JSON array or JSON Lines; docs/formats.md, section 11)",
+    )
     p.add_argument(
         "--out",
         required=True,
@@ -284,6 +298,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--negatives-rate", type=float, default=0.25, help="chance of each negative kind per record"
     )
+    p.add_argument(
+        "--video-root",
+        default=None,
+        help="import: the folder the records' videos are in, found by video_name or the URL's file name "
+        "(default: FILE's folder)",
+    )
+    p.add_argument(
+        "--map",
+        action="append",
+        default=[],
+        metavar="KEY=FIELD",
+        help="import: which field holds KEY, for layouts other than VideoScore2's (repeatable; KEY is one of "
+        "id, video_name, video_url, prompt, visual_quality, text_alignment, physical_consistency, overall, "
+        "rationale, comments, split; FIELD may be dotted, e.g. labels.visual; KEY= maps nothing)",
+    )
+    p.add_argument(
+        "--map-file", default=None, help="import: the field mapping as a YAML or JSON object of KEY: FIELD"
+    )
     p.add_argument("--restart", action="store_true", help="discard earlier progress for --out and start over")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -320,17 +352,13 @@ def config_from_args(args: argparse.Namespace) -> SynthConfig:
 def main(args: argparse.Namespace) -> int:
     try:
         cfg = config_from_args(args)
-        records = _select(read_jsonl(args.input, kind="pointwise"), cfg, args)
-        if args.negatives:
-            kinds = args.negatives.split(",")
-            records += negatives_for(records, Path(args.out), kinds, args.negatives_rate, args.seed)
-        openai = args.teacher.startswith("openai:")
-        teacher = make_teacher(
-            args.teacher, **({"concurrency": args.concurrency, "timeout_s": args.timeout} if openai else {})
-        )
-        if teacher.name == "oracle":
-            check_annotated(records, args.input)
-        summary = synthesize(records, teacher, Path(args.out), cfg, args.restart, not args.no_progress)
+        if args.teacher.startswith("import:"):
+            records, teacher, cfg = _imported(args, cfg)
+            extra = {"import": teacher.imported.summary()}
+        else:
+            records, teacher = _labelled(args, cfg)
+            extra = None
+        summary = synthesize(records, teacher, Path(args.out), cfg, args.restart, not args.no_progress, extra)
     except (SchemaError, ResumeError, TeacherUnavailableError, VideoError, ValueError) as err:
         print(f"cot-rm synthesize: {err}", file=sys.stderr)
         return 2
@@ -341,6 +369,8 @@ def main(args: argparse.Namespace) -> int:
     for reason, example in summary["rejected_example"].items():
         n = summary["rejected"][reason]
         print(f"cot-rm synthesize: {n} rejected as {reason}, e.g. {example}", file=sys.stderr)
+    if "import" in summary:
+        print(f"cot-rm synthesize: {_import_line(summary)}", file=sys.stderr)
     if not summary["accepted"]:
         print(
             "cot-rm synthesize: no record was accepted (reasons above); nothing to train on", file=sys.stderr
@@ -349,15 +379,66 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _select(records: list[PointwiseRecord], cfg: SynthConfig, args) -> list[PointwiseRecord]:
+def _labelled(args, cfg: SynthConfig):
+    """The --input records (and their negatives) and the teacher that writes their critiques."""
+    if not args.input:
+        raise ValueError("--input is required (the labelled records), unless the teacher is import:FILE")
+    if args.video_root or args.map or args.map_file:
+        raise ValueError("--video-root, --map and --map-file go with --teacher import:FILE only")
+    records = _select(read_jsonl(args.input, kind="pointwise"), cfg, args, args.input)
+    if args.negatives:
+        kinds = args.negatives.split(",")
+        records += negatives_for(records, Path(args.out), kinds, args.negatives_rate, args.seed)
+    openai = args.teacher.startswith("openai:")
+    teacher = make_teacher(
+        args.teacher, **({"concurrency": args.concurrency, "timeout_s": args.timeout} if openai else {})
+    )
+    if teacher.name == "oracle":
+        check_annotated(records, args.input)
+    return records, teacher
+
+
+def _imported(args, cfg: SynthConfig):
+    """The records of an import file with their stored rationales as the teacher (`import:FILE`); its
+    malformed records and missing videos are reported now, before the work."""
+    source = args.teacher.partition(":")[2]
+    for given, why in [(args.input, "reads its records from FILE; leave out --input"),
+                       (args.negatives, "has no rationale for deliberate negatives; leave out --negatives"),
+                       (args.blind, "cannot re-judge a stored rationale; leave out --blind")]:  # fmt: skip
+        if given:
+            raise ValueError(f"--teacher import:FILE {why}")
+    mapping = mapping_from(args.map, args.map_file)
+    teacher = make_teacher(
+        args.teacher, video_root=args.video_root, mapping=mapping, judge_spec=cfg.rationale.spec
+    )
+    for line in teacher.imported.problems():
+        print(f"cot-rm synthesize: {line}", file=sys.stderr)
+    if not teacher.records:
+        raise ValueError(f"{source}: no usable record ({teacher.imported.rows} read, all malformed or none)")
+    # A stored rationale cannot be rewritten: a near miss is as inconsistent as any other miss.
+    cfg = replace(cfg, rationale=replace(cfg.rationale, max_rewrites=0))
+    return _select(teacher.records, cfg, args, source), teacher, cfg
+
+
+def _import_line(summary: dict) -> str:
+    imp = summary["import"]
+    return (
+        f"imported {imp['file']}: {imp['rows']} rows, {summary['accepted']} kept, "
+        f"{summary['rejected'].get('inconsistent', 0)} disagree with their labels, "
+        f"{imp['missing_videos']} missing videos, {imp['malformed']} malformed; "
+        f"{imp['label_lines_stripped']} label lines stripped"
+    )
+
+
+def _select(records: list[PointwiseRecord], cfg: SynthConfig, args, source: str) -> list[PointwiseRecord]:
     """The records to synthesise (--splits, --limit), their labels checked against the judge's scale."""
     kept = [r for r in records if not cfg.splits or r.split in cfg.splits][: args.limit]
     if not kept:
         unsplit = sum(r.split is None for r in records)
         why = f" ({unsplit} of {len(records)} records have no split)" if cfg.splits and unsplit else ""
-        raise ValueError(f"{args.input}: no record to synthesise with --splits {args.splits}{why}")
+        raise ValueError(f"{source}: no record to synthesise with --splits {args.splits}{why}")
     spec = cfg.rationale.spec
     for r in kept:
         if bad := next(filter(None, (spec.label_problem(d, v) for d, v in r.scores.items())), None):
-            raise ValueError(f"{args.input}: record {r.id!r}: {bad}")
+            raise ValueError(f"{source}: record {r.id!r}: {bad}")
     return kept

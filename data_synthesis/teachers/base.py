@@ -1,6 +1,6 @@
 """Teachers: whatever writes the rationales that synthesis anchors on the human labels.
 
-One interface (this module), three implementations, built from a spec by `factory.make_teacher`:
+One interface (this module), four implementations, built from a spec by `factory.make_teacher`:
 
     teacher = make_teacher("openai:http://127.0.0.1:8000#Qwen/Qwen2.5-VL-72B-Instruct")
     replies = teacher.generate([TeacherRequest(id=..., system=..., text=..., images=[...], ...)])
@@ -8,7 +8,9 @@ One interface (this module), three implementations, built from a spec by `factor
 - `oracle`: writes rationales from the toy world's exact annotations (`oracle.py`);
 - `openai:URL[#MODEL]` (`openai.py`): any OpenAI-compatible chat endpoint (in real use a large VLM behind
   `vllm serve`); frames are sent inline as base64 data URLs, each after its caption;
-- `hf:PATH` (`hf.py`): a local transformers VLM (greedy by default), batched with left padding.
+- `hf:PATH` (`hf.py`): a local transformers VLM (greedy by default), batched with left padding;
+- `import:FILE` (`imported.py`): rationales that already exist (VideoScore2's released CoT records), each
+  record's own, with the scores its text states.
 
 A failed request never raises out of `generate`: its reply has `text=None` and an `error` string,
 so the synthesis pipeline can count and report failures instead of dying on request 9,000 of 10,000.
@@ -41,7 +43,7 @@ class TeacherReply:
 
 
 class Teacher(Protocol):
-    name: str  # "oracle" | "openai" | "hf"
+    name: str  # "oracle" | "openai" | "hf" | "import"
     model: str  # what produced the text (model id / path): goes into provenance
 
     def generate(self, requests: list[TeacherRequest]) -> list[TeacherReply]: ...

@@ -6,12 +6,14 @@ from pathlib import Path
 
 from data_synthesis.teachers.base import Teacher
 from data_synthesis.teachers.hf import HFTeacher
+from data_synthesis.teachers.imported import ImportTeacher
 from data_synthesis.teachers.openai import OpenAITeacher
 from data_synthesis.teachers.oracle import OracleTeacher
 
 
 def make_teacher(spec: str, **kw) -> Teacher:
-    """Build a teacher from `oracle[:plain]`, `openai:URL[#MODEL]` or `hf:PATH`; `kw` go to its constructor."""
+    """Build a teacher from `oracle[:plain]`, `openai:URL[#MODEL]`, `hf:PATH` or `import:FILE`; `kw` go to its
+    constructor."""
     kind, _, rest = spec.partition(":")
     if kind == "oracle" and rest in ("", "plain"):
         return OracleTeacher(plain=rest == "plain", **kw)
@@ -25,6 +27,9 @@ def make_teacher(spec: str, **kw) -> Teacher:
                 f"hf:{rest}: no model folder there (no config.json); give a local checkpoint folder"
             )
         return HFTeacher(rest, **kw)
+    if kind == "import" and rest:
+        return ImportTeacher.from_file(rest, **kw)
     raise ValueError(
-        f"unknown teacher {spec!r}; expected 'oracle', 'oracle:plain', 'openai:URL[#MODEL]' or 'hf:PATH'"
+        f"unknown teacher {spec!r}; expected 'oracle', 'oracle:plain', 'openai:URL[#MODEL]', 'hf:PATH' or "
+        "'import:FILE'"
     )
