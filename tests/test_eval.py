@@ -71,6 +71,28 @@ def test_pairwise_metrics_section_with_searched_and_fixed_eps():
     assert "fixed_eps" not in m.pairwise_metrics(DIFFS, LABELS)
 
 
+def test_the_checkpoint_tie_margin_follows_the_calibration_rule():
+    """eps on `scores` = half range x tie_margin / the dimension's calibration std: the ties the margin
+    gives on the raw head scale (1-5 scale: half range 2)."""
+    from types import SimpleNamespace
+
+    from cot_rm.model.config import CotRmConfig
+    from eval.run import _model_eps
+
+    args = SimpleNamespace(tie_eps=None, val_predictions=None)
+    cfg = CotRmConfig(tie_margin=0.05)
+    assert _model_eps(SimpleNamespace(config=cfg), args) == (
+        pytest.approx(0.1),
+        "checkpoint tie_margin 0.05 (head unit scale) x 2.0",
+    )
+    cfg.calibration = {"overall": {"mean": 0.3, "std": 0.5}}
+    eps, source = _model_eps(SimpleNamespace(config=cfg), args)
+    assert eps == pytest.approx(
+        {"visual_quality": 0.1, "text_alignment": 0.1, "physical_consistency": 0.1, "overall": 0.2}
+    )
+    assert source.endswith("/ each dimension's calibration std")
+
+
 # ----------------------------------------------------------------------------------- pointwise
 
 
