@@ -154,9 +154,10 @@ def _states_at_digits(judge: Judge, video, fixed: list[int]) -> torch.Tensor:
     return torch.stack(seen)
 
 
-def test_answer_probs_sum_to_one_and_peak_at_the_greedy_answer(tiny_qwen25vl_dir, sample_mp4):
-    model = ThinkThenScore.from_base(tiny_qwen25vl_dir).eval()
-    judge = Judge(model, SAMPLING, JudgeSpec(), max_new_tokens=160)
+def test_answer_probs_sum_to_one_and_peak_at_the_greedy_answer(ckpt, family, sample_mp4):
+    model = ThinkThenScore.from_base(ckpt).eval()
+    sampling = Sampling(num_frames=4, max_pixels=64 * 64, family=family)
+    judge = Judge(model, sampling, JudgeSpec(), max_new_tokens=160)
     targets = [4, 2, 5, 3]
     # Point the LM head's digit rows so that the state before each score prefers a different digit
     # (a random model would write "1" everywhere): then the greedy answer is `targets`.

@@ -62,7 +62,10 @@ def positions_from_end(tokenizer, text: str, offsets: dict[str, int]) -> dict[st
     Counted from the end because the encoded row differs from `text`'s own tokens only before the
     answer (each `<|video_pad|>` / `<|image_pad|>` grows into many tokens) and by left padding.
     """
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    try:
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    except NotImplementedError:  # a slow (Python) tokenizer has no offsets: nothing is read, never guessed
+        return {}
     ids, spans = enc["input_ids"], enc["offset_mapping"]
     at = {start: k for k, (start, stop) in enumerate(spans) if stop == start + 1}
     return {dim: (len(ids) - at[off], ids[at[off]]) for dim, off in offsets.items() if off in at}
