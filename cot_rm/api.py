@@ -68,18 +68,21 @@ class Scores:
         return {d: self[d] for d in self.dimensions}
 
     @classmethod
-    def from_judgments(cls, judgments: list[dict], dims: list[str], scale: list[int], keep: bool) -> Scores:
+    def from_judgments(
+        cls, judgments: list[dict], dims: list[str], scale: list[int], uncertain: bool, keep: bool
+    ) -> Scores:
+        """From the Judgment JSON of each video; `uncertain`: the head predicts a std."""
+
         def table(key: str) -> torch.Tensor:
             return torch.tensor([[_num((j.get(key) or {}).get(d)) for d in dims] for j in judgments])
 
         probs = [[_probs((j.get("answer_probs") or {}).get(d), scale) for d in dims] for j in judgments]
         expected = [[_num(((j.get("answer_probs") or {}).get(d) or {}).get("expected")) for d in dims]
                     for j in judgments]  # fmt: skip
-        has_std = any("scores_std" in j for j in judgments)
         return cls(
             dimensions=list(dims),
             rewards=table("scores"),
-            std=table("scores_std") if has_std else None,
+            std=table("scores_std") if uncertain else None,
             answer_scores=table("answer_scores"),
             answer_probs=torch.tensor(probs).reshape(len(judgments), len(dims), len(scale)),
             answer_expected=torch.tensor(expected).reshape(len(judgments), len(dims)),
@@ -148,7 +151,8 @@ class RewardModel:
         items = _items(videos, prompts, fps)
         results = self.judge.judge(items)
         scale = sorted(self.judge.score_tokens or {})
-        return Scores.from_judgments(results, self.dimensions, scale, keep=judgments)
+        uncertain = bool(self.model.config.uncertainty)
+        return Scores.from_judgments(results, self.dimensions, scale, uncertain=uncertain, keep=judgments)
 
 
 # ------------------------------------------------------------------------------------------ inputs

@@ -187,3 +187,14 @@ def test_device_and_dtype_are_honoured_under_no_grad(rm_dir, sample_mp4):
         out = rm16.score([str(sample_mp4)], PROMPT)
     assert out.rewards.dtype == torch.float32 and torch.isfinite(out.rewards).all()
     assert math.isfinite(float(out["overall"][0]))
+
+
+def test_an_uncertainty_head_gives_its_std(tiny_qwen25vl_dir, sample_mp4, tmp_path):
+    model = ThinkThenScore.from_base(
+        tiny_qwen25vl_dir, sampling=Sampling(num_frames=4, max_pixels=56 * 56), uncertainty=True
+    )
+    rm = RewardModel(model.eval(), max_new_tokens=4)
+    out = rm.score([str(sample_mp4), str(tmp_path / "missing.mp4")], PROMPT, judgments=True)
+    assert out.std.shape == (2, 4) and torch.isnan(out.std[1]).all()  # the unreadable file: NaN, not absent
+    expected = torch.tensor([out.judgments[0]["scores_std"][d] for d in rm.dimensions])
+    assert torch.allclose(out.std[0], expected) and (out.std[0] > 0).all()
