@@ -212,7 +212,8 @@ def protocol(model, args, key: dict) -> dict:
         "frames": {k: key["sampling"].get(k) for k in ("fps", "num_frames", "min_frames", "max_frames")},
         "pixels": {k: key["sampling"].get(k) for k in ("min_pixels", "max_pixels")},
         "dimensions": list(model.config.dimensions),
-        "scores": "head scores on the judge's score scale (top level); the <answer>'s under 'answer'",
+        "scores": "head scores through the checkpoint's calibration on the judge's score scale (top level); "
+        "the <answer>'s under 'answer'",
         "averaging": metrics.AVERAGING,
         "eval_key": key_id(key),
     }
