@@ -45,6 +45,15 @@ def scores(raw: Sequence[float], dims: Sequence[str], calibration: Calibration, 
     return {d: spec.from_unit((x - mean) / std) for d, x, (mean, std) in pairs}
 
 
+def raw(
+    row: Mapping[str, float], dims: Sequence[str], calibration: Calibration, spec: JudgeSpec
+) -> list[float]:
+    """The inverse of `scores`: {dimension: score} -> the head's raw outputs in `dims` order
+    (`mean + std * to_unit(score)`). Linear, so the mean of K draws' scores gives the mean of their raws."""
+    pairs = zip(dims, stats(dims, calibration), strict=True)
+    return [mean + std * spec.to_unit(row[d]) for d, (mean, std) in pairs]
+
+
 def scores_std(
     log_var: Sequence[float], dims: Sequence[str], calibration: Calibration, spec: JudgeSpec
 ) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
@@ -15,14 +16,15 @@ from cot_rm.protocol import DEFAULT_DIMENSIONS, FAMILIES, PROTOCOL_VERSION, TOOL
 CONFIG_NAME = "cot_rm.json"
 HEAD_KINDS = ("linear", "mlp")
 REWARD_TOKEN = "<|reward|>"
+DEFAULT_TIE_THETA = 2.0  # = exp(losses.DEFAULT_LOG_THETA), without importing torch here
 
 
 @dataclass
 class CotRmConfig:
     """What a checkpoint needs to judge the way it was trained; stored as `cot_rm.json`.
 
-    `calibration` ({dim: {"mean", "std"}}) and `tie_margin` are fitted on validation data with
-    `fit_calibration` / `fit_tie_margin`; `reward_token_added` records that `from_base` added the
+    `calibration` ({dim: {"mean", "std"}}), `tie_margin` and `tie_theta` are fitted on validation data
+    with `fit_calibration` / `fit_tie_margin` / `fit_tie_theta`; `reward_token_added` records that `from_base` added the
     token, so a LoRA checkpoint re-creates the same (deterministic) new rows on a fresh base.
     """
 
@@ -40,6 +42,9 @@ class CotRmConfig:
     tool_max_pixels: int = TOOL_MAX_PIXELS  # frames the select_frames tool returns, as in training
     calibration: dict[str, dict[str, float]] = field(default_factory=dict)
     tie_margin: float = 0.0
+    # Rao-Kupper's tie parameter for the pair probabilities (`cot_rm.model.pairwise`). A checkpoint saved
+    # before it was fitted loads 2.0, the `loss.tie_theta` every stage trains with by default.
+    tie_theta: float = DEFAULT_TIE_THETA
     lora: dict[str, Any] | None = None
     freeze_vision: bool = False
     format_version: int = 1
@@ -65,6 +70,10 @@ class CotRmConfig:
             or self.tool_max_pixels < 1
         ):
             raise ValueError(f"tool_max_pixels must be a positive integer, got {self.tool_max_pixels!r}")
+        theta = self.tie_theta
+        if isinstance(theta, bool) or not isinstance(theta, int | float) or not 1 < theta < math.inf:
+            raise ValueError(f"tie_theta must be a number > 1 (Rao-Kupper), got {self.tie_theta!r}")
+        self.tie_theta = float(self.tie_theta)
         if unknown := set(self.calibration) - set(self.dimensions):
             raise ValueError(f"calibration for unknown dimensions {sorted(unknown)}")
 

@@ -83,8 +83,8 @@ def bt_ties_loss(
 class TieParameter(nn.Module):
     """A learnable log(theta) > 0 (one per dimension, or one shared): softplus keeps theta > 1.
 
-    Train it with the head (it lives with the loss, not in the checkpoint: inference compares
-    scores with the fitted `tie_margin`, not theta).
+    Train it with the head (it lives with the loss, not in the checkpoint: the checkpoint's `tie_theta`
+    is fitted on validation pairs at the end of training, `fit_tie_theta`).
     """
 
     def __init__(self, num_dims: int = 1, init_theta: float = 2.0):
@@ -228,3 +228,33 @@ def fit_tie_margin(diffs: Sequence[float] | torch.Tensor, labels: Sequence[int] 
         if acc > best_acc:
             best, best_acc = m, acc
     return best
+
+
+TIE_THETA_RANGE = (1.01, 1e4)  # P(tie | equal scores) from about 0.5% to nearly 1
+
+
+def fit_tie_theta(diffs: Sequence[float] | torch.Tensor, labels: Sequence[int] | torch.Tensor) -> float:
+    """The Rao-Kupper theta that maximises the likelihood of validation labels given the head's raw
+    differences d = r_a - r_b (the head held fixed): the tie parameter of the formula the head trained
+    with, fitted to what the head actually outputs. Labels: 1 = A, -1 = B, 0 = tie.
+
+    The negative log-likelihood is convex in log(theta) (each term is -logsigmoid of an affine function,
+    plus -log(theta^2 - 1), which is convex too), so a golden-section search on log(theta) within
+    `TIE_THETA_RANGE` finds the optimum; the bounds keep a set without ties (theta -> 1) or with only
+    ties (theta -> inf) finite.
+    """
+    d = torch.as_tensor(diffs, dtype=torch.float64).flatten()
+    y = torch.as_tensor(labels).flatten().long()
+    if d.numel() == 0 or d.shape != y.shape:
+        raise ValueError(f"need as many labels as diffs (>0), got {d.numel()} and {y.numel()}")
+    column = (1 - _check_labels(y, d)).unsqueeze(-1)  # A_WINS -> 0, TIE -> 1, B_WINS -> 2
+
+    def nll(log_theta: float) -> float:
+        return float(-rao_kupper_log_probs(d, log_theta).gather(-1, column).sum())
+
+    lo, hi = (math.log(t) for t in TIE_THETA_RANGE)
+    ratio = (math.sqrt(5) - 1) / 2
+    for _ in range(60):  # the bracket shrinks by 0.618 a step: 60 steps leave ~1e-12 of log(1e4)
+        a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+        lo, hi = (lo, b) if nll(a) <= nll(b) else (a, hi)
+    return math.exp((lo + hi) / 2)

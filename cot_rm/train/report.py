@@ -32,6 +32,7 @@ def finish(model, trainer, cfg, skip_judging: bool = False) -> dict:
         use_varlen_sdpa(model, False)  # judge and save with transformers' own sdpa
     collator = trainer.data_collator
     val = validation_traces(cfg.data.train)
+    model.config.tie_theta = cfg.loss.tie_theta  # the theta trained with, unless validation pairs refit it
     calibrate(model, collator, val, cfg.data.pairs)
     model.save_pretrained(out)
     history = trainer.state.log_history
@@ -94,8 +95,9 @@ def head_scores(model, collator, rows: list[dict], batch_size: int = 8) -> list[
 
 
 def calibrate(model, collator, val_rows: list[dict], pairs_path: str | None) -> None:
-    """Per-dimension mean/std of the head on validation traces (VideoAlign's normalisation), and the
-    tie margin (on the head's raw scale) that best separates ties on the validation pairs' overall."""
+    """Per-dimension mean/std of the head on validation traces (VideoAlign's normalisation); on the
+    validation pairs, the tie margin (on the head's raw scale) that best separates ties on overall, and
+    Rao-Kupper's tie parameter, the pair probabilities' (`cot_rm.model.pairwise`)."""
     if len(val_rows) < 2:
         note(__name__, f"note: {len(val_rows)} validation trace(s) (split 'val'): scores left uncalibrated and "
               "the tie margin at 0; synthesise val records too (`--splits train,val`) to fit them")  # fmt: skip
@@ -103,23 +105,38 @@ def calibrate(model, collator, val_rows: list[dict], pairs_path: str | None) -> 
     raw = head_scores(model, collator, val_rows)
     dims = model.config.dimensions
     model.config.calibration = losses.fit_calibration({d: [r[j] for r in raw] for j, d in enumerate(dims)})
-    if not pairs_path or "overall" not in dims:
+    if not pairs_path:
         return
-    k = dims.index("overall")
     # Real paths on both sides, as build_examples: the pairs file may reach the videos via a symlink.
     by_video = {
-        (os.path.realpath(row["video"]), row["prompt"]): r[k] for row, r in zip(val_rows, raw, strict=True)
+        (os.path.realpath(row["video"]), row["prompt"]): r for row, r in zip(val_rows, raw, strict=True)
     }
+    pairs = _val_pairs(pairs_path, by_video)
+    if "overall" in dims:
+        k = dims.index("overall")
+        labelled = [(a[k] - b[k], PREF.get((p.dims or {}).get("overall", p.preference))) for a, b, p in pairs]
+        if overall := [(d, label) for d, label in labelled if label is not None]:
+            model.config.tie_margin = float(losses.fit_tie_margin(*zip(*overall, strict=True)))
+    # theta is shared by the dimensions, as in the loss: fitted on every label the loss would read
     diffs, labels = [], []
+    for a, b, p in pairs:
+        for j, d in enumerate(dims):
+            if (label := PREF.get((p.dims or {"overall": p.preference}).get(d))) is not None:
+                diffs.append(a[j] - b[j])
+                labels.append(label)
+    if diffs:
+        model.config.tie_theta = losses.fit_tie_theta(diffs, labels)
+
+
+def _val_pairs(pairs_path: str, by_video: dict) -> list[tuple[list[float], list[float], object]]:
+    """(raw head row of A, of B, the pair) for each validation pair whose two sides have a val trace."""
+    out = []
     for p in read_jsonl(pairs_path, kind="pairwise"):
         a = by_video.get((os.path.realpath(p.video_a), p.prompt))
         b = by_video.get((os.path.realpath(p.video_b), p.prompt_b or p.prompt))
-        label = PREF.get((p.dims or {}).get("overall", p.preference))
-        if p.split == "val" and a is not None and b is not None and label is not None:
-            diffs.append(a - b)
-            labels.append(label)
-    if diffs:
-        model.config.tie_margin = float(losses.fit_tie_margin(diffs, labels))
+        if p.split == "val" and a is not None and b is not None:
+            out.append((a, b, p))
+    return out
 
 
 def lm_trend(history: list[dict]) -> dict:
