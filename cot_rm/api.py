@@ -8,6 +8,9 @@
     out["overall"]       # [B]
     out.std              # [B, D]: the head's std (`scores_std`) when it predicts one, else None
     out.judgments        # with judgments=True: each video's Judgment JSON, as `cot-rm judge` prints it
+    rm.score(frames, prompts, fps=8, samples=4, temperature=0.7, seed=0)   # the mean of 4 seeded draws
+    pair = rm.compare("a.mp4", "b.mp4", "a red circle moving left")      # as `cot-rm judge --pair` prints it
+    pair["probs"]["overall"]   # {"A": P(A better), "tie": P(tie), "B": P(B better)}
 
 A video is a file path, or frames held in memory: a uint8 NumPy array or torch tensor [T, H, W, 3]
 (RGB, upright, any device) with its frames per second. Each is judged exactly as `cot-rm judge` judges
@@ -30,6 +33,8 @@ import numpy as np
 import torch
 
 from cot_rm.judge.local import Judge
+from cot_rm.judge.pairwise import judge_pair
+from cot_rm.judge.sampling import Draws, judge_items
 from cot_rm.media.clip import Clip, as_clip
 from cot_rm.media.frame_cache import FrameCache
 from cot_rm.model.checkpoint import load_checkpoint
@@ -139,6 +144,10 @@ class RewardModel:
         *,
         fps: float | Sequence[float | None] | None = None,
         judgments: bool = False,
+        samples: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
     ) -> Scores:
         """Judge each video against its prompt and return its rewards (see `Scores`).
 
@@ -146,13 +155,36 @@ class RewardModel:
         or torch tensor), a batch of frames [B, T, H, W, 3], or one video. `prompts`: one per video, or
         one string for all. `fps`: the frame rate of videos given as frames, one number for all or one
         per video (ignored for files, which know theirs). `judgments=True` adds each Judgment JSON
-        (critique, answer, tool calls) to the result.
+        (critique, answer, tool calls) to the result. Greedy unless `samples` (K >= 1): then each reward
+        is the mean of K draws at `temperature` (default 0.7) and `top_p` (default 1), draw s seeded with
+        `seed + s` (default seed 0), as `cot-rm judge --samples K` does (`cot_rm.judge.sampling`).
         """
         items = _items(videos, prompts, fps)
-        results = self.judge.judge(items)
+        results = judge_items(self.judge, items, Draws.of(samples, temperature, top_p, seed))
         scale = sorted(self.judge.score_tokens or {})
         uncertain = bool(self.model.config.uncertainty)
         return Scores.from_judgments(results, self.dimensions, scale, uncertain=uncertain, keep=judgments)
+
+    @torch.no_grad()
+    def compare(
+        self,
+        video_a: Video,
+        video_b: Video,
+        prompt: str,
+        *,
+        prompt_b: str | None = None,
+        fps: float | Sequence[float | None] | None = None,
+        samples: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+    ) -> dict:
+        """Judge two videos and return the pair judgment `cot-rm judge --pair` prints: `probs` (per
+        dimension P(A better), P(tie), P(B better) from the head's pairwise model, `cot_rm.model.pairwise`),
+        `tie_theta`, and both Judgments (`a`, `b`). `prompt_b`: B's prompt when it differs from A's; `fps`
+        and the sampling arguments as for `score`."""
+        items = _items([video_a, video_b], [prompt, prompt if prompt_b is None else prompt_b], fps)
+        return judge_pair(self.judge, items, Draws.of(samples, temperature, top_p, seed))
 
 
 # ------------------------------------------------------------------------------------------ inputs

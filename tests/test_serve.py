@@ -299,7 +299,7 @@ class _SlowServed:
     def __init__(self):
         self.release = asyncio.Event()
 
-    async def run(self, rid, path, prompt, on_event=None):
+    async def run(self, rid, path, prompt, on_event=None, draws=None):
         await self.release.wait()
         return {"id": rid, "scores": {"overall": 3.0}}
 

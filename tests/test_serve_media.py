@@ -128,7 +128,7 @@ class _Served:
     def __init__(self):
         self.seen: list[tuple[str, bool, bytes]] = []
 
-    async def run(self, rid, path, prompt, on_event=None):
+    async def run(self, rid, path, prompt, on_event=None, draws=None):
         self.seen.append((rid, Path(path).is_file(), Path(path).read_bytes()[:64]))
         return {"id": rid, "scores": {"overall": 3.0}}
 
@@ -237,7 +237,7 @@ def test_chat_media_under_the_root_only_and_rewritten_to_the_real_file(files, tm
 class _Undecodable(_Served):
     """The engine side finds the video undecodable mid-judgment (a file whose header reads fine)."""
 
-    async def run(self, rid, path, prompt, on_event=None):
+    async def run(self, rid, path, prompt, on_event=None, draws=None):
         from cot_rm.media.video import VideoError
 
         raise VideoError(path, "decoding failed after frame 16; re-export the video")
@@ -250,7 +250,8 @@ def test_odd_requests_get_a_4xx_not_a_500(files, tmp_path):
         "broken URL": (400, {"video": "http://[::1/x.mp4", "prompt": PROMPT}, "not a valid URL"),
         "NUL byte": (400, {"video": clip + "\0x", "prompt": PROMPT}, "NUL byte"),
         "data: URL": (400, {"video": "data:video/mp4;base64,AAAA", "prompt": PROMPT}, "upload the file"),
-        "unknown field": (400, {"video": clip, "prompt": PROMPT, "temperature": 0.7}, "unknown field(s) ['temperature']"),
+        "unknown field": (400, {"video": clip, "prompt": PROMPT, "greedy": False}, "unknown field(s) ['greedy']"),
+        "temperature alone": (400, {"video": clip, "prompt": PROMPT, "temperature": 0.7}, "add samples"),
         "huge body": (413, {"video": clip, "prompt": PROMPT, "pad": "a" * 2**20}, "over 1 MB"),
     }  # fmt: skip
     responses = _post(app, "/v1/judge", [body for _, body, _ in cases.values()])

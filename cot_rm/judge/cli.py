@@ -1,6 +1,7 @@
 """`cot-rm judge VIDEO... --model CKPT --prompt TEXT`: judge video files with the local judge
 (`cot_rm.judge.local`) and print one Judgment JSON per video, in order; `--html` adds the critique page
-(`cot_rm.judge.html`)."""
+(`cot_rm.judge.html`). `--pair A B` prints one pair judgment instead (`cot_rm.judge.pairwise`): both
+Judgments and, per dimension, P(A better), P(tie), P(B better)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from pathlib import Path
 from cot_rm.config import positive
 from cot_rm.judge.html import write_report
 from cot_rm.judge.local import Judge, video_error_of, video_error_record
+from cot_rm.judge.pairwise import pair_judgment
+from cot_rm.judge.sampling import Draws, judge_items
 from cot_rm.media.frame_cache import FrameCache, default_cache_dir
 from cot_rm.media.video import Sampling, VideoError, probe
 from cot_rm.model.checkpoint import CheckpointError, load_checkpoint
@@ -31,9 +34,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "the generated <answer> gives `answer_scores`. Prints one Judgment JSON per video, in order. "
         "Greedy by default (the same output every run). A video that cannot be read, or a model "
         "output that does not parse, gets one line on stderr and a Judgment whose parse_error says "
-        "why; the exit status is 2 only when no video could be judged."
+        "why; the exit status is 2 only when no video could be judged. --pair A B judges two videos and "
+        "prints one pair judgment: per dimension P(A better), P(tie), P(B better) from the head, and both "
+        "Judgments."
     )
-    parser.add_argument("videos", nargs="+", metavar="VIDEO", help="video files (mp4, webm, mkv, ...)")
+    parser.add_argument("videos", nargs="*", metavar="VIDEO", help="video files (mp4, webm, mkv, ...)")
+    parser.add_argument("--pair", nargs="+", metavar="VIDEO",
+                        help="two videos, A and B (--pair A.mp4 B.mp4): one pair judgment, the probability "
+                        "that A is better, that they tie, that B is better per dimension; --prompts-file "
+                        "gives A and B a line each when their prompts differ")  # fmt: skip
     parser.add_argument("--model", required=True, type=Path, help="cot-rm checkpoint folder")
     prompts = parser.add_mutually_exclusive_group(required=True)
     prompts.add_argument("--prompt", help="the generation prompt, the same for every video")
@@ -57,7 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--top-p", type=float, default=1.0, help="nucleus sampling with --samples (default 1)"
     )
-    parser.add_argument("--seed", type=int, default=0, help="draw s uses seed + s (default 0)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="with --samples: draw s uses seed + s (default 0)"
+    )
     parser.add_argument(
         "--max-new-tokens", type=positive(int), default=512, help="per assistant turn (default 512)"
     )
@@ -79,10 +90,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     try:
+        args.videos = _videos(args)
         items = _items(args)
-        if args.samples < 0 or (args.samples and args.temperature <= 0):
-            raise UsageError("--samples needs K >= 1 and --temperature > 0")
+        draws = _draws(args)
         bad = _unreadable(items)  # before loading a model that may take minutes
+        if args.pair and bad:
+            raise UsageError("--pair: " + "; ".join(bad.values()))
         if len(bad) == len(items):
             name = str(args.model.resolve())
             return _finish([video_error_record(rid, bad[rid], name) for rid, _, _ in items], items, args)
@@ -90,11 +103,32 @@ def main(args: argparse.Namespace) -> int:
     except UsageError as err:
         print(f"{PROG}: {err}", file=sys.stderr)
         return 2
-    if args.samples:
-        results = judge.judge_samples(items, args.samples, args.seed)
-    else:
-        results = judge.judge(items)
-    return _finish(results, items, args, judge)
+    return _finish(judge_items(judge, items, draws), items, args, judge)
+
+
+def _videos(args) -> list[str]:
+    """The videos to judge: the arguments, or the two of --pair."""
+    if args.pair is None:
+        if not args.videos:
+            raise UsageError("no video given: name the videos to judge, or --pair A.mp4 B.mp4")
+        return args.videos
+    if args.videos:
+        raise UsageError("give the videos as arguments or as --pair A.mp4 B.mp4, not both")
+    if len(args.pair) != 2:
+        raise UsageError(f"--pair takes two videos, A and B, got {len(args.pair)}: --pair A.mp4 B.mp4")
+    return args.pair
+
+
+def _draws(args) -> Draws | None:
+    """The sampled draws --samples asks for, or None (greedy)."""
+    if args.samples < 0 or (args.samples and args.temperature <= 0):
+        raise UsageError("--samples needs K >= 1 and --temperature > 0")
+    if not args.samples:
+        return None
+    try:
+        return Draws(args.samples, args.temperature, args.top_p, args.seed)
+    except ValueError as err:
+        raise UsageError(f"--{err}".replace("top_p", "top-p")) from None
 
 
 def _items(args) -> list[tuple[str, str, str]]:
@@ -141,14 +175,15 @@ def _build_judge(args) -> Judge:
         raise UsageError(str(err)) from None
     return Judge.from_model(model, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                             cache=None if args.no_cache else FrameCache(args.cache_dir),
-                            name=str(args.model.resolve()), temperature=args.temperature if args.samples else 0.0,
-                            top_p=args.top_p)  # fmt: skip
+                            name=str(args.model.resolve()))  # fmt: skip
 
 
 def _finish(results: list[dict], items, args, judge: Judge | None = None) -> int:
-    """Print the Judgments and a line per problem, write the HTML page; 2 when nothing was judged."""
-    for j in results:
-        print(json.dumps(j, ensure_ascii=False), flush=True)
+    """Print the Judgments (or the pair judgment) and a line per problem, write the HTML page; 2 when
+    nothing was judged, or a pair got no probability."""
+    records = [pair_judgment(*results, judge.model.config)] if args.pair else results
+    for record in records:
+        print(json.dumps(record, ensure_ascii=False), flush=True)
     for j, (_, path, _) in zip(results, items, strict=True):
         if j["scores"] is None:
             print(f"{PROG}: {video_error_of(j['parse_error'])}", file=sys.stderr)
@@ -160,6 +195,8 @@ def _finish(results: list[dict], items, args, judge: Judge | None = None) -> int
     print(f"{PROG}: {len(results)} videos: {judged} judged ({parsed} parsed), "
           f"{len(results) - judged} unreadable", file=sys.stderr)  # fmt: skip
     wrote = args.html is None or _write_html(results, items, args, judge)
+    if args.pair and not any(records[0]["probs"].values()):
+        judged = 0  # a video of the pair could not be scored: no probability to give
     return 0 if judged and wrote else 2
 
 

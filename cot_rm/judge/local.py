@@ -19,6 +19,7 @@ reports their mean and spread. `cot-rm judge` (`cot_rm.judge.cli`) runs it on vi
 
 from __future__ import annotations
 
+import copy
 import statistics
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -61,6 +62,13 @@ class Judge:
         self.batch_size, self.cache = batch_size, cache
         self.processor, self.family = model.processor, model.config.family
         self.score_tokens = answer_probs.score_tokens(self.processor.tokenizer, spec)
+
+    def with_sampling(self, temperature: float, top_p: float = 1.0) -> Judge:
+        """This judge (the same model, settings and frame cache) sampling at `temperature` and `top_p`: a
+        copy, so a request's sampling never changes what another request sharing this judge gets."""
+        other = copy.copy(self)
+        other.temperature, other.top_p = temperature, top_p
+        return other
 
     def judge(self, items: Sequence[tuple[str, object, str]], seed: int | None = None) -> list[dict]:
         """Judgment JSON (README, Data formats) for each (id, video, prompt), in order; a video is a file

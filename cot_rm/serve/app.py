@@ -15,6 +15,9 @@ language model and loads the checkpoint's head here, then serves on PORT:
   `--allow-private-media-urls`, only `--allowed-media-domains` when given, every redirect checked);
   `?stream=1` answers NDJSON events instead (each turn as it arrives, then the judgment);
   `?report=1` adds `report_html` (`cot_rm.judge.html`'s page: the critique beside its cited frames);
+  `samples`, `temperature`, `top_p`, `seed` ask for sampled judging (`cot_rm.judge.sampling`);
+- `POST /v1/judge/pair`: `{"video_a", "video_b", "prompt"[, "prompt_b"]}` (or a form with `file_a`,
+  `file_b`) -> the pair judgment (`cot_rm.judge.pairwise`: P(A better), P(tie), P(B better) per dimension);
 - `GET /`: the interactive page.
 
 Bad input gets a 4xx with `{"error": ...}`; a full queue gets 503 with Retry-After. Paths and file://
@@ -42,11 +45,12 @@ from cot_rm.serve.routers import judge, openai, page
 PROG = "cot-rm serve"
 
 
-def create_app(settings: Settings, served: ServedJudge | None, engine_url: str, ready=lambda: True,
+def create_app(settings: Settings, served: ServedJudge | None, engine_url: str | None, ready=lambda: True,
                max_active: int = 64, on_startup=None, on_shutdown=None) -> FastAPI:  # fmt: skip
     """The app, its shared state in `app.state` (settings, the served judge, the engine's URL, the
     admission queue, one HTTP client to the engine) and its routers. `served` None (unit tests) still
-    answers every validation error."""
+    answers every validation error; `engine_url` None: no engine (`--backend local`, `served` a
+    `cot_rm.serve.local.LocalServedJudge`)."""
 
     async def lifespan(app: FastAPI):
         app.state.client = httpx.AsyncClient(timeout=600.0)

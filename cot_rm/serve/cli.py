@@ -70,6 +70,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--vllm-arg", action="append", default=[], metavar="ARG",
                         help="extra argument for vLLM, repeatable (--vllm-arg=--gpu-memory-utilization=0.5)")  # fmt: skip
+    parser.add_argument("--backend", choices=("vllm", "local"), default="vllm",
+                        help="vllm (default): a vLLM engine generates the turns; local: the local "
+                        "transformers judge answers /v1/judge and /v1/judge/pair, one request at a time, "
+                        "exactly as `cot-rm judge` (no engine, no OpenAI routes)")  # fmt: skip
     parser.add_argument("--engine-url", default=None,
                         help="use a vLLM server already running there instead of starting one")  # fmt: skip
     parser.add_argument("--start-timeout", type=positive(float), default=900,

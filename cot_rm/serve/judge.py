@@ -8,6 +8,8 @@ generation moves: concurrent judgments are concurrent requests to vLLM, which ba
 The head runs in this process (the checkpoint's `ThinkThenScore`, transformers) through the judge's
 own scoring code, so a served score equals the local judge's for the same critique. A small collector
 batches the scoring passes of judgments that finish together (one forward for up to `batch_size`).
+Sampled requests (`samples`, `cot_rm.judge.sampling`) run their K draws as concurrent judgments, each turn
+seeded on the engine, and are summarised as the local judge summarises its draws.
 
 Admission is bounded: at most `max_active` judgments (and proxied completions) at once; one more is
 refused with `Busy` (the server answers 503 with Retry-After) instead of queueing without limit.
@@ -22,7 +24,8 @@ from contextlib import asynccontextmanager
 import httpx
 
 from cot_rm.engine.vllm import chat_request, openai_messages, video_part
-from cot_rm.judge.local import Judge
+from cot_rm.judge.local import Judge, summarize_samples
+from cot_rm.judge.sampling import Draws
 
 
 class Busy(Exception):
@@ -115,19 +118,36 @@ class ServedJudge:
         if self.client is not None:
             await self.client.aclose()
 
-    async def run(
-        self, rid: str, path: str, prompt: str, on_event: Callable[[dict], None] | None = None
-    ) -> dict:
-        """One Judgment (the README's JSON) of the video at `path`; `on_event` sees each turn as it
-        arrives ({"event": "turn", ...}). Raises `VideoError` for an unreadable video."""
+    async def run(self, rid: str, path: str, prompt: str, on_event: Callable[[dict], None] | None = None,
+                  draws: Draws | None = None) -> dict:  # fmt: skip
+        """One Judgment (the README's JSON) of the video at `path`: greedy, or the summary of `draws`
+        (`summarize_samples`, as `cot-rm judge --samples`; draw s is the engine's request seed + s, its
+        events tagged `"draw": s`). `on_event` sees each turn as it arrives ({"event": "turn", ...}).
+        Raises `VideoError` for an unreadable video."""
         emit = on_event or (lambda _e: None)
+        if draws is None:
+            return await self._run_once(rid, path, prompt, emit, 0.0, 1.0, 0)
+        runs = [self._run_once(rid, path, prompt, _tagged(emit, s), draws.temperature, draws.top_p, draws.seed + s)
+                for s in range(draws.k)]  # fmt: skip
+        return summarize_samples(
+            list(await asyncio.gather(*runs)), draws.temperature, draws.top_p, draws.seed
+        )
+
+    async def run_many(self, items: list[tuple[str, str, str]], draws: Draws | None = None) -> list[dict]:
+        """The Judgments of several (id, path, prompt) at once (concurrent engine requests), in order."""
+        return list(
+            await asyncio.gather(*(self.run(rid, path, prompt, draws=draws) for rid, path, prompt in items))
+        )
+
+    async def _run_once(self, rid: str, path: str, prompt: str, emit: Callable[[dict], None],
+                        temperature: float, top_p: float, seed: int) -> dict:  # fmt: skip
         conv = await asyncio.to_thread(self.judge.open, rid, path, prompt)
         part, media = await asyncio.to_thread(video_part, conv.video, self.judge.family)
         emit({"event": "video", "frames": list(conv.video.indices), "fps": conv.video.fps,
               "total_frames": conv.video.total_frames})  # fmt: skip
         for turn in range(self.judge.rounds):
             msgs = await asyncio.to_thread(openai_messages, self.judge.context(conv), part, conv.images)
-            text, cut = await self.turn(msgs, media)
+            text, cut = await self.turn(msgs, media, temperature, top_p, seed)
             calls_before = len(conv.calls)
             final = await asyncio.to_thread(self.judge.advance, conv, text, cut)
             emit({"event": "turn", "turn": turn, "text": text, "tool_calls": conv.calls[calls_before:],
@@ -137,10 +157,12 @@ class ServedJudge:
         emit({"event": "scoring"})
         return await self.scorer.score(conv)
 
-    async def turn(self, messages: list[dict], media_io_kwargs: dict) -> tuple[str, bool]:
-        """The engine's next assistant turn, and whether it stopped on its token budget."""
+    async def turn(self, messages: list[dict], media_io_kwargs: dict, temperature: float = 0.0, top_p: float = 1.0,
+                   seed: int = 0) -> tuple[str, bool]:  # fmt: skip
+        """The engine's next assistant turn (greedy unless `temperature` > 0), and whether it stopped on its
+        token budget."""
         body = chat_request(self.model_name, messages, media_io_kwargs, self.judge.spec, self.max_new_tokens,
-                            self.judge.temperature, self.judge.top_p)  # fmt: skip
+                            temperature, top_p, seed)  # fmt: skip
         try:
             resp = await self.client.post(self.engine_url + "/v1/chat/completions", json=body)
         except httpx.HTTPError as err:
@@ -149,6 +171,11 @@ class ServedJudge:
             raise EngineError(resp.status_code, f"the vLLM engine refused the turn: {_engine_message(resp)}")
         choice = resp.json()["choices"][0]
         return choice["message"].get("content") or "", choice.get("finish_reason") == "length"
+
+
+def _tagged(emit: Callable[[dict], None], draw: int) -> Callable[[dict], None]:
+    """`emit` with each event marked as draw `draw`'s (draws run concurrently: their events interleave)."""
+    return lambda event: emit({**event, "draw": draw})
 
 
 def _engine_message(resp: httpx.Response) -> str:

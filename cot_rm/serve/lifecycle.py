@@ -1,4 +1,5 @@
-"""Start-up and shutdown of `cot-rm serve`: the engine, the head, the HTTP server, in that order of care.
+"""Start-up and shutdown of `cot-rm serve`: the engine, the head, the HTTP server, in that order of care
+(`--backend local`: no engine, the local judge answers, `cot_rm.serve.local`).
 
 The HTTP server listens at once (GET /health answers 503 until ready); the vLLM engine starts as a
 child process while the head loads here; once both are up, /health turns 200. If either fails the
@@ -22,6 +23,7 @@ from cot_rm.model.checkpoint import load_checkpoint
 from cot_rm.model.config import CotRmConfig
 from cot_rm.serve.app import create_app
 from cot_rm.serve.judge import ServedJudge
+from cot_rm.serve.local import LocalServedJudge
 
 PROG = "cot-rm serve"
 
@@ -40,7 +42,9 @@ def load_judge(args: argparse.Namespace):
 def run(args: argparse.Namespace, settings, work: Path) -> int:
     config = CotRmConfig.load(args.model)
     engine = None
-    if args.engine_url:
+    if args.backend == "local":  # the local judge answers; no engine, so no OpenAI routes
+        engine_url = None
+    elif args.engine_url:
         engine_url = args.engine_url.rstrip("/")
     else:
         dtype = {"auto": "auto", "float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}[
@@ -66,9 +70,12 @@ def run(args: argparse.Namespace, settings, work: Path) -> int:
                 engine.start()
             _log(f"loading the head from {args.model}")
             judge = await asyncio.to_thread(load_judge, args)
-            served = ServedJudge(
-                judge, engine_url, settings.model_name, args.max_new_tokens, args.score_batch_size
-            )
+            if engine_url is None:
+                served = LocalServedJudge(judge)
+            else:
+                served = ServedJudge(
+                    judge, engine_url, settings.model_name, args.max_new_tokens, args.score_batch_size
+                )
             served.start()
             holder["served"] = served
             if engine is not None:

@@ -1,20 +1,22 @@
 """`POST /v1/judge`: a video (path under the media root, http(s) URL, or upload) and its prompt -> the
 Judgment JSON; `?stream=1` answers NDJSON events (each turn as it arrives, then the judgment),
-`?report=1` adds `report_html` (the critique beside its cited frames)."""
+`?report=1` adds `report_html` (the critique beside its cited frames). `POST /v1/judge/pair`: two videos,
+taken the same ways -> the pair judgment (`cot_rm.judge.pairwise`). Both take `samples`, `temperature`,
+`top_p` and `seed` (`cot_rm.judge.sampling`)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from pathlib import Path
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
 from cot_rm.judge.html import build_report
+from cot_rm.judge.pairwise import pair_judgment
 from cot_rm.media.video import VideoError
 from cot_rm.serve.deps import authorize, ready_judge, settings_of, take_slot
-from cot_rm.serve.inputs import judge_input, remove
+from cot_rm.serve.inputs import JUDGE, PAIR, JudgeInput, judge_input
 from cot_rm.serve.judge import EngineError, ServedJudge
 from cot_rm.serve.media import ClientError, check_video, fetch_media
 
@@ -23,43 +25,74 @@ router = APIRouter(dependencies=[Depends(authorize)])
 
 @router.post("/v1/judge")
 async def judge(request: Request, stream: int = 0, report: int = 0):
-    settings = settings_of(request)
-    source, prompt, label, upload = await judge_input(request, settings)
-    try:
-        if isinstance(source, Path):
-            await asyncio.to_thread(check_video, source, label)
-        served = ready_judge(request)
-        slot = await take_slot(request)
-    except BaseException:
-        remove(upload)
-        raise
-    path = source
-    if isinstance(source, str):  # an http(s) URL, fetched inside the slot (the queue bounds downloads)
-        try:
-            path = upload = await fetch_media(source, settings.upload_dir, settings.max_upload_bytes,
-                                              settings.fetch_timeout_s, settings.media_policy)  # fmt: skip
-            await asyncio.to_thread(check_video, path, label)
-        except BaseException:
-            await slot.__aexit__(None, None, None)
-            remove(upload)
-            raise
+    given = await judge_input(request, settings_of(request), JUDGE)
+    served, slot = await admit(request, given)
+    (video,), (prompt,) = given.videos, given.prompts
 
     async def run(on_event=None) -> dict:
         try:
-            j = await served.run(label, str(path), prompt, on_event)
+            j = await served.run(video.label, str(video.source), prompt, on_event, draws=given.draws)
             if report:
-                j = {**j, "report_html": await asyncio.to_thread(report_html, j, served, str(path), prompt)}
+                j = {
+                    **j,
+                    "report_html": await asyncio.to_thread(report_html, j, served, str(video.source), prompt),
+                }
             return j
         finally:
             await slot.__aexit__(None, None, None)
-            remove(upload)
+            given.remove()
 
     if not stream:
         try:
             return await run()
         except (VideoError, EngineError) as err:
-            raise ClientError(*failure(err, label)) from None
-    return StreamingResponse(events(run, label), media_type="application/x-ndjson")
+            raise ClientError(*failure(err, video.label)) from None
+    return StreamingResponse(events(run, video.label), media_type="application/x-ndjson")
+
+
+@router.post("/v1/judge/pair")
+async def judge_pair(request: Request):
+    given = await judge_input(request, settings_of(request), PAIR)
+    served, slot = await admit(request, given)
+    a, b = given.videos
+    ids = [a.label, b.label if b.label != a.label else f"{b.label}#2"]  # as `cot-rm judge` names a repeat
+    items = [(rid, str(v.source), p) for rid, v, p in zip(ids, given.videos, given.prompts, strict=True)]
+    try:
+        judged = await served.run_many(items, draws=given.draws)
+    except (VideoError, EngineError) as err:
+        label = next((v.label for v in given.videos if str(v.source) == getattr(err, "path", None)), a.label)
+        raise ClientError(*failure(err, label)) from None
+    finally:
+        await slot.__aexit__(None, None, None)
+        given.remove()
+    return pair_judgment(*judged, served.judge.model.config)
+
+
+async def admit(request: Request, given: JudgeInput):
+    """(the served judge, an entered admission slot) once the request's videos are usable: local files are
+    checked before the slot is taken, URLs are fetched inside it (the queue bounds downloads too). On any
+    failure the slot is left and the request's uploads and downloads are deleted."""
+    settings = settings_of(request)
+    try:
+        for v in given.videos:
+            if not isinstance(v.source, str):
+                await asyncio.to_thread(check_video, v.source, v.label)
+        served = ready_judge(request)
+        slot = await take_slot(request)
+    except BaseException:
+        given.remove()
+        raise
+    try:
+        for v in given.videos:
+            if isinstance(v.source, str):  # an http(s) URL
+                v.source = v.upload = await fetch_media(v.source, settings.upload_dir, settings.max_upload_bytes,
+                                                        settings.fetch_timeout_s, settings.media_policy)  # fmt: skip
+                await asyncio.to_thread(check_video, v.source, v.label)
+    except BaseException:
+        await slot.__aexit__(None, None, None)
+        given.remove()
+        raise
+    return served, slot
 
 
 def failure(err: VideoError | EngineError, label: str) -> tuple[int, str]:

@@ -10,7 +10,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from cot_rm.serve.deps import authorize, ready_judge, settings_of, take_slot
 from cot_rm.serve.inputs import json_object
-from cot_rm.serve.media import check_chat_media, fetch_chat_media
+from cot_rm.serve.media import ClientError, check_chat_media, fetch_chat_media
 
 router = APIRouter(dependencies=[Depends(authorize)])
 
@@ -19,16 +19,26 @@ router = APIRouter(dependencies=[Depends(authorize)])
 ENGINE_ONLY_FIELDS = ("media_io_kwargs", "mm_processor_kwargs", "chat_template", "chat_template_kwargs")
 
 
+def engine_url(request: Request) -> str:
+    """The engine's URL; 404 on a server without one (`--backend local`)."""
+    if request.app.state.engine_url is None:
+        raise ClientError(
+            404, "this server runs the local judge (--backend local): no OpenAI routes; use /v1/judge"
+        )
+    return request.app.state.engine_url
+
+
 @router.get("/v1/models")
 async def models(request: Request):
     ready_judge(request)
-    resp = await request.app.state.client.get(request.app.state.engine_url + "/v1/models")
+    resp = await request.app.state.client.get(engine_url(request) + "/v1/models")
     return Response(resp.content, resp.status_code, media_type="application/json")
 
 
 @router.post("/v1/chat/completions")
 async def chat(request: Request):
     settings = settings_of(request)
+    url = engine_url(request) + "/v1/chat/completions"
     # Inline (base64) images may ride in a chat body: it gets the upload limit, a judge body 1 MB.
     too_big = f"the JSON body is over {settings.max_upload_bytes // 2**20} MB"
     body = await json_object(request, settings.max_upload_bytes, too_big)
@@ -45,7 +55,7 @@ async def chat(request: Request):
     except BaseException:
         await slot.__aexit__(None, None, None)
         raise
-    client, url = request.app.state.client, request.app.state.engine_url + "/v1/chat/completions"
+    client = request.app.state.client
     if not body.get("stream"):
         try:
             resp = await client.post(url, json=body)
