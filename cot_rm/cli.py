@@ -21,6 +21,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Stage 0 (tiny model only): perception pretraining on toy-world descriptions.",
     ),
     "sft": ("cot_rm.train.sft.trainer", "Stage 1: SFT cold start with masked loss and the regression head."),
+    "rft": (
+        "cot_rm.train.rft.trainer",
+        "Between stages 1 and 2: rejection-sampling fine-tune on the model's own agreeing judgments.",
+    ),
     "grpo": ("cot_rm.train.grpo.trainer", "Stage 2: GRPO with tool rollouts and the head co-trained."),
     "eval": ("eval.cli", "Evaluate predictions or a checkpoint on a benchmark."),
     "judge": ("cot_rm.judge.cli", "Judge videos with a checkpoint (local transformers)."),

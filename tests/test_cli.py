@@ -6,7 +6,18 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DESIGN_COMMANDS = ["video-info", "toyworld", "synthesize", "sft", "grpo", "eval", "judge", "serve", "demo"]
+DESIGN_COMMANDS = [
+    "video-info",
+    "toyworld",
+    "synthesize",
+    "sft",
+    "rft",
+    "grpo",
+    "eval",
+    "judge",
+    "serve",
+    "demo",
+]
 
 
 def _run(*args, cwd=ROOT):

@@ -30,6 +30,7 @@ CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
 ACCELERATE = [p for p in CONFIGS if p.parent.name == "accelerate"]
 SFT = [p for p in CONFIGS if p.name == "sft.yaml"]
 GRPO = [p for p in CONFIGS if p.name == "grpo.yaml"]
+RFT = [p for p in CONFIGS if p.name == "rft.yaml"]
 PRETRAIN = [p for p in CONFIGS if p.name == "pretrain.yaml"]
 TINY = ROOT / "configs/tiny/sft.yaml"
 
@@ -57,7 +58,7 @@ def test_configs_found():
         "configs/accelerate/zero2.yaml",
         "configs/accelerate/zero3.yaml",
     } <= names
-    assert set(CONFIGS) == set(ACCELERATE) | set(SFT) | set(GRPO) | set(PRETRAIN), (
+    assert set(CONFIGS) == set(ACCELERATE) | set(SFT) | set(GRPO) | set(RFT) | set(PRETRAIN), (
         "a YAML this test does not know how to load"
     )
 
@@ -69,7 +70,7 @@ def test_yaml_opens_with_what_hardware_launch(path):
     assert any(line.startswith("# Hardware:") for line in lines)
     launch = launch_line(path)
     assert rel(path) in launch, f"{rel(path)}: the launch command must name this file"
-    stage = path.stem if path.stem in ("grpo", "pretrain") else "sft"
+    stage = path.stem if path.stem in ("grpo", "rft", "pretrain") else "sft"
     assert f"cot-rm {stage}" in launch or f"-m cot_rm.cli {stage}" in launch
 
 
@@ -97,6 +98,19 @@ def test_grpo_yaml_loads(path):
     cfg = load_config(GRPORunConfig, path, [])
     check_trl_args(trl.GRPOConfig, cfg.train)
     assert config_from_dict(GRPORunConfig, dump_config(cfg)) == cfg
+
+
+@pytest.mark.parametrize("path", RFT, ids=rel)
+def test_rft_yaml_loads(path):
+    import trl
+
+    from cot_rm.train.rft.config import RFTRunConfig
+
+    cfg = load_config(RFTRunConfig, path, [])
+    check_trl_args(trl.SFTConfig, cfg.train)
+    args = trl.SFTConfig(**{**cfg.train, "bf16": False, "use_cpu": True}, max_length=cfg.data.max_length)
+    assert args.learning_rate == cfg.train["learning_rate"]
+    assert config_from_dict(RFTRunConfig, dump_config(cfg)) == cfg
 
 
 @pytest.mark.parametrize("path", PRETRAIN, ids=rel)

@@ -25,22 +25,16 @@ FIXED_KEYS = (
 
 
 def start_run(trainer, cfg, prog: str, what: str) -> str | None:
-    """Shared by `cot-rm sft` and `cot-rm grpo`: the output folder and its run_config.yaml (main
+    """Shared by `cot-rm sft`, `cot-rm rft` and `cot-rm grpo`: the output folder and its run_config.yaml (main
     process), a line saying what trains where, and the checkpoint a killed run resumes from (or None).
     Raises ValueError when the folder holds another kind of run, or one the new settings cannot resume."""
     out = Path(trainer.args.output_dir)
     resume = last_checkpoint(out)
-    if (out / "run_config.yaml").is_file():  # an earlier run here, with checkpoints or not (save_strategy no)
-        changed = changed_keys(out / "run_config.yaml", cfg)
-        if fixed := [k for k in changed if k.startswith(FIXED_KEYS)]:
-            raise ValueError(
-                f"{out} holds a run with other {', '.join(fixed[:4])}; it cannot continue (or be overwritten) "
-                "under these settings: give another train.output_dir (or the old settings)"
-            )
-        if changed and resume is not None and trainer.is_world_process_zero():
-            note(__name__, f"{prog}: resuming a run started with other settings ({', '.join(changed[:8])}); data and "
-                  "loss settings apply from here, the optimizer and learning-rate schedule continue from "
-                  "the checkpoint")  # fmt: skip
+    changed = check_run_folder(out, cfg)
+    if changed and resume is not None and trainer.is_world_process_zero():
+        note(__name__, f"{prog}: resuming a run started with other settings ({', '.join(changed[:8])}); data and "
+              "loss settings apply from here, the optimizer and learning-rate schedule continue from "
+              "the checkpoint")  # fmt: skip
     if trainer.is_world_process_zero():
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "run_config.yaml")
@@ -48,6 +42,21 @@ def start_run(trainer, cfg, prog: str, what: str) -> str | None:
     if resume is not None:
         note(__name__, f"{prog}: resuming from {resume}")
     return resume
+
+
+def check_run_folder(out: Path, cfg) -> list[str]:
+    """The dotted keys whose values differ from the earlier run's in `out` (none when there is none).
+    Raises ValueError when `out` holds another kind of run, or one whose weight-shaping settings differ
+    (`FIXED_KEYS`). Called before anything is written there (RFT calls it before it samples)."""
+    if not (out / "run_config.yaml").is_file():  # an earlier run writes it first, with checkpoints or not
+        return []
+    changed = changed_keys(out / "run_config.yaml", cfg)
+    if fixed := [k for k in changed if k.startswith(FIXED_KEYS)]:
+        raise ValueError(
+            f"{out} holds a run with other {', '.join(fixed[:4])}; it cannot continue (or be overwritten) "
+            "under these settings: give another train.output_dir (or the old settings)"
+        )
+    return changed
 
 
 def train_to_the_end(trainer, resume: str | None, prog: str, final: tuple[str, ...]) -> int | None:

@@ -112,28 +112,38 @@ def build(cfg):
         uncertainty=cfg.loss.point_loss == "gaussian_nll", torch_dtype=dtype,
         attn_implementation=m.attn_implementation,
     )  # fmt: skip
-    for path in (d.pairs, d.eval_pairs):  # fail now, not after the training time is spent
-        if path:
-            read_jsonl(path, kind="pairwise")
     # Every line checked now (the end-of-run report reads the val split too), not steps into training.
     every = load_traces(d.train)
     traces = [t for t in every if not d.splits or t.get("split", "train") in d.splits]
-    check_dimensions(traces, m.dimensions, d.train)
+    trainer, examples = make_trainer(model, args, cfg, traces, every)
+    return model, trainer, traces, examples
+
+
+def make_trainer(model, args: SFTConfig, cfg, traces: list[dict], every: list[dict]):
+    """The SFT trainer of `model` on `traces` (and the examples it trains on). `every`: all the traces of
+    the run's data, whose frame sampling, tool resolution and budgets the checkpoint records. `cfg` needs
+    the SFT config's `data`, `loss` and `model.reuse_vision_features` / `model.attn_implementation`
+    (`cot-rm rft` trains its kept traces through here too)."""
+    d = cfg.data
+    for path in (d.pairs, d.eval_pairs):  # fail now, not after the training time is spent
+        if path:
+            read_jsonl(path, kind="pairwise")
+    check_dimensions(traces, model.config.dimensions, d.train)
     examples = build_examples(traces, d.pairs, d.splits)
     if not examples:
         raise ValueError(f"{d.train}: no traces in splits {d.splits}")
     # The checkpoint judges as the traces were written: their frames, tool resolution and budgets.
     sampling, tool_px, traced_spec = trace_settings(every, d.train)  # val traces too: the report uses them
-    spec = JudgeSpec.from_dict({**(traced_spec or {}), "dimensions": tuple(m.dimensions)})
+    spec = JudgeSpec.from_dict({**(traced_spec or {}), "dimensions": tuple(model.config.dimensions)})
     model.config.sampling = Sampling.from_dict({**sampling, "family": model.config.family}).to_dict()
     model.config.tool_max_pixels, model.config.judge_spec = tool_px, spec.to_dict()
     collator = SFTCollator(model.processor, model.config.family, spec, model.config.reward_token,
                            cfg.loss.rationale_dropout, d.frame_cache, args.seed, d.max_length)  # fmt: skip
     dataset = Dataset.from_dict({"example": [json.dumps(e) for e in examples]})
     cache = None
-    if m.freeze_vision and m.reuse_vision_features:
+    if model.config.freeze_vision and cfg.model.reuse_vision_features:
         cache = training_cache(model)
-    if d.packing and m.attn_implementation == "sdpa":
+    if d.packing and cfg.model.attn_implementation == "sdpa":
         use_varlen_sdpa(model)  # else transformers builds one dense [N, N] mask: 3x slower than padding
     trainer = CotRmSFTTrainer(
         model,
@@ -145,7 +155,7 @@ def build(cfg):
         train_dataset=dataset,
         processing_class=model.processor,
     )
-    return model, trainer, traces, examples
+    return trainer, examples
 
 
 def check_dimensions(traces: list[dict], dims, source) -> None:
@@ -173,20 +183,24 @@ def main(args: argparse.Namespace) -> int:
     except (ConfigError, FileNotFoundError, ValueError) as err:  # SchemaError is a ValueError
         print(f"cot-rm sft: {err}", file=sys.stderr)
         return 2
+    return train_and_finish(model, trainer, cfg, resume, "cot-rm sft", args.no_report)
+
+
+def train_and_finish(model, trainer, cfg, resume: str | None, prog: str, no_report: bool) -> int:
+    """Train (or resume) to the last step, then calibrate, save and report (printed and written to
+    OUTPUT_DIR/report.json). Returns the exit status; shared with `cot-rm rft`."""
     if resume is not None:
         # The collator draws rationale-dropout masks from (seed, its call count): continue the count where
         # the killed run stood, so the resumed run sees the batches an uninterrupted run would.
         trainer.data_collator.calls = _batches_before(trainer, resume)
-    if (
-        status := train_to_the_end(trainer, resume, "cot-rm sft", ("cot_rm.json", "report.json"))
-    ) is not None:
+    if (status := train_to_the_end(trainer, resume, prog, ("cot_rm.json", "report.json"))) is not None:
         if status == 0:
             print((Path(trainer.args.output_dir) / "report.json").read_text().rstrip())
         return status
     trainer.save_state()  # trainer_state.json (log history) beside the final model
     model = whole_model(model, trainer)
     if trainer.is_world_process_zero():
-        report = finish(model, trainer, cfg, skip_judging=args.no_report)
+        report = finish(model, trainer, cfg, skip_judging=no_report)
         print(json.dumps(report, indent=2))
     return 0
 
