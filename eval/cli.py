@@ -25,7 +25,9 @@ from eval.run import EvalError, eval_model, eval_predictions
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = (
         "Evaluate a predictions file (no model needed), or judge a benchmark with a cot-rm checkpoint "
-        "(greedy, the checkpoint's own frame sampling; resumable), or run reward-hacking probes. "
+        "(greedy or --samples K, the checkpoint's own frame sampling; resumable), or run reward-hacking "
+        "probes. On pairs, the head's probabilities of A better / tie / B better are scored too (log-loss, "
+        "Brier, ECE). "
         "Writes DIR/metrics.json (or probes.json) and DIR/report.md."
     )
     arg = p.add_argument
@@ -51,6 +53,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="reward-hacking probes: judge static / duplicated / shuffled / colour-drifted copies and a "
         "swapped prompt, report how the scores move (DIR/probes.json)")
     arg("--probe-videos", type=int, default=32, metavar="N", help="with --probes: videos to perturb (default 32)")
+    arg("--samples", type=int, default=0, metavar="K",
+        help="score each video by the mean of K >= 1 sampled judgments instead of one greedy one (default "
+        "0: greedy); metrics.json adds the draws' spread")
+    arg("--temperature", type=float, default=0.7, help="with --samples: sampling temperature (default 0.7)")
+    arg("--top-p", type=float, default=1.0, help="with --samples: nucleus sampling (default 1)")
+    arg("--seed", type=int, default=0, help="with --samples: draw s of each batch uses seed + s (default 0)")
     arg("--max-new-tokens", type=positive(int), default=512, metavar="N", help="per assistant turn (default 512)")
     arg("--batch-size", type=positive(int), default=4, metavar="N", help="videos per judging batch (default 4)")
     arg("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")

@@ -1,12 +1,13 @@
 """Evaluation metrics (numpy only) and the predictions file they read: pairwise accuracy with and
-without ties, rank correlations, parse-failure rate and score spread.
+without ties, the calibration of pair probabilities, rank correlations, parse-failure rate and score spread.
 
 Predictions JSONL (one object a line, kind told by the keys):
     pairwise   {"id", "scores_a": {dim: x}, "scores_b": {dim: x}, "label": {dim: "A"|"B"|"tie"}}
     pointwise  {"id", "scores": {dim: x}, "label": {dim: x}}
 optional: "parse_error" / "parse_error_a" / "parse_error_b" (null or a reason), "samples" /
 "samples_a" / "samples_b" (lists of score dicts, for the score spread) or "scores_std" /
-"scores_std_a" / "scores_std_b" ({dim: std}, when the spread was computed elsewhere), "meta". A null
+"scores_std_a" / "scores_std_b" ({dim: std}, when the spread was computed elsewhere), "probs" (pairwise:
+{dim: {"A": p, "tie": p, "B": p} or null}, the model's probabilities of the three outcomes), "meta". A null
 score (or scores object) is a failed judgment: counted, and wrong. Each dimension is evaluated over
 the rows whose label has it (its `n`); a labelled dimension missing from a row's scores is a missing
 score there (`n_missing`: wrong for pairs, left out of correlations). `overall`, when the scores have
@@ -21,6 +22,8 @@ where a score is missing (a failed judgment): such a pair is counted and always 
   itself (VideoAlign's protocol, the tie calibration of Deutsch et al. 2023: optimistic, since it is
   fitted on the test data); `acc_with_ties` applies a given eps, e.g. one `fit_tie_eps` found on
   validation predictions (reported beside the searched one, with where it came from).
+- pair probabilities (rows with `probs`): log-loss, Brier score and expected calibration error of the
+  three-way outcome, beside the accuracy of its most probable outcome (`prob_metrics`).
 - pointwise: Spearman (SRCC, Pearson of average ranks), Pearson (PLCC), Kendall tau-b (KRCC), all
   tie-aware; None where undefined (fewer than 2 items, or a constant side).
 """
@@ -112,6 +115,64 @@ def pairwise_metrics(diffs, labels, fixed_eps: float | None = None) -> dict:
     if fixed_eps is not None:
         out["acc_with_ties_fixed_eps"] = acc_with_ties(d, y, fixed_eps)
         out["fixed_eps"] = float(fixed_eps)
+    return out
+
+
+# ------------------------------------------------------------------------------ pair probabilities
+
+OUTCOMES = ("A", "tie", "B")  # the columns of a pair's probabilities; label 1 / 0 / -1
+ECE_BINS = 10
+P_FLOOR = 1e-15  # log-loss clips a probability here, so one confident miss is large but finite
+
+
+def prob_metrics(probs, labels, bins: int = ECE_BINS) -> dict:
+    """How well three-way probabilities [n, 3] (P(A), P(tie), P(B)) match the labels (1 = A, 0 = tie,
+    -1 = B). Rows with a NaN (no probability: a failed judgment) are counted in `n_missing` only.
+
+    - log_loss: mean of -ln p[true outcome] (natural log; p clipped at P_FLOOR); 0 is perfect, ln 3 =
+      1.0986 is the uniform guess.
+    - brier: mean of sum over the 3 outcomes of (p - 1[outcome is true])^2; 0 is perfect, 2/3 uniform.
+    - ece: top-label expected calibration error: rows binned by confidence c = max p into `bins` equal
+      bins of [0, 1] (bin k holds k/bins <= c < (k+1)/bins, the last also c = 1), then the sum over bins
+      of (rows in bin / n) * |accuracy in bin - mean confidence in bin|.
+    - acc: three-way accuracy of the most probable outcome (argmax; the first of equals, A before tie).
+    """
+    p = np.asarray(probs, dtype=np.float64).reshape(-1, 3)
+    y = np.asarray(labels, dtype=np.int64).ravel()
+    if y.size != p.shape[0] or not np.isin(y, (-1, 0, 1)).all():
+        raise ValueError("need one label (1, 0 or -1) per row of probabilities")
+    ok = np.isfinite(p).all(axis=1)
+    p, truth = p[ok], (1 - y[ok])  # column of the true outcome: A 0, tie 1, B 2
+    out = {"log_loss": None, "brier": None, "ece": None, "acc": None, "n": int(ok.sum()),
+           "n_missing": int((~ok).sum())}  # fmt: skip
+    if not p.size:
+        return out
+    rows = np.arange(truth.size)
+    onehot = np.zeros_like(p)
+    onehot[rows, truth] = 1.0
+    conf, hit = p.max(axis=1), p.argmax(axis=1) == truth
+    return {**out, "log_loss": float(-np.log(np.maximum(p[rows, truth], P_FLOOR)).mean()),
+            "brier": float(((p - onehot) ** 2).sum(axis=1).mean()), "ece": _ece(conf, hit, bins),
+            "acc": float(hit.mean())}  # fmt: skip
+
+
+def _ece(conf: np.ndarray, hit: np.ndarray, bins: int) -> float:
+    """Top-label ECE: per confidence bin, |accuracy - mean confidence| weighted by the bin's share."""
+    which = np.minimum((conf * bins).astype(np.int64), bins - 1)
+    gaps = [
+        abs(hit[which == k].mean() - conf[which == k].mean()) * (which == k).sum() for k in np.unique(which)
+    ]
+    return float(sum(gaps) / conf.size)
+
+
+def evaluate_probs(rows: Sequence[Mapping]) -> dict:
+    """rows: pairwise rows with `probs` ({dim: {"A", "tie", "B"} or null}) -> {dim: prob_metrics}, each
+    dimension over the rows whose label has it (no probability: missing)."""
+    out = {}
+    for dim in _dims(rows):
+        used = [r for r in rows if dim in r["label"]]
+        probs = [[((r.get("probs") or {}).get(dim) or {}).get(o, math.nan) for o in OUTCOMES] for r in used]
+        out[dim] = prob_metrics(probs, [LABELS[r["label"][dim]] for r in used])
     return out
 
 
@@ -346,12 +407,14 @@ def evaluate(rows: Sequence[Mapping], fixed_eps: Eps = None, fixed_source: str |
         out["parse_failure_rate"] = parse_failure_rate(_errors(rows))  # an absent key: parsed
     if spreads := _spreads(rows):
         out["score_spread"] = summarize_spread(spreads)
+    if any("probs" in r for r in pairs):
+        out["pair_probs"] = evaluate_probs(pairs)
     return out
 
 
 # -------------------------------------------------------------------------------- predictions file
 
-PAIR_KEYS = {"id", "label", "meta", *(f"{k}_{s}" for k in ("scores", "parse_error", "samples", "scores_std") for s in "ab")}  # fmt: skip
+PAIR_KEYS = {"id", "label", "meta", "probs", *(f"{k}_{s}" for k in ("scores", "parse_error", "samples", "scores_std") for s in "ab")}  # fmt: skip
 POINT_KEYS = {"id", "scores", "label", "parse_error", "samples", "scores_std", "meta"}
 
 
@@ -422,6 +485,8 @@ def parse_prediction(obj) -> dict:
             _check_scores(obj[key], key)
             if any(v is not None and v < 0 for v in (obj[key] or {}).values()):
                 raise ValueError(f"{key} must hold standard deviations >= 0, got {obj[key]!r}")
+    if "probs" in obj:
+        _check_probs(obj["probs"])
     for key in ("parse_error", "parse_error_a", "parse_error_b"):
         if obj.get(key) is not None and not isinstance(obj[key], str):
             raise ValueError(f"{key} must be null or a string, got {obj[key]!r}")
@@ -439,6 +504,26 @@ def _check_scores(value, name: str) -> None:
             continue
         if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
             raise ValueError(f"{name}[{dim!r}] must be a finite number or null, got {v!r}")
+
+
+def _check_probs(value) -> None:
+    if value is None:
+        return  # a failed judgment
+    if not isinstance(value, dict):
+        raise ValueError(
+            f'probs must be an object of dimension -> {{"A", "tie", "B"}} (or null), got {value!r}'
+        )
+    for dim, p in value.items():
+        if p is None:
+            continue
+        numbers = isinstance(p, dict) and all(
+            not isinstance(p.get(o), bool) and isinstance(p.get(o), int | float) and 0 <= p[o] <= 1
+            for o in OUTCOMES
+        )
+        if not numbers or set(p) != set(OUTCOMES) or abs(sum(p.values()) - 1) > 1e-6:
+            raise ValueError(
+                f"probs[{dim!r}] must be {{'A', 'tie', 'B'}} probabilities summing to 1, got {p!r}"
+            )
 
 
 def _check_label(label, kind: str) -> None:

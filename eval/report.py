@@ -31,6 +31,19 @@ def _pairwise_table(result: dict, answer: dict) -> list[str]:
     return lines
 
 
+def _probs_table(result: dict) -> list[str]:
+    """The head's pair probabilities against the labels, beside the accuracies of the table above."""
+    lines = ["", "## Pair probabilities (head: P(A better), P(tie), P(B better))", ""]
+    lines += ["| dimension | log-loss | Brier | ECE | acc (most probable) | acc w/o ties | acc w/ ties | n | missing |",
+              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for dim, m in result["pair_probs"].items():
+        acc = result["pairwise"].get(dim, {})
+        cells = [_fmt(m[k]) for k in ("log_loss", "brier", "ece", "acc")]
+        cells += [_fmt(acc.get(k)) for k in ("acc_without_ties", "acc_with_ties")]
+        lines.append(f"| {dim} | {' | '.join(cells)} | {m['n']} | {m['n_missing']} |")
+    return lines
+
+
 def _pointwise_table(result: dict, answer: dict) -> list[str]:
     lines = ["", "## Pointwise (head" + (" / answer)" if answer else ")"), ""]
     lines += ["| dimension | SRCC | PLCC | KRCC | n |", "|---|---|---|---|---|"]
@@ -56,6 +69,8 @@ def _protocol_lines(result: dict) -> list[str]:
             f"- model: {proto['model']} (checkpoint {proto['checkpoint']}, eval_key {proto['eval_key']})"
         )
         lines.append(f"- decoding: {proto['decoding']}, max_new_tokens {proto['max_new_tokens']}")
+        if "pair_probs" in proto:
+            lines.append(f"- pair probabilities: {proto['pair_probs']}")
         lines.append(f"- frames: {json.dumps(proto['frames'])}; pixels: {json.dumps(proto['pixels'])}; "
                      f"tool images: {proto['tool_max_pixels']} pixels")  # fmt: skip
         lines.append(f"- protocol {proto['protocol_version']}, {proto['device']}, {proto['dtype']}")
@@ -88,6 +103,8 @@ def report_markdown(result: dict) -> str:
         )
     if result.get("pairwise"):
         lines += _pairwise_table(result, answer)
+    if result.get("pair_probs"):
+        lines += _probs_table(result)
     if result.get("pointwise"):
         lines += _pointwise_table(result, answer)
     return "\n".join(lines + _protocol_lines(result)) + "\n"

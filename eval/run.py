@@ -2,12 +2,13 @@
 a checkpoint judged on a benchmark.
 
 The predictions file format is in eval/metrics.py; the benchmark loaders in eval/benchmarks.py.
-With --model, every distinct (video, prompt) is judged once, greedy, with the checkpoint's own frame
-sampling and dimensions; DIR gets judgments.jsonl (a resumable cache: appended and fsynced per batch;
+With --model, every distinct (video, prompt) is judged once, greedy (or by the mean of K seeded draws with
+--samples K, `cot_rm.judge.sampling`), with the checkpoint's own frame sampling and dimensions; DIR gets judgments.jsonl (a resumable cache: appended and fsynced per batch;
 ids already there are not judged again unless their video file changed (resolved path, size, mtime) or
 could not be read; keyed by checkpoint identity, bench and protocol),
-predictions.jsonl (head scores), predictions_answer.jsonl (the generated <answer>'s scores),
-metrics.json and report.md. --probes judges perturbed copies of the videos instead (eval/probes.py).
+predictions.jsonl (head scores, and on pairs the head's probabilities of A / tie / B,
+`cot_rm.model.pairwise`), predictions_answer.jsonl (the generated <answer>'s scores), metrics.json and
+report.md. --probes judges perturbed copies of the videos instead (eval/probes.py).
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from cot_rm.judge.local import Judge, video_error_of
+from cot_rm.judge.sampling import Draws, judge_items
 from cot_rm.media.frame_cache import CACHE_VERSION, file_identity
-from cot_rm.model import calibration
+from cot_rm.model import calibration, pairwise
 from cot_rm.model.checkpoint import CheckpointError, load_checkpoint
 from cot_rm.protocol import JudgeSpec
 from cot_rm.schema import write_jsonl
@@ -105,28 +107,25 @@ def unscored_dimensions(records: list, kind: str, dims: list[str]) -> list[str]:
 
 
 def predictions_for(
-    records: list, kind: str, judged: dict, ids: dict, key: str, drop: Sequence[str] = ()
+    records: list, kind: str, judged: dict, ids: dict, key: str, drop: Sequence[str] = (), cfg=None
 ) -> list[dict]:
     """Prediction rows (the file format above) from the judgments' `key` ("scores" or "answer_scores");
-    the labels of dimensions in `drop` are left out."""
+    the labels of dimensions in `drop` are left out. Sampled judgments add each draw's scores (`samples`);
+    `cfg` (the checkpoint's config) adds each pair's probabilities (`probs`, from the head's scores)."""
     rows = []
     for r in records:
-        if kind == "pointwise":
-            j = judged[ids[r.id][0]]
-            label = {d: v for d, v in r.scores.items() if d not in drop}
-            rows.append({"id": r.id, "scores": j[key], "label": label, "parse_error": j["parse_error"]})
-            continue
-        ja, jb = judged[ids[r.id][0]], judged[ids[r.id][1]]
-        rows.append(
-            {
-                "id": r.id,
-                "scores_a": ja[key],
-                "scores_b": jb[key],
-                "label": {d: v for d, v in _pair_label(r).items() if d not in drop},
-                "parse_error_a": ja["parse_error"],
-                "parse_error_b": jb["parse_error"],
-            }
-        )
+        js = [judged[vid] for vid in ids[r.id]]
+        sides = ("",) if kind == "pointwise" else ("_a", "_b")
+        labels = r.scores if kind == "pointwise" else _pair_label(r)
+        row = {"id": r.id, "label": {d: v for d, v in labels.items() if d not in drop}}
+        for side, j in zip(sides, js, strict=True):
+            row[f"scores{side}"] = j[key]
+            row[f"parse_error{side}"] = j["parse_error"]
+            if "samples" in j:
+                row[f"samples{side}"] = [draw[key] for draw in j["samples"]["judgments"]]
+        if cfg is not None and kind == "pairwise":
+            row["probs"] = pairwise.probabilities(js[0]["scores"], js[1]["scores"], cfg)
+        rows.append(row)
     return rows
 
 
@@ -135,6 +134,7 @@ def predictions_for(
 
 def eval_model(args: argparse.Namespace) -> dict:
     bench = load_bench(args)
+    draws_of(args)  # a bad --samples, --temperature, --top-p or --seed stops here, before the model loads
     model, device, dtype = load_model(args.model, args.device, args.dtype)
     videos, ids = plan(bench.records, bench.kind, bench.root)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -144,7 +144,7 @@ def eval_model(args: argparse.Namespace) -> dict:
               f"{list(model.config.dimensions)}", file=sys.stderr)  # fmt: skip
     key = cache_key(args, model, device, dtype)
     judged = judge_videos(model, videos, args, args.out / "judgments.jsonl", key)
-    head = predictions_for(bench.records, bench.kind, judged, ids, "scores", unscored)
+    head = predictions_for(bench.records, bench.kind, judged, ids, "scores", unscored, model.config)
     answer = predictions_for(bench.records, bench.kind, judged, ids, "answer_scores", unscored)
     write_jsonl(args.out / "predictions.jsonl", head)
     write_jsonl(args.out / "predictions_answer.jsonl", answer)
@@ -159,6 +159,9 @@ def eval_model(args: argparse.Namespace) -> dict:
     return {
         "pairwise": head_m["pairwise"],
         "pointwise": head_m["pointwise"],
+        # the head's P(A better), P(tie), P(B better) against the labels: log-loss, Brier, ECE
+        "pair_probs": head_m.get("pair_probs", {}),
+        **({"score_spread": head_m["score_spread"]} if "score_spread" in head_m else {}),
         "answer": {"pairwise": answer_m["pairwise"], "pointwise": answer_m["pointwise"]},
         "parse_failure_rate": metrics.parse_failure_rate(errors),
         # Toy-world data only: critiques against the videos' known defects (eval/faithfulness.py).
@@ -199,22 +202,43 @@ def _model_eps(model, args) -> tuple[metrics.Eps, str | None]:
     return eps, source + " / each dimension's calibration std"
 
 
+def draws_of(args) -> Draws | None:
+    """The draws `--samples K` asks for (None: greedy); a bad value is an EvalError."""
+    if not getattr(args, "samples", 0):
+        return None
+    try:
+        return Draws(args.samples, args.temperature, args.top_p, args.seed)
+    except ValueError as err:
+        raise EvalError(f"--{err}".replace("top_p", "top-p")) from None
+
+
+def decoding(draws: Draws | None) -> str:
+    if draws is None:
+        return "greedy (do_sample=False); one judgment per (video, prompt)"
+    return (f"sampled: {draws.k} draws per (video, prompt) at temperature {draws.temperature}, top_p "
+            f"{draws.top_p}, draw s of each batch seeded {draws.seed} + s; scores are the draws' means")  # fmt: skip
+
+
 def protocol(model, args, key: dict) -> dict:
     """What the numbers depend on, pinned in metrics.json and report.md."""
+    draws = draws_of(args)
     return {
         **key,
         "data": str(args.data.resolve()),
         "root": str(args.root.resolve()) if args.root else None,
         "split": args.split,
         "limit": args.limit,
-        "decoding": "greedy (do_sample=False); one judgment per (video, prompt)",
-        "greedy": True,
+        "decoding": decoding(draws),
+        "greedy": draws is None,
         "frames": {k: key["sampling"].get(k) for k in ("fps", "num_frames", "min_frames", "max_frames")},
         "pixels": {k: key["sampling"].get(k) for k in ("min_pixels", "max_pixels")},
         "dimensions": list(model.config.dimensions),
         "scores": "head scores through the checkpoint's calibration on the judge's score scale (top level); "
         "the <answer>'s under 'answer'",
         "averaging": metrics.AVERAGING,
+        "pair_probs": f"P(A better), P(tie), P(B better) from the head's Bradley-Terry-with-ties (Rao-Kupper) "
+        f"model on its raw outputs, tie_theta {model.config.tie_theta} (cot_rm.model.pairwise); log-loss, "
+        f"Brier and ECE ({metrics.ECE_BINS} confidence bins) as in eval/metrics.py",
         "eval_key": key_id(key),
     }
 
@@ -256,6 +280,8 @@ def cache_key(args, model, device: str, dtype: str) -> dict:
         "dtype": dtype,
         "frames": CACHE_VERSION,  # how frames are decoded and resized
         "scores_rule": calibration.RULE,  # how the head's outputs become `scores`
+        # only when sampling, so greedy caches made before sampling existed stay valid
+        **({"draws": vars(draws)} if (draws := draws_of(args)) else {}),
     }
 
 
@@ -281,14 +307,14 @@ def judge_videos(model, videos: dict[str, tuple[str, str]], args, cache: Path, k
     )
     judge = Judge.from_model(model, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                              name=key["model"])  # fmt: skip
-    stamp = key_id(key)
+    draws, stamp = draws_of(args), key_id(key)
     with (
         open(cache, "a", encoding="utf-8") as fh,
         tqdm(total=len(todo), desc="judging", unit="video", file=sys.stderr) as bar,
     ):
         for start in range(0, len(todo), args.batch_size):
             chunk = todo[start : start + args.batch_size]
-            for (vid, path, prompt), j in zip(chunk, judge.judge(chunk), strict=True):
+            for (vid, path, prompt), j in zip(chunk, judge_items(judge, chunk, draws), strict=True):
                 extra = {"video": path, "prompt": prompt, "eval_key": stamp, "fingerprint": prints[vid]}
                 done[vid] = {**j, **extra}
                 if why := video_error_of(j["parse_error"]):
