@@ -156,6 +156,7 @@ def test_short_run_learns_and_writes_a_cot_rm_checkpoint(data, tmp_path):
     )  # Trainer checkpoints are cot-rm checkpoints too
     meta = json.loads((out / "cot_rm.json").read_text())
     assert set(meta["calibration"]) == set(meta["dimensions"])  # fitted on the val traces
+    assert 1 < meta["tie_theta"] < 1e4 and meta["tie_theta"] != 2.0  # fitted on the val pairs
     assert meta["sampling"]["num_frames"] == 8 and meta["freeze_vision"] is True
     scores = _scores(out, data)
     assert scores.shape == (3, 4) and torch.isfinite(scores).all()
