@@ -25,8 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "then the head: Judgment JSON), the OpenAI-compatible /v1/models and /v1/chat/completions, "
         'GET /health and an interactive page at /. /v1/judge takes JSON {"video": PATH or http(s) URL, '
         '"prompt": TEXT} or a multipart form (file, prompt); ?stream=1 streams the turns as NDJSON, '
-        "?report=1 adds the HTML critique. Starts vLLM's OpenAI server for the checkpoint's "
-        "language model as a child process; the head runs here with transformers."
+        "?report=1 adds the HTML critique; samples, temperature, top_p and seed ask for K seeded sampled "
+        "draws. POST /v1/judge/pair takes video_a, video_b and a prompt (or a form with file_a, file_b) and "
+        "answers P(A better), P(tie), P(B better) per dimension with both Judgments. Starts vLLM's OpenAI "
+        "server for the checkpoint's language model as a child process; the head runs here with transformers."
     )
     parser.add_argument("--model", required=True, type=Path, help="cot-rm checkpoint folder")
     parser.add_argument("--port", type=int, default=8000, help="port to serve on (default 8000)")
