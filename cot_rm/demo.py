@@ -1,9 +1,10 @@
 """`cot-rm demo`: the whole tiny pipeline on a CPU, which is `recipes/tiny_cpu.sh` with OUT=runs/demo.
 
 One definition of the pipeline (the recipe), so the demo and the recipe can never drift apart:
-toy world -> oracle synthesis -> SFT (configs/tiny/sft.yaml) -> GRPO (configs/tiny/grpo.yaml) -> eval on
-the held-out toy pairs -> one judged HTML critique. Each stage is echoed, skippable (SKIP="sft grpo")
-and resumable: a rerun skips the stages that finished (their markers are in OUT/.done/).
+toy world -> oracle synthesis -> SFT (configs/tiny/sft.yaml) -> [RFT (configs/tiny/rft.yaml), with --rft]
+-> GRPO (configs/tiny/grpo.yaml) -> eval on the held-out toy pairs -> one judged HTML critique. Each stage
+is echoed, skippable (SKIP="sft grpo") and resumable: a rerun skips the stages that finished (their
+markers are in OUT/.done/).
 """
 
 from __future__ import annotations
@@ -24,6 +25,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sft-steps", type=int, default=None, help="stop SFT after this many steps")
     p.add_argument("--grpo-steps", type=int, default=None, help="stop GRPO after this many steps")
     p.add_argument(
+        "--rft",
+        action="store_true",
+        help="add the optional RFT stage between SFT and GRPO (configs/tiny/rft.yaml; GRPO starts from it)",
+    )
+    p.add_argument(
         "--fresh", action="store_true", help="start over: delete OUT (a folder an earlier demo wrote) first"
     )
 
@@ -39,6 +45,8 @@ def main(args: argparse.Namespace) -> int:
     for key, steps in (("SFT_ARGS", args.sft_steps), ("GRPO_ARGS", args.grpo_steps)):
         if steps is not None:  # appended to what the caller's environment already asks for
             env[key] = f"{env.get(key, '')} train.max_steps={steps}".strip()
+    if args.rft:  # the recipe runs from the repo root
+        env["RFT_CONFIG"] = "configs/tiny/rft.yaml"
     out = Path(env["OUT"])
     if args.fresh and out.exists():
         # Markers alone are not enough: sft and grpo resume from what their folders already hold.

@@ -105,6 +105,26 @@ PYEOF
     esac
 }
 
+# rft_ready: 0 when the RFT stage can run (RFT_CONFIG names a config); else says why it is skipped and
+# marks the stage as not run, so a later run with RFT_CONFIG set does it.
+rft_ready() {
+    if [[ -n ${RFT_CONFIG:-} ]]; then return 0; fi
+    echo "   skipped: optional; RFT_CONFIG=<its config> runs it (GRPO then starts from its checkpoint)"
+    STAGE_NOT_RUN=1
+    return 1
+}
+
+# grpo_start: the checkpoint GRPO starts from, RFT's when that stage finished (RFT_OUT), else SFT's.
+grpo_start() {
+    if [[ -f "$OUT/.done/rft" ]]; then echo "$RFT_OUT"; else echo "$SFT_OUT"; fi
+}
+
+# grpo_input: what the GRPO stage's marker records: nothing from SFT (as before RFT existed), RFT's
+# checkpoint stamp from RFT, so GRPO runs again (from RFT) when RFT finishes after it.
+grpo_input() {
+    if [[ -f "$OUT/.done/rft" ]]; then model_stamp "$RFT_OUT"; fi
+}
+
 # grpo_ready WHY: 0 when the GRPO stage can run; else says why it is skipped (WHY: what the later
 # stages use instead) and marks the stage as not run, so a later run does it.
 grpo_ready() {

@@ -1,8 +1,10 @@
 # The 8-GPU pipeline shared by qwen2_5_vl_7b.sh and qwen3_vl_8b.sh (sourced after they set FAMILY,
 # SFT_CONFIG, BASE_MODEL, TEACHER_MODEL, OUT): one body, so the two models cannot drift apart.
 #
-#   synth (vLLM-served teacher) -> sft (ZeRO-3, accelerate) -> grpo (GRPO_CONFIG; vLLM rollout server
-#        on the last GPU when the config says backend: vllm_server) -> eval (public benchmarks) -> serve
+#   synth (vLLM-served teacher) -> sft (ZeRO-3, accelerate) -> rft (RFT_CONFIG: the judgments drawn in
+#        one process, from a vLLM server when the config says backend: vllm_server, then ZeRO-3 training)
+#        -> grpo (GRPO_CONFIG; vLLM rollout server on the last GPU when the config says backend:
+#        vllm_server; from RFT's checkpoint when RFT ran) -> eval (public benchmarks) -> serve
 #
 # NOT yet run on 8 GPUs here (like the configs it launches). Nothing is downloaded by cot-rm: fetch
 # the models (`hf download ...`) and the benchmarks (README, "Public benchmarks") yourself.
@@ -22,7 +24,7 @@
 #   BENCH_DIR     where the public benchmarks were unpacked (data/benchmarks)
 #   SERVE_PORT, MEDIA_ROOT   the serve stage's port (8080) and the folder callers' video paths must lie
 #                 under (the repo root)
-#   SKIP          stages to skip, e.g. SKIP="synth grpo"
+#   SKIP          stages to skip, e.g. SKIP="synth rft grpo"
 
 POINTWISE=${POINTWISE:-data/pointwise.jsonl}
 PAIRS=${PAIRS:-}
@@ -36,6 +38,8 @@ TEACHER_TP=${TEACHER_TP:-$GPUS_PER_NODE}
 BENCH_DIR=${BENCH_DIR:-data/benchmarks}
 SERVE_PORT=${SERVE_PORT:-8080}
 SKIP=${SKIP:-}
+# The RFT config (between SFT and GRPO): set by the model's recipe; RFT_CONFIG="" skips RFT.
+RFT_CONFIG=${RFT_CONFIG:-}
 # The GRPO config (stage 2): set by the model's recipe; GRPO_CONFIG="" skips GRPO.
 GRPO_CONFIG=${GRPO_CONFIG:-}
 ROLLOUT_PORT=${ROLLOUT_PORT:-8001}
@@ -45,13 +49,14 @@ source recipes/lib.sh
 
 SFT_DATA=$OUT/sft_data.jsonl
 SFT_OUT=$OUT/sft
+RFT_OUT=$OUT/rft
 
 # Multi-node: every node runs SFT; data synthesis, eval and serving run on node 0 only, and the
 # other nodes wait for node 0's synthesis marker (OUT must be on a filesystem all nodes share).
 SYNTH_SKIPPED=0
 if skipped synth; then SYNTH_SKIPPED=1; fi  # by the user: the SFT data exists already
 if [[ $NODE_RANK != 0 ]]; then
-    SKIP="$SKIP synth grpo eval serve"
+    SKIP="$SKIP synth rft grpo eval serve"
 fi
 
 SERVER_PID=  # the background vLLM server of the running stage (teacher or rollouts)
@@ -109,22 +114,47 @@ stage_sft() {
         -m cot_rm.cli sft --config "$SFT_CONFIG" "${overrides[@]}"
 }
 
+stage_rft() {
+    rft_ready || return 0
+    local overrides=(model.checkpoint="$SFT_OUT" data.train="$SFT_DATA" train.output_dir="$RFT_OUT"
+        sampling.vllm_url="http://127.0.0.1:$ROLLOUT_PORT")
+    if [[ -n $PAIRS ]]; then overrides+=(data.pairs="$PAIRS" data.eval_pairs="$PAIRS"); fi
+    if grep -qE '^ *backend: *vllm_server' "$RFT_CONFIG"; then
+        # The same server as GRPO's, on the SFT checkpoint (nothing trains while the judgments are drawn).
+        CUDA_VISIBLE_DEVICES=0 "$PY" -m cot_rm.train.grpo.vllm_server --model "$SFT_OUT" --port "$ROLLOUT_PORT" \
+            -- --dtype bfloat16 --gpu-memory-utilization 0.9 --max-model-len 16384 >"$OUT/rft_server.log" 2>&1 &
+        SERVER_PID=$!
+        wait_health "http://127.0.0.1:$ROLLOUT_PORT" "$OUT/rft_server.log"
+    fi
+    # The judgments are drawn in one process (backend hf: transformers on one GPU) into
+    # $RFT_OUT/samples.jsonl, a killed run drawing only what is missing; the training on every GPU of
+    # node 0 then reads them back (ZeRO-3, as SFT; a killed run resumes from its newest checkpoint).
+    "$COT_RM" rft --config "$RFT_CONFIG" --sample-only "${overrides[@]}"
+    stop_server
+    "$ACCELERATE" launch --config_file configs/accelerate/zero3.yaml \
+        --num_machines 1 --num_processes "$GPUS_PER_NODE" --main_process_port "$MASTER_PORT" \
+        -m cot_rm.cli rft --config "$RFT_CONFIG" "${overrides[@]}"
+}
+
 stage_grpo() {
-    grpo_ready "eval and serve use the SFT checkpoint" || return 0
-    local gpus=$GPUS_PER_NODE accel=configs/accelerate/zero3.yaml
+    grpo_ready "eval and serve use the $(basename "$(grpo_start)") checkpoint" || return 0
+    # A GRPO run from another starting checkpoint (RFT finished since) is kept aside, not continued.
+    if [[ -f "$OUT/.done/grpo" ]]; then set_aside "$OUT/grpo"; fi
+    local start gpus=$GPUS_PER_NODE accel=configs/accelerate/zero3.yaml
+    start=$(grpo_start)
     if grep -qE '^ *backend: *vllm_server' "$GRPO_CONFIG"; then
         # Rollouts from a vLLM server on the last GPU, the policy trained on the others; the weights
         # reach the server through rollout.vllm_sync_dir each step (same host), read whole on rank 0,
         # hence ZeRO-2 (ZeRO-3 would leave rank 0 a shard).
         gpus=$((GPUS_PER_NODE - 1)) accel=configs/accelerate/zero2.yaml
-        CUDA_VISIBLE_DEVICES=$gpus "$PY" -m cot_rm.train.grpo.vllm_server --model "$SFT_OUT" --port "$ROLLOUT_PORT" \
+        CUDA_VISIBLE_DEVICES=$gpus "$PY" -m cot_rm.train.grpo.vllm_server --model "$start" --port "$ROLLOUT_PORT" \
             -- --dtype bfloat16 --gpu-memory-utilization 0.9 --max-model-len 16384 >"$OUT/rollout_server.log" 2>&1 &
         SERVER_PID=$!
         wait_health "http://127.0.0.1:$ROLLOUT_PORT" "$OUT/rollout_server.log"
     fi
-    # From the SFT checkpoint on the same traces and pairs (`cot-rm grpo --help` lists every key).
+    # From the SFT (or RFT) checkpoint on the same traces and pairs (`cot-rm grpo --help` lists every key).
     # Node 0 only (the other nodes skip this stage). A killed run resumes from its newest checkpoint.
-    local overrides=(model.checkpoint="$SFT_OUT" data.train="$SFT_DATA" train.output_dir="$OUT/grpo"
+    local overrides=(model.checkpoint="$start" data.train="$SFT_DATA" train.output_dir="$OUT/grpo"
         rollout.vllm_url="http://127.0.0.1:$ROLLOUT_PORT")
     if [[ -n $PAIRS ]]; then overrides+=(data.pairs="$PAIRS"); fi
     CUDA_VISIBLE_DEVICES=$(seq -s, 0 $((gpus - 1))) "$ACCELERATE" launch --config_file "$accel" \
@@ -134,7 +164,7 @@ stage_grpo() {
 }
 
 final_model() {
-    if [[ -f "$OUT/.done/grpo" ]]; then echo "$OUT/grpo"; else echo "$SFT_OUT"; fi
+    if [[ -f "$OUT/.done/grpo" ]]; then echo "$OUT/grpo"; else grpo_start; fi
 }
 
 # eval_bench BENCH DATA [extra args]: one public benchmark, with its own marker (holding the model
@@ -183,6 +213,7 @@ echo "$(basename "$0"): OUT=$OUT base=$BASE_MODEL teacher=$TEACHER_MODEL node $N
 mkdir -p "$OUT"
 run_stage synth "synthesis: $TEACHER_MODEL (vLLM) critiques -> consistency filter -> select_frames traces"
 run_stage sft "SFT cold start, ZeRO-3 on $((NNODES * GPUS_PER_NODE)) GPUs ($SFT_CONFIG)"
-run_stage grpo "GRPO with tool rollouts (stage 2)"
+run_stage rft "RFT: the SFT model's own judgments that agree with the labels, fine-tuned on"
+run_stage grpo "GRPO with tool rollouts (stage 2)" "$(grpo_input)"
 run_stage eval "eval: public benchmarks (VideoGen-RewardBench, GenAI-Bench, MJ-Bench-Video, VideoScore-Bench-v2)" "$(model_stamp "$(final_model)")"
 run_stage serve "serve: judge API and interactive page"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # qwen2_5_vl_7b.sh: the full pipeline for Qwen2.5-VL-7B-Instruct on 8 GPUs (80 GB each): synthesis with a vLLM-served
-# teacher, SFT with DeepSpeed ZeRO-3, GRPO (vLLM rollouts), serving, evaluation on the public benchmarks.
+# teacher, SFT with DeepSpeed ZeRO-3, RFT (its own agreeing judgments), GRPO (vLLM rollouts), serving,
+# evaluation on the public benchmarks.
 # The stages live in recipes/multi_gpu.sh (shared with the other model's recipe); its header lists the
 # environment variables (data, ports, multi-node, benchmarks). CPU twin: recipes/tiny_cpu.sh.
 #
@@ -24,6 +25,9 @@ SFT_CONFIG=configs/qwen2_5_vl_7b/sft.yaml
 BASE_MODEL=${BASE_MODEL:-Qwen/Qwen2.5-VL-7B-Instruct}
 # The teacher that writes the critiques, served by vLLM on this node (a local folder works too).
 TEACHER_MODEL=${TEACHER_MODEL:-Qwen/Qwen2.5-VL-72B-Instruct}
+
+# Between SFT and GRPO: rejection-sampling fine-tuning; RFT_CONFIG="" skips it (GRPO then starts from SFT).
+RFT_CONFIG=${RFT_CONFIG-configs/qwen2_5_vl_7b/rft.yaml}
 
 # Stage 2; GRPO_CONFIG="" skips it.
 GRPO_CONFIG=${GRPO_CONFIG-configs/qwen2_5_vl_7b/grpo.yaml}

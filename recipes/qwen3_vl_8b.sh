@@ -25,6 +25,9 @@ BASE_MODEL=${BASE_MODEL:-Qwen/Qwen3-VL-8B-Instruct}
 # The teacher that writes the critiques, served by vLLM on this node (a local folder works too).
 TEACHER_MODEL=${TEACHER_MODEL:-Qwen/Qwen2.5-VL-72B-Instruct}
 
+# Between SFT and GRPO: rejection-sampling fine-tuning; RFT_CONFIG="" skips it (GRPO then starts from SFT).
+RFT_CONFIG=${RFT_CONFIG-configs/qwen3_vl_8b/rft.yaml}
+
 # Stage 2; GRPO_CONFIG="" skips it.
 GRPO_CONFIG=${GRPO_CONFIG-configs/qwen3_vl_8b/grpo.yaml}
 

@@ -4,11 +4,14 @@
 # (perception-pretrained on a separate toy world, shipped in assets/) instead of a 7B model, and the
 # oracle teacher instead of a served VLM.
 #
-#   toyworld -> synth (oracle teacher) -> sft (configs/tiny/sft.yaml) -> grpo (configs/tiny/grpo.yaml)
-#            -> eval (toy test pairs) -> judge (one HTML critique)
+#   toyworld -> synth (oracle teacher) -> sft (configs/tiny/sft.yaml) -> [rft (configs/tiny/rft.yaml)]
+#            -> grpo (configs/tiny/grpo.yaml) -> eval (toy test pairs) -> judge (one HTML critique)
+#
+# RFT is optional here (RFT_CONFIG=configs/tiny/rft.yaml runs it; GRPO then starts from its checkpoint).
 #
 # Usage (from anywhere; it runs from the repo root):
 #   recipes/tiny_cpu.sh
+#   RFT_CONFIG=configs/tiny/rft.yaml recipes/tiny_cpu.sh   # with the RFT stage between SFT and GRPO
 #   SKIP="synth sft" recipes/tiny_cpu.sh               # skip stages by name
 #   N=24 SFT_ARGS="train.max_steps=2" GRPO_ARGS="train.max_steps=1" recipes/tiny_cpu.sh   # the test's sizes
 # Rerunning skips the stages that finished ($OUT/.done/NAME); eval and judge run again when the model
@@ -35,6 +38,10 @@ SFT_ARGS=${SFT_ARGS:-}
 EVAL_LIMIT=${EVAL_LIMIT:-64}               # test pairs judged by `cot-rm eval` (greedy, CPU)
 MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-512}      # per assistant turn, for eval and judge
 SKIP=${SKIP:-}
+# The RFT stage's config: empty by default (the stage is skipped), configs/tiny/rft.yaml runs it.
+RFT_CONFIG=${RFT_CONFIG-}
+# Extra RFT key=value overrides, e.g. "data.limit=40 sampling.k=2".
+RFT_ARGS=${RFT_ARGS:-}
 GRPO_CONFIG=${GRPO_CONFIG-configs/tiny/grpo.yaml}  # GRPO_CONFIG="" skips GRPO
 # Extra GRPO key=value overrides, e.g. "train.max_steps=2".
 GRPO_ARGS=${GRPO_ARGS:-}
@@ -48,6 +55,7 @@ SFT_DATA=$OUT/sft_data.jsonl
 # `cot-rm pretrain --config configs/tiny/pretrain.yaml`), or BASE=random for a random one built here.
 BASE=${BASE:-assets/tiny-qwen2_5_vl-base}
 SFT_OUT=$OUT/sft
+RFT_OUT=$OUT/rft
 
 stage_toyworld() {
     # Deterministic, so a rerun after a kill rewrites the same files.
@@ -80,18 +88,30 @@ stage_sft() {
         data.eval_pairs="$TOY/pairs.jsonl" train.output_dir="$SFT_OUT" "${extra[@]}"
 }
 
+stage_rft() {
+    rft_ready || return 0
+    local extra=()
+    read -r -a extra <<<"$RFT_ARGS"
+    # From the SFT checkpoint: its own judgments of the training videos that agree with the labels (a
+    # video with none keeps its synthesized trace), then SFT's losses. A killed run resumes its draws.
+    "$COT_RM" rft --config "$RFT_CONFIG" model.checkpoint="$SFT_OUT" data.train="$SFT_DATA" \
+        data.pairs="$TOY/pairs.jsonl" data.eval_pairs="$TOY/pairs.jsonl" train.output_dir="$RFT_OUT" "${extra[@]}"
+}
+
 stage_grpo() {
-    grpo_ready "eval and judge use the SFT checkpoint" || return 0
+    grpo_ready "eval and judge use the $(basename "$(grpo_start)") checkpoint" || return 0
+    # A GRPO run from another starting checkpoint (RFT finished since) is kept aside, not continued.
+    if [[ -f "$OUT/.done/grpo" ]]; then set_aside "$OUT/grpo"; fi
     local extra=()
     read -r -a extra <<<"$GRPO_ARGS"
-    # From the SFT checkpoint, on the same traces (video, prompt, sampling, label scores) and pairs.
-    "$COT_RM" grpo --config "$GRPO_CONFIG" model.checkpoint="$SFT_OUT" data.train="$SFT_DATA" \
+    # From the SFT (or RFT) checkpoint, on the same traces (video, prompt, sampling, label scores) and pairs.
+    "$COT_RM" grpo --config "$GRPO_CONFIG" model.checkpoint="$(grpo_start)" data.train="$SFT_DATA" \
         data.pairs="$TOY/pairs.jsonl" train.output_dir="$OUT/grpo" "${extra[@]}"
 }
 
-# The model the later stages judge with: GRPO's when that stage finished, else SFT's.
+# The model the later stages judge with: GRPO's when that stage finished, else RFT's, else SFT's.
 final_model() {
-    if [[ -f "$OUT/.done/grpo" ]]; then echo "$OUT/grpo"; else echo "$SFT_OUT"; fi
+    if [[ -f "$OUT/.done/grpo" ]]; then echo "$OUT/grpo"; else grpo_start; fi
 }
 
 stage_eval() {
@@ -125,12 +145,13 @@ echo "tiny_cpu recipe: OUT=$OUT N=$N cot-rm=$COT_RM ${SKIP:+SKIP=\"$SKIP\"}"
 run_stage toyworld "toy world: $N procedural videos with exact defect labels"
 run_stage synth "synthesis: oracle critiques -> consistency filter -> select_frames traces (+ negatives)"
 run_stage sft "SFT cold start of the tiny Qwen2.5-VL base $BASE ($SFT_CONFIG)"
-run_stage grpo "GRPO with tool rollouts (stage 2)"
+run_stage rft "RFT: the SFT model's own judgments that agree with the labels, fine-tuned on (optional)"
+run_stage grpo "GRPO with tool rollouts (stage 2)" "$(grpo_input)"
 run_stage eval "eval: held-out toy test pairs (metrics.json, report.md)" "$(model_stamp "$(final_model)")"
 run_stage judge "judge: one held-out video -> HTML critique" "$(model_stamp "$(final_model)")"
 echo
 echo "Done in ${SECONDS} s. Outputs under $OUT/:"
 echo "  toy/ (videos, pointwise.jsonl, pairs.jsonl)   sft_data.jsonl (synthesised traces)"
-echo "  sft/ (checkpoint + report.json)   grpo/ (checkpoint + trainer_state.json)"
+echo "  sft/ (checkpoint + report.json)   rft/ (when run: checkpoint, rft_summary.json)   grpo/ (checkpoint)"
 echo "  eval/ (metrics.json, report.md, predictions.jsonl)   judgment.json + critique.html (open in a browser)"
 echo "Judge your own video: $COT_RM judge --model $(final_model) VIDEO.mp4 --prompt TEXT --html critique.html"

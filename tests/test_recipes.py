@@ -56,6 +56,11 @@ def _run_tiny(out: Path) -> str:
     # Tiny sizes: 24 videos, 2 SFT steps, 2 pairs in the SFT report, 2 eval pairs, short turns.
     env = dict(os.environ, OUT=str(out), N="24", EVAL_LIMIT="2", MAX_NEW_TOKENS="32")
     env["SFT_ARGS"] = "train.max_steps=2 data.eval_limit=2"
+    # RFT (optional in the recipe) on: 4 videos judged twice with short turns, 2 steps.
+    env["RFT_CONFIG"] = "configs/tiny/rft.yaml"
+    env["RFT_ARGS"] = (
+        "data.limit=4 sampling.k=2 sampling.max_turn_tokens=16 train.max_steps=2 data.eval_limit=2"
+    )
     env["GRPO_ARGS"] = "train.max_steps=1"
     proc = subprocess.run(
         ["bash", str(ROOT / "recipes" / "tiny_cpu.sh")], env=env, capture_output=True, text=True, timeout=400
@@ -68,10 +73,14 @@ def test_tiny_cpu_runs_and_resumes(tmp_path):
     out = tmp_path / "recipe"
     log = _run_tiny(out)
     assert (out / "sft" / "cot_rm.json").is_file() and (out / "grpo" / "cot_rm.json").is_file()
+    assert (out / "rft" / "rft_summary.json").is_file() and (out / "rft" / "cot_rm.json").is_file()
+    assert "model.checkpoint=" + str(out / "rft") in (out / "grpo" / "run_config.yaml").read_text().replace(
+        "checkpoint: ", "model.checkpoint="
+    )  # GRPO started from RFT's checkpoint
     assert (out / "eval" / "metrics.json").is_file()
     html = (out / "critique.html").read_text()
     assert "<html" in html.lower()
-    stages = ["toyworld", "synth", "sft", "grpo", "eval", "judge"]
+    stages = ["toyworld", "synth", "sft", "rft", "grpo", "eval", "judge"]
     assert sorted(p.name for p in (out / ".done").iterdir()) == sorted(stages)
 
     # Second run: every finished stage is skipped, nothing is redone.
@@ -82,12 +91,19 @@ def test_tiny_cpu_runs_and_resumes(tmp_path):
 
 
 def test_skip_names_stages(tmp_path):
-    env = dict(os.environ, OUT=str(tmp_path / "r"), SKIP="toyworld,synth sft grpo eval judge")
+    env = dict(os.environ, OUT=str(tmp_path / "r"), SKIP="toyworld,synth sft rft grpo eval judge")
     proc = subprocess.run(
         ["bash", str(ROOT / "recipes" / "tiny_cpu.sh")], env=env, capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.count("skipped: SKIP names it") == 6
+    assert proc.stdout.count("skipped: SKIP names it") == 7
+    assert not (tmp_path / "r" / ".done").exists()
+    # RFT is optional here: without RFT_CONFIG it says so and leaves no marker
+    env = dict(os.environ, OUT=str(tmp_path / "r"), SKIP="toyworld,synth sft grpo eval judge", RFT_CONFIG="")
+    proc = subprocess.run(
+        ["bash", str(ROOT / "recipes" / "tiny_cpu.sh")], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0 and "skipped: optional; RFT_CONFIG=" in proc.stdout, proc.stderr
     assert not (tmp_path / "r" / ".done").exists()
 
 
@@ -146,6 +162,21 @@ def test_multi_gpu_recipe_launches_with_pairs_and_skipped_synthesis(tmp_path):
     )
     grpo = next(line for line in out.splitlines() if "cot_rm.cli grpo" in line)
     assert "data.pairs=/d/p.jsonl" in grpo and "rollout.vllm_url=http://127.0.0.1:8001" in grpo
+    # RFT ran first: its judgments drawn in one process (the rollout server up), then ZeRO-3 training on
+    # every GPU; GRPO starts from its checkpoint
+    lines = out.splitlines()
+    draws = next(i for i, line in enumerate(lines) if "STUB cot-rm rft" in line and "--sample-only" in line)
+    train = next(i for i, line in enumerate(lines) if "cot_rm.cli rft" in line)
+    assert draws < train < lines.index(grpo) and "--num_processes 8" in lines[train]
+    assert any("waiting for http://127.0.0.1:8001/health" in line for line in lines[:draws])
+    q = work / "runs" / "q"  # OUT=runs/q is the caller's: made absolute
+    assert f"cot_rm.train.grpo.vllm_server --model {q}/sft " in (q / "rft_server.log").read_text()
+    assert "data.pairs=/d/p.jsonl" in lines[train] and f"model.checkpoint={q}/rft " in grpo
+    # RFT_CONFIG="" skips it; GRPO then starts from SFT
+    out = _bash("recipes/qwen2_5_vl_7b.sh", work, {**env, "SKIP": "synth sft eval serve", "OUT": "runs/q2",
+                                                    "RFT_CONFIG": ""})  # fmt: skip
+    grpo = next(line for line in out.splitlines() if "cot_rm.cli grpo" in line)
+    assert "cot-rm rft" not in out and f"model.checkpoint={work}/runs/q2/sft " in grpo
 
 
 def test_relative_paths_are_the_callers(tmp_path):

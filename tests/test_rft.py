@@ -336,16 +336,21 @@ def test_a_killed_run_resumes_without_duplicate_or_lost_draws(world, tmp_path, m
 
 
 def test_cot_rm_rft_end_to_end_then_judge(world, tmp_path):
-    """HF sampling from the (untrained) checkpoint: its draws run out of tokens, so every video falls back
-    to its synthesized trace; the fine-tune trains and the checkpoint judges."""
+    """HF sampling from the (untrained) checkpoint, in two steps as on several GPUs (--sample-only, then the
+    training, which reads the draws back): its draws run out of tokens, so every video falls back to its
+    synthesized trace; the fine-tune trains and the checkpoint judges."""
     out = tmp_path / "rft"
     cmd = [sys.executable, "-m", "cot_rm.cli", "rft", "--config", CONFIG, "--no-report",
            *overrides(world, out, "data.limit=4", "sampling.k=2", "sampling.batch_size=8",
                       "sampling.max_turn_tokens=8", "train.max_steps=4")]  # fmt: skip
+    drawn = subprocess.run([*cmd, "--sample-only"], cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert drawn.returncode == 0, drawn.stderr[-4000:]
+    assert (out / "rft_data.jsonl").is_file() and not (out / "cot_rm.json").exists()
     run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=400)
     assert run.returncode == 0, run.stderr[-4000:]
     summary = json.loads((out / "rft_summary.json").read_text())
     assert (summary["videos"], summary["draws"], summary["kept"]) == (4, 8, 0)
+    assert (summary["draws_in_log_before"], summary["draws_made"]) == (8, 0)
     assert summary["rejected"]["unparsed"] == 8 and summary["unparsed_by_reason"] == {"truncated": 8}
     assert summary["fallback_synthesized"] == 4 and summary["traces_written"] == 4
     state = json.loads((out / "trainer_state.json").read_text())
@@ -357,3 +362,42 @@ def test_cot_rm_rft_end_to_end_then_judge(world, tmp_path):
                             cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert judged.returncode == 0, judged.stderr[-3000:]
     assert json.loads(judged.stdout.splitlines()[-1])["scores"] is not None
+
+
+def test_vllm_backends_are_grpos_and_a_server_run_loads_no_weights(world, tmp_path, monkeypatch, capsys):
+    """`vllm_server`: GRPO's server generator, sampling as configured; with --sample-only the weights are
+    never loaded (the server holds them). `vllm_colocate` needs vLLM here: refused in one line."""
+    from cot_rm.model.modeling import ThinkThenScore
+    from cot_rm.train.grpo.vllm import sampling_from_generation_config
+    from cot_rm.train.rft import sampler
+
+    seen = {}
+    chosen, scripts, _ = plan(world)
+
+    class Server:
+        @classmethod
+        def from_generation_config(cls, url, processor, family, gen_cfg, **kwargs):
+            seen.update(
+                url=url, family=family, sampling=sampling_from_generation_config(gen_cfg, processor), **kwargs
+            )
+            return scripted(processor, scripts)
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("a server run loaded the weights")
+
+    monkeypatch.setattr(sampler, "VLLMServerTurnGenerator", Server)
+    monkeypatch.setattr(ThinkThenScore, "from_pretrained", no_weights)
+    out = tmp_path / "server"
+    keys = overrides(world, out, "data.limit=3", "sampling.k=2", "sampling.backend=vllm_server",
+                     "sampling.vllm_url=http://127.0.0.1:9", "sampling.seed=5")  # fmt: skip
+    assert rft.main(Namespace(config=CONFIG, overrides=keys, sample_only=True, no_report=True)) == 0
+    assert seen["url"] == "http://127.0.0.1:9" and seen["family"] == "qwen2_5_vl" and seen["seed"] == 5
+    assert (
+        seen["sampling"]["temperature"] == 0.7 and len(seen["sampling"]["logit_bias"]) == 3
+    )  # media, reward
+    summary = json.loads((out / "rft_summary.json").read_text())
+    assert (summary["draws"], summary["draws_made"]) == (6, 6) and not (out / "cot_rm.json").exists()
+    monkeypatch.undo()
+    keys = overrides(world, tmp_path / "colocate", "data.limit=1", "sampling.backend=vllm_colocate")
+    assert rft.main(Namespace(config=CONFIG, overrides=keys, sample_only=False, no_report=True)) == 2
+    assert "vLLM is not importable" in capsys.readouterr().err
