@@ -305,7 +305,7 @@ def test_summary_counts_of_a_scripted_run(world, tmp_path, monkeypatch, capsys):
     assert (out / "cot_rm.json").is_file() and (out / "report.json").is_file()
 
 
-def test_a_killed_run_resumes_without_duplicate_or_lost_draws(world, tmp_path, monkeypatch):
+def test_a_killed_run_resumes_without_duplicate_or_lost_draws(world, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
     with pytest.raises(Stop):  # killed after 2 videos' draws were written
         run_scripted(world, out, monkeypatch, stop_after=2)
@@ -325,11 +325,50 @@ def test_a_killed_run_resumes_without_duplicate_or_lost_draws(world, tmp_path, m
     # a rerun of the finished run draws nothing and trains nothing more
     status, _ = run_scripted(world, out, monkeypatch, stop_after=0)
     assert status == 0 and json.loads((out / "rft_summary.json").read_text())["draws_made"] == 0
+    # nor with another keep rule: the checkpoint trained on the traces the old one chose
+    status, _ = run_scripted(world, out, monkeypatch, extra=["keep.tolerance=1"])
+    assert status == 2 and "trained on traces chosen with other keep.tolerance" in capsys.readouterr().err
     # other sampling settings cannot continue the log
     with pytest.raises(Stop):
         run_scripted(world, tmp_path / "other", monkeypatch, stop_after=1)
     status, _ = run_scripted(world, tmp_path / "other", monkeypatch, extra=["sampling.temperature=0.9"])
-    assert status == 2
+    assert status == 2 and "holds draws sampled with other settings (temperature" in capsys.readouterr().err
+
+
+def test_a_kept_trace_renders_to_the_tokens_its_rollout_drew(world):
+    """SFT trains on exactly what was sampled: the kept trace (a tool round, then the answer), rendered and
+    encoded by SFT's collator, is the rollout's prompt and completion ids, token for token."""
+    from types import SimpleNamespace
+
+    from cot_rm.model.modeling import ThinkThenScore
+    from cot_rm.model.processing import encode
+    from cot_rm.protocol import JudgeSpec
+    from cot_rm.train.data import SFTCollator, load_traces
+    from cot_rm.train.rft import data as rft_data
+    from cot_rm.train.rft.sampler import make_rollouts, record
+
+    model = ThinkThenScore.from_pretrained(world["ckpt"])
+    processor, config = model.processor, model.config
+    spec = JudgeSpec.from_dict(config.judge_spec)
+    trace = next(t for t in load_traces(world["root"] / "sft.jsonl") if t.get("split") == "train")
+    path = trace["video"]
+    script = {(path, 0): ["<think>Let me look.</think>\n" + format_tool_call([0, 1]),
+                          answer(trace["scores"], "frames 0 and 1 look fine")]}  # fmt: skip
+    sizes = SimpleNamespace(max_completion_length=1024, max_turn_tokens=200)
+    rollouts = make_rollouts(processor, config, sizes, scripted(processor, script), "off")
+    row = {"id": trace["id"], "video": path, "prompt": trace["prompt"], "sampling": trace["sampling"],
+           "tool_max_pixels": trace.get("tool_max_pixels"), "trace": trace}  # fmt: skip
+    batch = rollouts.run([row])
+    drawn = record(batch, 0, row, 0, 0, spec)
+    assert drawn["answer"] is not None and drawn["tool_frames"] == [[0, 1]]
+    labels = {d: trace["scores"].get(d) for d in spec.dimensions}
+    kept = rft_data.kept_trace(row, drawn, labels, spec, path, {"model": "m"})
+    collator = SFTCollator(processor, config.family, spec, config.reward_token, cache_dir="off")
+    seq = collator.sequence(kept)
+    ids = encode(processor, [seq.text], videos=[seq.video], images=seq.images or None)["input_ids"][
+        0
+    ].tolist()
+    assert ids == batch.prompt_ids[0] + batch.completion_ids[0]
 
 
 # ---------------------------------------------------------------------------------- end to end

@@ -39,7 +39,7 @@ from cot_rm.train.rft.config import RFTRunConfig
 from cot_rm.train.rft.keep import KeepRule, choose, summarize
 from cot_rm.train.rft.sampler import draw_batches, generation_config, make_rollouts, turn_generator
 from cot_rm.train.rft.samples import SampleLog, checkpoint_digest
-from cot_rm.train.runs import check_run_folder, start_run
+from cot_rm.train.runs import check_run_folder, last_checkpoint, start_run
 from cot_rm.train.sft.trainer import make_trainer, train_and_finish
 
 # `cot-rm rft --help`
@@ -50,6 +50,8 @@ DESCRIPTION = (
     "cot-rm rft --config configs/tiny/rft.yaml sampling.k=2"
 )
 SAMPLES, TRACES, SUMMARY = "samples.jsonl", "rft_data.jsonl", "rft_summary.json"
+# Settings that choose the traces trained on (the sampling settings are the sample log's to check).
+CHOICE_KEYS = ("keep.", "sampling.k", "data.train", "data.pairs", "data.splits", "data.limit")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -64,11 +66,10 @@ def main(args: argparse.Namespace) -> int:
     try:
         cfg = config_from_args(RFTRunConfig, args)
         check_trl_args(SFTConfig, cfg.train)
-        check_run_folder(Path(cfg.train["output_dir"]), cfg)  # before a draw is written there
+        check_folder(Path(cfg.train["output_dir"]), cfg)  # before a draw is written there
         config = checkpoint_config(cfg.model.checkpoint)
-        videos = rft_data.load_videos(
-            cfg.data, JudgeSpec.from_dict(config.judge_spec)
-        )  # before the model loads
+        # The data is read and checked before the model loads.
+        videos = rft_data.load_videos(cfg.data, JudgeSpec.from_dict(config.judge_spec))
         if cfg.data.eval_pairs:
             read_jsonl(cfg.data.eval_pairs, kind="pairwise")
         # TrainingArguments first: under DeepSpeed ZeRO-3 it must exist before the model loads (sharded init).
@@ -89,7 +90,20 @@ def main(args: argparse.Namespace) -> int:
     return train_and_finish(model, trainer, cfg, resume, "cot-rm rft", args.no_report)
 
 
+def check_folder(out: Path, cfg) -> None:
+    """`check_run_folder`, and once training began there, no change to what chose its traces: the
+    checkpoint would have trained on other traces than `rft_data.jsonl` then holds."""
+    changed = check_run_folder(out, cfg)
+    began = last_checkpoint(out) is not None or (out / "trainer_state.json").is_file()
+    if began and (choice := [k for k in changed if k.startswith(CHOICE_KEYS)]):
+        raise ValueError(
+            f"{out} holds a run that trained on traces chosen with other {', '.join(choice[:4])}; give another "
+            "train.output_dir (or the old settings)"
+        )
+
+
 def checkpoint_config(folder: str) -> CotRmConfig:
+    """The checkpoint's cot_rm.json: its dimensions and judging settings, before any weight is loaded."""
     if not (Path(folder) / CONFIG_NAME).is_file():
         raise FileNotFoundError(
             f"{folder}: not a cot-rm checkpoint (no {CONFIG_NAME}); give `cot-rm sft`'s output"
