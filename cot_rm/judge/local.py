@@ -15,6 +15,11 @@ served to the tool alike.
 
 Greedy by default, so a judgment is reproducible; `judge_samples` draws k seeded sampled judgments and
 reports their mean and spread. `cot-rm judge` (`cot_rm.judge.cli`) runs it on video files.
+
+By default each round and the scoring pass run only what is new (`cot_rm.judge.reuse`: each video and
+tool frame processed and through the vision tower once, the keys and values of the conversation so far
+continued from); `reuse=False` keeps the old path, which re-encodes the whole conversation every time:
+the same judgments (the same greedy text, scores within float noise), slower.
 """
 
 from __future__ import annotations
@@ -29,9 +34,12 @@ import torch
 
 from cot_rm import protocol
 from cot_rm.judge import answer_probs
+from cot_rm.judge.media import IMAGE, VIDEO, image_key, video_key
+from cot_rm.judge.reuse import Reuse
 from cot_rm.media.clip import frames_at, read_source
 from cot_rm.media.video import Sampling, VideoError
 from cot_rm.model import calibration
+from cot_rm.model.modeling import reward_positions
 from cot_rm.model.processing import encode
 from cot_rm.protocol import JudgeSpec, Judgment, ParseError, ToolRequest
 
@@ -46,15 +54,18 @@ class _Conv:
     calls: list[dict] = field(default_factory=list)
     final_text: str | None = None
     result: Judgment | ParseError | None = None
+    prefix: object = None  # the fast path's keys and values so far (`cot_rm.judge.prefix.Prefix`)
+    keys: dict = field(default_factory=dict)  # the fast path's media key of the video and of each image ref
 
 
 class Judge:
     """Judges videos with a `ThinkThenScore` model the way it was trained (greedy by default;
-    `temperature` > 0 samples, with `top_p`)."""
+    `temperature` > 0 samples, with `top_p`). `cache`: the frame cache for video files; `reuse`: the fast
+    path (the module docstring), shared by the copies `with_sampling` makes."""
 
     def __init__(self, model, sampling: Sampling, spec: JudgeSpec, tool_max_pixels: int = protocol.TOOL_MAX_PIXELS,
                  max_new_tokens: int = 512, batch_size: int = 8, cache=None, name: str | None = None,
-                 temperature: float = 0.0, top_p: float = 1.0):  # fmt: skip
+                 temperature: float = 0.0, top_p: float = 1.0, reuse: bool = True):  # fmt: skip
         self.model, self.sampling, self.spec = model, sampling, spec
         self.temperature, self.top_p = temperature, top_p
         self.name = name or str(model.config.base_model)
@@ -62,6 +73,7 @@ class Judge:
         self.batch_size, self.cache = batch_size, cache
         self.processor, self.family = model.processor, model.config.family
         self.score_tokens = answer_probs.score_tokens(self.processor.tokenizer, spec)
+        self.reuse = Reuse(model) if reuse else None
 
     def with_sampling(self, temperature: float, top_p: float = 1.0) -> Judge:
         """This judge (the same model, settings and frame cache) sampling at `temperature` and `top_p`: a
@@ -175,6 +187,32 @@ class Judge:
         batch = encode(self.processor, texts, videos=videos, images=images or None, padding_side="left")
         return texts, {k: v.to(device) for k, v in batch.items()}
 
+    def _rendered(self, convs: list[_Conv], final: bool) -> tuple[list[str], list[list[tuple]]]:
+        """The fast path's input: each rendered text (as `_encoded` renders it) and its media in order."""
+        texts, media = [], []
+        for c in convs:
+            msgs = self.context(c)
+            text = protocol.render(
+                self.processor, msgs, self.family, self.spec, add_generation_prompt=not final
+            )
+            texts.append(text + (self.model.config.reward_token if final else ""))
+            media.append(self._media(c, msgs))
+        return texts, media
+
+    @staticmethod
+    def _media(conv: _Conv, msgs: list[dict]) -> list[tuple]:
+        """(kind, store key, item) of the video and of each tool image in `msgs`, keys computed once."""
+        if VIDEO not in conv.keys:
+            conv.keys[VIDEO] = video_key(conv.video)
+        out = [(VIDEO, conv.keys[VIDEO], conv.video)]
+        for ref in (
+            p["image"] for m in msgs if m["role"] == "tool" for p in m["content"] if p.get("type") == "image"
+        ):
+            if ref not in conv.keys:
+                conv.keys[ref] = image_key(conv.images[ref])
+            out.append((IMAGE, conv.keys[ref], conv.images[ref]))
+        return out
+
     @classmethod
     def from_model(cls, model, **kwargs) -> Judge:
         """A judge with the checkpoint's own settings (`cot_rm.json`: frame sampling, tool budgets and
@@ -188,13 +226,17 @@ class Judge:
     @torch.inference_mode()
     def _generate(self, convs: list[_Conv]) -> list[tuple[str, bool]]:
         """Each conversation's next turn, and whether it was cut by `max_new_tokens` (no end token)."""
-        inputs = self._inputs(convs, final=False)
         if self.temperature > 0:
             how = {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": 0}
         else:
             how = {"do_sample": False}
-        ids = self.model.vlm.generate(**inputs, max_new_tokens=self.max_new_tokens, **how)
-        new = ids[:, inputs["input_ids"].shape[1] :]
+        if self.reuse is not None:
+            texts, media = self._rendered(convs, final=False)
+            new = self.reuse.generate(convs, texts, media, max_new_tokens=self.max_new_tokens, **how)
+        else:
+            inputs = self._inputs(convs, final=False)
+            ids = self.model.vlm.generate(**inputs, max_new_tokens=self.max_new_tokens, **how)
+            new = ids[:, inputs["input_ids"].shape[1] :]
         eos = self.model.vlm.generation_config.eos_token_id
         eos = torch.tensor(eos if isinstance(eos, list) else [eos], device=new.device)
         ended = torch.isin(new, eos).any(1).tolist()  # padding after an end is an end token too
@@ -250,25 +292,42 @@ class Judge:
         return out
 
     def _score_batch(self, convs: list[_Conv]) -> list[dict]:
+        if self.reuse is not None:
+            return self._score_reusing(convs)
         texts, inputs = self._encoded(convs, final=True)
         # The final norm's output feeds the head; the LM head reads it too, at the answer's score digits.
         out = self.model(**inputs, return_logits=False, return_last_hidden=True)
-        log_var = out.log_var.tolist() if out.log_var is not None else [None] * len(convs)
-        return [
-            {"raw": raw, "log_var": lv, "probs": self._answer_probs(c, text, ids, hidden)}
-            for c, text, raw, lv, ids, hidden in zip(
-                convs, texts, out.rewards.tolist(), log_var, inputs["input_ids"], out.last_hidden, strict=True
-            )
-        ]
+        wanted = [self._wanted(c, text) for c, text in zip(convs, texts, strict=True)]
+        return self._scored(out.rewards, out.log_var, wanted, inputs["input_ids"], out.last_hidden)
 
-    def _answer_probs(self, conv: _Conv, text: str, input_ids, hidden) -> dict | None:
-        """`answer_probs` of a parsed answer (None when it did not parse or the scale has no digit tokens)."""
+    def _score_reusing(self, convs: list[_Conv]) -> list[dict]:
+        """`_score_batch` on the fast path: only the tokens after what the last round encoded are run, and
+        always the answer's digits (whose logits `answer_probs` reads) and the reward token."""
+        texts, media = self._rendered(convs, final=True)
+        wanted = [self._wanted(c, text) for c, text in zip(convs, texts, strict=True)]
+        keep = [1 + max((back for back, _ in (w or {}).values()), default=0) for w in wanted]
+        hidden, ids, mask = self.reuse.hidden(convs, texts, media, keep)
+        at = reward_positions(ids, self.model.reward_token_id, mask)
+        rewards, log_var = self.model.head.forward_dist(hidden[torch.arange(len(convs)), at])
+        return self._scored(rewards, log_var, wanted, ids, hidden)
+
+    def _scored(self, rewards, log_var, wanted, input_ids, hidden) -> list[dict]:
+        """`_record`'s keyword arguments per row from the head's outputs and the final hidden states."""
+        log_var = log_var.tolist() if log_var is not None else [None] * len(wanted)
+        lm_head = self.model.base_vlm.lm_head
+        return [
+            {"raw": raw, "log_var": lv,
+             "probs": answer_probs.read(h, ids, lm_head, w, self.score_tokens, self.spec) if w is not None else None}
+            for raw, lv, w, ids, h in zip(rewards.tolist(), log_var, wanted, input_ids, hidden, strict=True)
+        ]  # fmt: skip
+
+    def _wanted(self, conv: _Conv, text: str) -> dict | None:
+        """Where the answer's score digits sit, counted from the end of `text`'s tokens; None when
+        `answer_probs` is not read (the answer did not parse, or the scale has no digit tokens)."""
         if not isinstance(conv.result, Judgment) or self.score_tokens is None:
             return None
-        tokenizer = self.processor.tokenizer
-        wanted = answer_probs.positions_from_end(tokenizer, text, answer_probs.digit_offsets(text, self.spec))
-        lm_head = self.model.base_vlm.lm_head
-        return answer_probs.read(hidden, input_ids, lm_head, wanted, self.score_tokens, self.spec)
+        offsets = answer_probs.digit_offsets(text, self.spec)
+        return answer_probs.positions_from_end(self.processor.tokenizer, text, offsets)
 
     def _record(self, conv: _Conv, raw: list[float], log_var: list[float] | None = None,
                 probs: dict | None = None) -> dict:  # fmt: skip
