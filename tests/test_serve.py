@@ -75,11 +75,30 @@ def site(media, tmp_path_factory):
 def server(tiny_rm, media, tmp_path_factory):
     """`cot-rm serve` as a user starts it (API key from the environment) on a trusted network whose one
     media host is the local site at 127.0.0.1; its URL."""
-    port, log = _free_port(), tmp_path_factory.mktemp("serve") / "serve.log"
-    cmd = [sys.executable, "-m", "cot_rm.cli", "serve", "--model", str(tiny_rm), "--port", str(port),
+    yield from _serve(tiny_rm, media, tmp_path_factory.mktemp("serve") / "serve.log",
+                      ["--allow-private-media-urls", "--allowed-media-domains", "127.0.0.1"])  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def rm_qwen3(tiny_qwen3vl_dir, tmp_path_factory) -> Path:
+    """A think-then-score checkpoint (untrained head) on the tiny Qwen3-VL."""
+    from cot_rm.model.modeling import ThinkThenScore
+
+    return ThinkThenScore.from_base(tiny_qwen3vl_dir).save_pretrained(tmp_path_factory.mktemp("rm3") / "ckpt")
+
+
+@pytest.fixture(scope="module")
+def server_qwen3(rm_qwen3, media, tmp_path_factory):
+    """`cot-rm serve` on the tiny Qwen3-VL checkpoint (its own engine: one model per server)."""
+    yield from _serve(rm_qwen3, media, tmp_path_factory.mktemp("serve3") / "serve.log", [])
+
+
+def _serve(model: Path, media: dict, log: Path, extra: list[str]):
+    """Start `cot-rm serve` on `model`, yield its URL once healthy, stop its process group after."""
+    port = _free_port()
+    cmd = [sys.executable, "-m", "cot_rm.cli", "serve", "--model", str(model), "--port", str(port),
            "--allowed-media-root", str(media["root"]), "--max-new-tokens", str(MAX_NEW_TOKENS),
-           "--max-model-len", "4096", "--max-upload-mb", "1", "--max-queue", "48",
-           "--allow-private-media-urls", "--allowed-media-domains", "127.0.0.1"]  # fmt: skip
+           "--max-model-len", "4096", "--max-upload-mb", "1", "--max-queue", "48", *extra]  # fmt: skip
     env = {**os.environ, "COT_RM_API_KEY": KEY, "HF_HUB_OFFLINE": "1"}
     with open(log, "wb") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -140,18 +159,28 @@ def test_openai_client_against_the_one_port(server):
 def test_served_scores_equal_the_local_judge(server, media, tiny_rm):
     """Same greedy critique -> same head scores (1e-3): the served turns replayed through the local
     judge's loop and scoring pass, and the local judge's own greedy generation."""
+    _served_equals_local(server, media["clip"], tiny_rm)
+
+
+def test_qwen3_vl_is_served_as_the_local_judge_judges(server_qwen3, media, rm_qwen3):
+    """Qwen3-VL: vLLM is told each frame's source index and the source fps, so it writes the same
+    per-frame timestamps into the prompt as transformers; then the same critique and scores."""
+    _served_equals_local(server_qwen3, media["clip"], rm_qwen3)
+
+
+def _served_equals_local(url: str, clip: Path, ckpt: Path) -> None:
     from cot_rm.judge.local import Judge
     from cot_rm.media.video import Sampling
     from cot_rm.model.modeling import ThinkThenScore
     from cot_rm.protocol import JudgeSpec
 
-    resp = _judge(server, {"video": str(media["clip"]), "prompt": PROMPT}, params={"stream": 1})
+    resp = _judge(url, {"video": str(clip), "prompt": PROMPT}, params={"stream": 1})
     assert resp.status_code == 200, resp.text
     events = [json.loads(line) for line in resp.text.splitlines()]
     assert [e["event"] for e in events][0] == "video" and events[-1]["event"] == "judgment"
     served = events[-1]["judgment"]
     turns = [(e["text"], e["truncated"]) for e in events if e["event"] == "turn"]
-    model = ThinkThenScore.from_pretrained(tiny_rm).eval()
+    model = ThinkThenScore.from_pretrained(ckpt).eval()
     _check_judgment(served, model.config.dimensions)
     spec = JudgeSpec.from_dict(model.config.judge_spec)
     local = Judge(model, Sampling.from_dict(model.config.sampling), spec, max_new_tokens=MAX_NEW_TOKENS,
@@ -159,17 +188,17 @@ def test_served_scores_equal_the_local_judge(server, media, tiny_rm):
     replayed = iter(turns)
     greedy = local._generate
     local._generate = lambda convs: [next(replayed) for _ in convs]
-    (replay,) = local.judge([(str(media["clip"]), str(media["clip"]), PROMPT)])
+    (replay,) = local.judge([(str(clip), str(clip), PROMPT)])
     assert next(replayed, None) is None  # the local loop took exactly the served turns
     for key in ("rationale", "frames_cited", "tool_calls", "parse_error", "answer_scores"):
         assert replay[key] == served[key], key
     for d in served["scores"]:
         assert abs(replay["scores"][d] - served["scores"][d]) < 1e-3, (d, replay["scores"], served["scores"])
     local._generate = greedy  # and the local judge, generating itself, writes the same critique
-    (own,) = local.judge([(str(media["clip"]), str(media["clip"]), PROMPT)])
+    (own,) = local.judge([(str(clip), str(clip), PROMPT)])
     assert own["rationale"] == served["rationale"]
     assert all(abs(own["scores"][d] - v) < 1e-3 for d, v in served["scores"].items())
-    again = _judge(server, {"video": f"file://{media['clip']}", "prompt": PROMPT})  # greedy: same again
+    again = _judge(url, {"video": f"file://{clip}", "prompt": PROMPT})  # greedy: same again
     assert again.status_code == 200 and again.json()["scores"] == served["scores"]
 
 

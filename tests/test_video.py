@@ -231,6 +231,29 @@ def test_vllm_is_told_the_video_positions_the_local_judge_uses(videos, tiny_qwen
     assert local.tolist() == served.tolist() == [1.0]
 
 
+def test_vllm_is_told_the_timestamps_the_local_judge_writes(videos, tiny_qwen3vl_dir):
+    """Qwen3-VL writes each frame pair's time into the prompt, from the source indices and fps. vLLM gets
+    both (`vllm_video_metadata`), so the video comes out as the same tokens: (0 + 8) / 2 / 12 fps = 0.3 s
+    and (15 + 23) / 2 / 12 fps = 1.6 s for 4 of 24 frames."""
+    from transformers import AutoProcessor
+
+    from cot_rm.engine.vllm import vllm_video_metadata
+    from cot_rm.model.processing import encode
+
+    processor = AutoProcessor.from_pretrained(tiny_qwen3vl_dir)
+    video = read_video(videos["mp4"], Sampling(fps=None, num_frames=4, max_pixels=64 * 64, family="qwen3_vl"))
+    text = ["<|vision_start|><|video_pad|><|vision_end|>"]
+    local = encode(processor, text, videos=[video])["input_ids"]
+    meta = vllm_video_metadata(video, "qwen3_vl")
+    assert meta["frames_indices"] == video.indices == [0, 8, 15, 23] and meta["fps"] == 12.0
+    meta = {k: v for k, v in meta.items() if k != "do_sample_frames"}
+    served = processor(text=text, videos=[video.frames], video_metadata=[meta], do_sample_frames=False,
+                       do_resize=False, return_tensors="pt")["input_ids"]  # fmt: skip
+    assert local.tolist() == served.tolist()
+    decoded = processor.tokenizer.decode(local[0])
+    assert decoded.count("seconds>") == 2 and "<0.3 seconds>" in decoded and "<1.6 seconds>" in decoded
+
+
 @pytest.mark.parametrize("family,patch", [("qwen2_5_vl", 14), ("qwen3_vl", 16)])
 def test_transformers_processor_agrees_on_tokens(videos, family, patch):
     """The real Qwen video processor, fed our frames at our size, yields video_tokens vision tokens."""

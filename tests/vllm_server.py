@@ -66,16 +66,20 @@ def start_server(
     port: int | None = None,
     timeout_s: float = 420.0,
     cpu_kv_cache_gib: int = 1,
+    launcher: Sequence[str] | None = None,
 ) -> VLLMServer:
     """Launch `api_server` on `model_dir`, wait until /health answers, and return the handle.
 
-    On any start-up failure the server is stopped before the error (with the log tail) propagates.
+    `launcher`: the interpreter and script part of the command, when not vLLM's own server module (the
+    GRPO rollout server's, `cot_rm.train.grpo.vllm_server.server_argv`). On any start-up failure the
+    server is stopped before the error (with the log tail) propagates.
     """
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     server = VLLMServer(port or free_port(), log_path)
-    command = [str(vllm_python()), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
-               "--host", "127.0.0.1", "--port", str(server.port), *DEFAULT_ARGS, *extra_args]  # fmt: skip
+    launcher = launcher or [str(vllm_python()), "-m", "vllm.entrypoints.openai.api_server"]
+    command = [*launcher, "--model", str(model_dir), "--host", "127.0.0.1", "--port", str(server.port),
+               *DEFAULT_ARGS, *extra_args]  # fmt: skip
     server.launch(command, server_env(cpu_kv_cache_gib), cwd=log_path.parent)
     start = time.monotonic()
     try:

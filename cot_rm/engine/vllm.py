@@ -258,8 +258,10 @@ def vllm_video_metadata(video, family: str = "qwen2_5_vl") -> dict:
         meta["fps"] = len(video.indices) / video.total_frames * float(video.fps)
         meta["total_num_frames"] = len(video.frames)
     else:
-        # Qwen3-VL states each frame's time in the prompt from the source indices (not yet compared
-        # against the local judge on vLLM).
+        # Qwen3-VL writes each frame pair's time into the prompt ("<1.6 seconds>"): the mean source index
+        # of the pair / the source fps, as transformers computes it from the same metadata. So vLLM gets
+        # the source indices and fps, and the video becomes the same tokens on both sides (served turns,
+        # rollouts: tests/test_serve.py, tests/test_grpo_vllm.py, tests/test_video.py).
         meta |= {"frames_indices": list(video.indices), "total_num_frames": int(video.total_frames)}
     return meta
 

