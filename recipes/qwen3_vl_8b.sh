@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # qwen3_vl_8b.sh: the full pipeline for Qwen3-VL-8B-Instruct on 8 GPUs (80 GB each): synthesis with a vLLM-served
-# teacher, SFT with DeepSpeed ZeRO-3, GRPO (HF rollouts: the vLLM backend refuses Qwen3-VL), serving, evaluation.
+# teacher, SFT with DeepSpeed ZeRO-3, RFT (its own agreeing judgments), GRPO (vLLM rollouts), serving,
+# evaluation on the public benchmarks.
 # The stages live in recipes/multi_gpu.sh (shared with the other model's recipe); its header lists the
 # environment variables (data, ports, multi-node, benchmarks). CPU twin: recipes/tiny_cpu.sh.
 #

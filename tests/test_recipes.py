@@ -146,7 +146,21 @@ def _stubbed(tmp_path: Path) -> tuple[Path, dict]:
     for cmd in ("accelerate", "vllm", "curl", "cot-rm", "python"):
         (stubs / cmd).write_text(f'#!/bin/bash\necho "STUB {cmd} $*"\n')
         (stubs / cmd).chmod(0o755)
+    # The recipe stops a background server as soon as its stage is done: the stubbed health check waits
+    # until every server started so far has logged its command line (else the kill could come first).
+    (stubs / "curl").write_text(CURL_STUB)
     return work, {"PATH": f"{stubs}:{os.environ['PATH']}", "OUT": "runs/q"}
+
+
+CURL_STUB = """#!/bin/bash
+n=$(( $(cat "$OUT/.curl-calls" 2>/dev/null || echo 0) + 1 ))
+echo "$n" >"$OUT/.curl-calls"
+for _ in $(seq 100); do
+    (( $(cat "$OUT"/*server.log 2>/dev/null | grep -c "^STUB") >= n )) && break
+    sleep 0.05
+done
+echo "STUB curl $*"
+"""
 
 
 def test_multi_gpu_recipe_launches_with_pairs_and_skipped_synthesis(tmp_path):
@@ -177,6 +191,22 @@ def test_multi_gpu_recipe_launches_with_pairs_and_skipped_synthesis(tmp_path):
                                                     "RFT_CONFIG": ""})  # fmt: skip
     grpo = next(line for line in out.splitlines() if "cot_rm.cli grpo" in line)
     assert "cot-rm rft" not in out and f"model.checkpoint={work}/runs/q2/sft " in grpo
+
+
+def test_qwen3_vl_recipe_draws_and_rolls_out_on_the_rollout_server(tmp_path):
+    """The Qwen3-VL recipe as the Qwen2.5-VL one: RFT's draws and GRPO's rollouts come from the rollout
+    server (`cot_rm.train.grpo.vllm_server`, whose placeholder masks Qwen3-VL's video needs), GRPO trains
+    on the other 7 GPUs with ZeRO-2."""
+    work, env = _stubbed(tmp_path)
+    q = work / "runs" / "q"
+    q.mkdir(parents=True)
+    (q / "sft_data.jsonl").write_text("")
+    out = _bash("recipes/qwen3_vl_8b.sh", work, {**env, "SKIP": "synth sft eval serve"})
+    assert f"cot_rm.train.grpo.vllm_server --model {q}/sft " in (q / "rft_server.log").read_text()
+    assert f"cot_rm.train.grpo.vllm_server --model {q}/rft " in (q / "rollout_server.log").read_text()
+    grpo = next(line for line in out.splitlines() if "cot_rm.cli grpo" in line)
+    assert "zero2.yaml" in grpo and "--num_processes 7" in grpo
+    assert "configs/qwen3_vl_8b/grpo.yaml" in grpo and "rollout.vllm_url=http://127.0.0.1:8001" in grpo
 
 
 def test_relative_paths_are_the_callers(tmp_path):
