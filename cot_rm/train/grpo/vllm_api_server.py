@@ -19,6 +19,9 @@ not all its modality's placeholder token gets the mask vLLM's own processor give
 the media itself (`PromptUpdateDetails.select_token_id`: the positions of that token). Dense ranges
 (Qwen2.5-VL, every image) are passed on unchanged. `GET /cot_rm/sparse_placeholders` answers, so the
 turn generator can refuse a plain vLLM server for Qwen3-VL instead of killing its engine.
+
+The patch lives in this process, vLLM's one API server (its default): the engine core gets the masks
+inside the requests. With `--api-server-count` above 1, vLLM spawns its frontends afresh, without it.
 """
 
 from __future__ import annotations
