@@ -307,9 +307,11 @@ class Judge:
         wanted = [self._wanted(c, text) for c, text in zip(convs, texts, strict=True)]
         keep = [1 + max((back for back, _ in (w or {}).values()), default=0) for w in wanted]
         hidden, ids, mask = self.reuse.hidden(convs, texts, media, keep)
-        at = reward_positions(ids, self.model.reward_token_id, mask)
-        rewards, log_var = self.model.head.forward_dist(hidden[torch.arange(len(convs)), at])
-        return self._scored(rewards, log_var, wanted, ids, hidden)
+        at = hidden[torch.arange(len(convs)), reward_positions(ids, self.model.reward_token_id, mask)]
+        # The head row by row: a row's scores are then the same bits whichever rows are scored with it.
+        rewards, log_var = zip(*(self.model.head.forward_dist(row[None]) for row in at), strict=True)
+        log_var = None if log_var[0] is None else torch.cat(log_var)
+        return self._scored(torch.cat(rewards), log_var, wanted, ids, hidden)
 
     def _scored(self, rewards, log_var, wanted, input_ids, hidden) -> list[dict]:
         """`_record`'s keyword arguments per row from the head's outputs and the final hidden states."""

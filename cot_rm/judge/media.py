@@ -88,8 +88,7 @@ class MediaStore:
         self._bytes = 0
 
     def get(self, kind: str, items: Sequence[tuple[tuple, Any]]) -> list[Media]:
-        """`Media` for each (key, item) of one kind, in order: the missing ones processed and run through
-        the tower together (one processor call, one tower call)."""
+        """`Media` for each (key, item) of one kind, in order, the missing ones computed (each alone)."""
         found = {key: self._store.get(key) for key, _ in items}
         missing = {key: item for key, item in items if found[key] is None}
         self.counts["misses"] += len(missing)
@@ -121,20 +120,24 @@ class MediaStore:
             self._bytes -= old.nbytes
 
     def _compute(self, kind: str, items: list) -> list[Media]:
+        return [self._one(kind, item) for item in items]
+
+    def _one(self, kind: str, item) -> Media:
+        """One item through the processor and the tower, alone: its features are then the same bits
+        whichever other items are judged beside it (a judgment does not depend on what came before)."""
         token = self.processor.video_token if kind == VIDEO else self.processor.image_token
         # The processor on the placeholder alone: the item's own expansion and pixel patches.
-        media = {"videos": items} if kind == VIDEO else {"images": items}
-        batch = encode(self.processor, [token] * len(items), **media)
-        mask = batch["attention_mask"].bool()
-        ids = [row[keep].tolist() for row, keep in zip(batch["input_ids"], mask, strict=True)]
-        grids = [tuple(int(n) for n in g) for g in batch[f"{kind}_grid_thw"].tolist()]
+        batch = encode(
+            self.processor, [token], **({"videos": [item]} if kind == VIDEO else {"images": [item]})
+        )
+        grid = tuple(int(n) for n in batch[f"{kind}_grid_thw"][0].tolist())
         seconds = batch.get("second_per_grid_ts") if kind == VIDEO else None
-        seconds = seconds.tolist() if seconds is not None else [None] * len(items)
         embeds, deepstack = self._tower(kind, batch)
-        return [Media(kind, i, g, s, e, d) for i, g, s, e, d in zip(ids, grids, seconds, embeds, deepstack, strict=True)]  # fmt: skip
+        return Media(kind, batch["input_ids"][0].tolist(), grid, None if seconds is None else float(seconds[0]),
+                     embeds, deepstack)  # fmt: skip
 
-    def _tower(self, kind: str, batch) -> tuple[list[torch.Tensor], list[tuple[torch.Tensor, ...]]]:
-        """Per item: merged embeddings and deepstack features (empty for Qwen2.5-VL)."""
+    def _tower(self, kind: str, batch) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """The item's merged embeddings and deepstack features (none for Qwen2.5-VL)."""
         device = next(self.inner.visual.parameters()).device
         pixels = batch["pixel_values_videos" if kind == VIDEO else "pixel_values"].to(device)
         grid = batch[f"{kind}_grid_thw"].to(device)
@@ -142,12 +145,9 @@ class MediaStore:
         out = method(pixels, grid, return_dict=True)
         self.counts["tower_calls"] += 1
         self._out_cls[kind] = type(out)
-        embeds = list(out.pooler_output)
+        (embeds,) = out.pooler_output
         layers = getattr(out, "deepstack_features", None) or []
-        sizes = [e.shape[0] for e in embeds]
-        per_layer = [tuple(f) if isinstance(f, tuple | list) else torch.split(f, sizes) for f in layers]
-        deepstack = [tuple(layer[i] for layer in per_layer) for i in range(len(embeds))]
-        return embeds, deepstack
+        return embeds, tuple(f[0] if isinstance(f, tuple | list) else f for f in layers)
 
 
 # --------------------------------------------------------------------------------------------- tokens

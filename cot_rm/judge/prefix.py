@@ -45,12 +45,14 @@ Marks = tuple[tuple[int, tuple], ...]  # (first token, content key) of each medi
 @dataclass
 class Prefix:
     """Token ids [n] (on the CPU), the media items among them, and per layer their keys and values
-    [kv_heads, n, head_dim]."""
+    [kv_heads, n, head_dim]. `bounds`: the ends of the chunks it was computed in, each alone (a prompt's
+    canonical chunks, see `PrefixStore`); empty for a conversation's own keys and values."""
 
     ids: torch.Tensor
     media: Marks
     keys: tuple[torch.Tensor, ...]
     values: tuple[torch.Tensor, ...]
+    bounds: tuple[int, ...] = ()
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
@@ -62,7 +64,8 @@ class Prefix:
     def head(self, n: int) -> Prefix:
         """The first n tokens, copied (a view would keep the whole conversation's memory alive)."""
         keys, values = (tuple(t[:, :n].clone() for t in ts) for ts in (self.keys, self.values))
-        return Prefix(self.ids[:n].clone(), tuple(m for m in self.media if m[0] < n), keys, values)
+        media, bounds = tuple(m for m in self.media if m[0] < n), tuple(b for b in self.bounds if b <= n)
+        return Prefix(self.ids[:n].clone(), media, keys, values, bounds)
 
 
 def supported(config) -> bool:
@@ -157,8 +160,14 @@ def rows_of(
 
 
 class PrefixStore:
-    """Prefixes shared across conversations (a batch's prompts: the system prompt all of them begin with,
-    a video's first turn that its next draw repeats), least recently used first out past `max_bytes`."""
+    """Prompt prefixes shared across conversations, least recently used first out past `max_bytes`.
+
+    Only prefixes computed in canonical chunks are stored (a prompt's tokens before its first media item,
+    alone; then the rest of it but its last token, alone, continuing from the first chunk), and one is
+    only ever reused up to a chunk end that both it and the new prompt have. So what a prompt starts
+    from is bit for bit what computing it afresh would give: a judgment does not depend on what this
+    judge judged before (the same request, the same result; draw s of a seed equals draw 0 of seed + s).
+    """
 
     def __init__(self, max_bytes: int = 512 << 20):
         self.max_bytes = max_bytes
@@ -173,13 +182,15 @@ class PrefixStore:
     def __len__(self) -> int:
         return len(self._store)
 
-    def best(self, ids: torch.Tensor, media: Marks) -> tuple[Prefix | None, int]:
-        """The stored prefix sharing the most leading tokens with `ids` (media `media`), and how many."""
-        found, most = None, 0
+    def best(self, ids: torch.Tensor, media: Marks, bounds: Sequence[int]) -> tuple[Prefix | None, int]:
+        """The stored prefix to start `ids` (media `media`) from, and how many tokens of it: the largest
+        of `bounds` that it shares and ends a chunk of it too (the shortest such prefix)."""
+        found, most, at = None, 0, None
         for key, prefix in self._store.items():
             n = shared(prefix, ids, media)
-            if n > most:
-                found, most, at = prefix, n, key
+            usable = max((b for b in bounds if b <= n and b in prefix.bounds), default=0)
+            if usable > most or (usable and usable == most and len(prefix) < len(found)):
+                found, most, at = prefix, usable, key
         if found is not None:
             self._store.move_to_end(at)
         return found, most
@@ -187,8 +198,10 @@ class PrefixStore:
     def add(self, prefix: Prefix) -> None:
         if prefix.nbytes > self.max_bytes or not len(prefix):
             return
-        for prefix_in in self._store.values():  # already held (or a longer one that starts with it)
-            if shared(prefix_in, prefix.ids, prefix.media) == len(prefix):
+        for held in self._store.values():  # already held (or a longer one that starts with it)
+            if shared(held, prefix.ids, prefix.media) == len(prefix) and set(prefix.bounds) <= set(
+                held.bounds
+            ):
                 return
         self._store[self._next] = prefix
         self._next += 1

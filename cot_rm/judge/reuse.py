@@ -1,14 +1,15 @@
 """The local judge's fast path: each round and the scoring pass run only what is new.
 
 `cot_rm.judge.local.Judge` renders each conversation as it always does; this module turns the rendered
-texts into the model's input without redoing what an earlier round, draw or video already did:
+texts into the model's input without redoing what was done before:
 
 - the tokens come from the text and each item's stored expansion (`cot_rm.judge.media`), so a video is
   processed, and seen by the vision tower, once for all the rounds, draws and requests that show it;
-- the keys and values of the longest prefix already encoded (the conversation's previous round and the
-  turn it generated, else a stored prompt: the system prompt every video shares, the first turn an
-  earlier draw of this video had) are reused, and only the rest of the input is run
-  (`cot_rm.judge.prefix`, where the layout and why it is exact are explained);
+- a conversation continues from its own keys and values: the previous round's input and the turn it
+  generated (`cot_rm.judge.prefix`, where the layout and why it is exact are explained);
+- a first turn starts from stored prompt prefixes (the system prompt all videos share, computed once;
+  the whole prompt of a video an earlier draw or request judged), computed in canonical chunks so that
+  a judgment never depends on what the judge did before (`prefix.PrefixStore`);
 - the 3-D positions are the model's own `get_rope_index` on the whole conversation, passed in.
 
 Generation goes through the model's own `generate` (the same sampling, logits processors and stopping
@@ -18,6 +19,7 @@ reference the tests and `bench/judge_speed.py` compare this one with.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections import Counter
 from collections.abc import Sequence
@@ -32,15 +34,25 @@ from cot_rm.model.vision_cache import inner_vision_model
 
 
 @dataclass
+class Row:
+    """One conversation's input: its token ids, its media items in order with their [start, end) spans
+    and their (start, content key) marks."""
+
+    ids: list[int]
+    media: list[Media]
+    spans: list[tuple[int, int]]
+    marks: kv.Marks
+
+
+@dataclass
 class Batch:
-    """The model's input for one batched step: the layout, its 3-D positions [4, B, P + S], the new part's
-    pre-encoded media, and each row's token count (the prompt's length)."""
+    """The model's input for one batched step: the layout, its 3-D positions [4, B, P + S] and the new
+    part's pre-encoded media."""
 
     layout: kv.Layout
     positions: torch.Tensor
     encoder_outputs: dict | None
-    lengths: list[int]
-    marks: list[kv.Marks]  # each row's media items: (first token, content key)
+    rows: list[Row]
 
 
 class Reuse:
@@ -49,9 +61,10 @@ class Reuse:
     def __init__(self, model, media_bytes: int = 512 << 20, prefix_bytes: int = 512 << 20):
         self.model, self.processor = model, model.processor
         self.inner = inner_vision_model(model)
+        self.config = model.base_vlm.config
         self.media = MediaStore(model, media_bytes)
         self.prefixes = kv.PrefixStore(prefix_bytes)
-        self.kv = kv.supported(model.base_vlm.config)  # else: media reuse only, every token run
+        self.kv = kv.supported(self.config)  # else: media reuse only, every token run
         self.counts: Counter[str] = Counter()
         self._lock = threading.Lock()  # the stores are shared by every request this judge serves
 
@@ -66,49 +79,73 @@ class Reuse:
         """The new tokens [B, n] of each conversation's next turn (`generate` keyword arguments in `how`);
         each conversation keeps its keys and values (`conv.prefix`) for the next round."""
         with self._lock:
-            batch = self._batch(convs, texts, media, keep=[1] * len(convs))
+            batch = self._batch(convs, texts, media, keep=[1] * len(convs), first_turn=True)
             lay = batch.layout
             out = self.model.vlm.generate(input_ids=lay.ids, attention_mask=lay.mask, position_ids=batch.positions,
                                           past_key_values=lay.cache, mm_encoder_outputs=batch.encoder_outputs,
                                           return_dict_in_generate=True, **how)  # fmt: skip
-            new = out.sequences[:, lay.ids.shape[1] :]
             if self.kv:
-                self._keep(convs, out, batch)
-            return new
+                generated = out.sequences.shape[1] - lay.ids.shape[1]
+                mask = torch.cat([lay.mask, lay.mask.new_ones(len(convs), generated)], 1)
+                marks = [row.marks for row in batch.rows]
+                for conv, own in zip(
+                    convs, kv.rows_of(out.past_key_values, out.sequences, mask, marks), strict=True
+                ):
+                    conv.prefix = own
+            return out.sequences[:, lay.ids.shape[1] :]
 
     @torch.inference_mode()
     def hidden(self, convs: Sequence, texts: Sequence[str], media: Sequence[Sequence[tuple]],
                keep: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
-        """The final norm's output [B, S, H] on each conversation's new part, with its ids and mask [B, S];
-        the last `keep[b]` tokens of row b are always in it (the positions the caller reads)."""
+        """The final norm's output [B, S, H] on each conversation's new part, with its ids and mask [B, S]
+        (rows left-padded); the last `keep[b]` tokens of row b are always in it (what the caller reads).
+
+        Conversations with keys and values of their own (judged here) are run together; each one without
+        (its turns generated elsewhere, as the vLLM server does) alone, so that its scores do not depend
+        on which other judgments happen to finish with it."""
         with self._lock:
-            batch = self._batch(convs, texts, media, keep)
-            lay = batch.layout
-            out = self.model.base_vlm.model(input_ids=lay.new_ids, attention_mask=lay.mask,
-                                            position_ids=batch.positions[..., lay.reused :],
-                                            past_key_values=lay.cache, use_cache=lay.cache is not None,
-                                            mm_encoder_outputs=batch.encoder_outputs)  # fmt: skip
+            own = [i for i, c in enumerate(convs) if c.prefix is not None]
+            groups = ([own] if own else []) + [[i] for i, c in enumerate(convs) if c.prefix is None]
+            parts = [
+                (g, self._hidden(*([seq[i] for i in g] for seq in (convs, texts, media, keep))))
+                for g in groups
+            ]
             for conv in convs:
                 conv.prefix = None  # the judgment is over: its keys and values are not needed again
-            return out.last_hidden_state, lay.new_ids, lay.mask[:, lay.reused :]
+            return _stacked(parts, len(convs), self.processor.tokenizer.pad_token_id)
+
+    def _hidden(self, convs, texts, media, keep) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        batch = self._batch(convs, texts, media, keep, first_turn=False)
+        lay = batch.layout
+        out = self.model.base_vlm.model(input_ids=lay.new_ids, attention_mask=lay.mask,
+                                        position_ids=batch.positions[..., lay.reused :],
+                                        past_key_values=lay.cache, use_cache=lay.cache is not None,
+                                        mm_encoder_outputs=batch.encoder_outputs)  # fmt: skip
+        return out.last_hidden_state, lay.new_ids, lay.mask[:, lay.reused :]
 
     # ------------------------------------------------------------------------------------------ batch
 
-    def _batch(self, convs, texts, media, keep: Sequence[int]) -> Batch:
-        items = self._media(media)
-        rows, fresh, marks = [], [], []
-        for conv, (ids, spans), row, given, last in zip(convs, tokens(self.processor, texts, items), items, media, keep, strict=True):  # fmt: skip
-            marks.append(tuple((start, key) for (start, _), (_, key, _) in zip(spans, given, strict=True)))
-            found, n = self._prefix(conv, torch.tensor(ids), marks[-1])
-            cut = kv.cut_at(n, spans, len(ids) - last) if found is not None else 0
-            rows.append((ids, found, cut))
-            fresh.append([m for m, (start, _) in zip(row, spans, strict=True) if start >= cut])
+    def _batch(self, convs, texts, media, keep: Sequence[int], first_turn: bool) -> Batch:
+        """`first_turn`: a conversation without keys and values of its own is at its first turn (it
+        starts from the whole stored prompt); else (the scoring pass of turns generated elsewhere) only
+        the part before its first media item is taken from the store."""
+        rows, starts, fresh = self._rows(texts, media), [], []
+        for conv, row, last in zip(convs, rows, keep, strict=True):
+            found, cut = self._start(conv, row, len(row.ids) - last, first_turn)
+            starts.append((row.ids, found, cut))
+            fresh.append([m for m, (start, _) in zip(row.media, row.spans, strict=True) if start >= cut])
             self.counts["tokens_reused"] += cut
-            self.counts["tokens_run"] += len(ids) - cut
-        pad = self.processor.tokenizer.pad_token_id
-        lay = kv.layout(rows, pad, self.model.base_vlm.config, next(self.model.parameters()).device)
-        lengths = [len(r[0]) for r in rows]
-        return Batch(lay, self._positions(lay, items), self._encoder_outputs(fresh), lengths, marks)
+            self.counts["tokens_run"] += len(row.ids) - cut
+        lay = kv.layout(starts, self.processor.tokenizer.pad_token_id, self.config, self._device)
+        return Batch(lay, self._positions(lay, [r.media for r in rows]), self._encoder_outputs(fresh), rows)
+
+    def _rows(self, texts, media: Sequence[Sequence[tuple]]) -> list[Row]:
+        items = self._media(media)
+        out = []
+        for (ids, spans), row, given in zip(tokens(self.processor, texts, items), items, media, strict=True):
+            marks = tuple((start, key) for (start, _), (_, key, _) in zip(spans, given, strict=True))
+            out.append(Row(ids, row, spans, marks))
+        return out
 
     def _media(self, media: Sequence[Sequence[tuple]]) -> list[list[Media]]:
         """Each conversation's (kind, key, item) list resolved through the store, one call per kind."""
@@ -121,13 +158,45 @@ class Reuse:
                     out[b][i] = m
         return out
 
-    def _prefix(self, conv, ids: torch.Tensor, marks: kv.Marks) -> tuple[kv.Prefix | None, int]:
-        """The conversation's own keys and values when it has some, else the best stored prompt."""
+    def _start(self, conv, row: Row, limit: int, first_turn: bool) -> tuple[kv.Prefix | None, int]:
+        """What the row continues from, and how many of its tokens: its own keys and values, else its
+        prompt's canonical chunks (`kv.PrefixStore`), taken from the store or computed now, alone."""
         if not self.kv:
             return None, 0
+        ids = torch.tensor(row.ids)
         if conv.prefix is not None:
-            return conv.prefix, kv.shared(conv.prefix, ids, marks)
-        return self.prefixes.best(ids, marks)
+            return conv.prefix, kv.cut_at(kv.shared(conv.prefix, ids, row.marks), row.spans, limit)
+        first = row.spans[0][0] if row.spans else 0
+        bounds = [b for b in ((first, len(row.ids) - 1) if first_turn else (first,)) if 0 < b <= limit]
+        found, cut = self.prefixes.best(ids, row.marks, bounds)
+        for end in bounds:
+            if end > cut:
+                found, cut = self._chunk(row, found, cut, end), end
+                self.prefixes.add(found)
+        return found, cut
+
+    def _chunk(self, row: Row, start: kv.Prefix | None, cut: int, end: int) -> kv.Prefix:
+        """`start`'s first `cut` tokens extended to the row's first `end`, the rest run alone (batch 1)."""
+        ids = row.ids[:end]
+        media = [m for m, (_, stop) in zip(row.media, row.spans, strict=True) if stop <= end]
+        lay = kv.layout([(ids, start, cut)], self.processor.tokenizer.pad_token_id, self.config, self._device)
+        fresh = [
+            m for m, (begin, stop) in zip(row.media, row.spans, strict=True) if begin >= cut and stop <= end
+        ]
+        out = self.model.base_vlm.model(input_ids=lay.new_ids, attention_mask=lay.mask,
+                                        position_ids=self._positions(lay, [media])[..., cut:],
+                                        past_key_values=lay.cache, use_cache=True,
+                                        mm_encoder_outputs=self._encoder_outputs([fresh]))  # fmt: skip
+        self.counts["tokens_run"] += end - cut
+        (made,) = kv.rows_of(
+            out.past_key_values, lay.ids, lay.mask, [tuple(m for m in row.marks if m[0] < end)]
+        )
+        before = tuple(b for b in (start.bounds if start is not None else ()) if b <= cut)
+        return dataclasses.replace(made, bounds=(*before, end))
+
+    @property
+    def _device(self) -> torch.device:
+        return next(self.model.parameters()).device
 
     def _positions(self, lay: kv.Layout, media: list[list[Media]]) -> torch.Tensor:
         """[4, B, P + S]: the text positions generation keeps (row 0), then the model's 3-D positions."""
@@ -156,13 +225,17 @@ class Reuse:
                 out[kind] = self.media.encoder_outputs(kind, ms)
         return out or None
 
-    def _keep(self, convs, out, batch: Batch) -> None:
-        """Each row's keys and values to continue from; a first turn's prompt goes to the shared store."""
-        lay = batch.layout
-        generated = out.sequences.shape[1] - lay.ids.shape[1]
-        mask = torch.cat([lay.mask, lay.mask.new_ones(lay.mask.shape[0], generated)], 1)
-        rows = kv.rows_of(out.past_key_values, out.sequences, mask, batch.marks)
-        for conv, row, length in zip(convs, rows, batch.lengths, strict=True):
-            if conv.prefix is None:
-                self.prefixes.add(row.head(length))
-            conv.prefix = row
+
+def _stacked(parts, rows: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The (row indices, (hidden, ids, mask)) of several passes as one left-padded batch in row order."""
+    width = max(ids.shape[1] for _, (_, ids, _) in parts)
+    hidden_of = parts[0][1][0]
+    hidden = hidden_of.new_zeros(rows, width, hidden_of.shape[-1])
+    ids = torch.full((rows, width), pad_id, dtype=torch.long, device=hidden.device)
+    mask = torch.zeros_like(ids)
+    for where, (h, i, m) in parts:
+        for k, row in enumerate(where):
+            hidden[row, width - h.shape[1] :] = h[k]
+            ids[row, width - i.shape[1] :] = i[k]
+            mask[row, width - m.shape[1] :] = m[k]
+    return hidden, ids, mask
