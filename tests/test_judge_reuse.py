@@ -15,7 +15,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 from cot_rm import protocol as P
 from cot_rm.judge import prefix as kv
 from cot_rm.judge.local import Judge
-from cot_rm.judge.media import IMAGE, VIDEO, Media, tokens
+from cot_rm.judge.media import IMAGE, VIDEO, Media, MediaStore, tokens
 from cot_rm.media.clip import as_clip
 from cot_rm.media.video import Sampling
 from cot_rm.model.modeling import ThinkThenScore
@@ -203,6 +203,24 @@ def test_media_reuse_alone_where_keys_and_values_cannot_be(model, items):
     _same(reference, judged)
     assert new.reuse.counts["tokens_reused"] == 0 and new.reuse.media.counts["hits"] > 0
     assert kv.supported(model.base_vlm.config)
+
+
+def test_media_are_the_same_bits_computed_together_or_alone(model, items):
+    """Items of several sizes processed in one call: each is what it is alone (the tower sees each alone)."""
+    judge = Judge.from_model(model)
+    convs = [judge.open(rid, path, prompt) for rid, path, prompt in items[:2]]  # two sizes of video
+    for conv in convs:
+        judge.advance(conv, _call([1, 4]))
+    listed = [judge._media(conv, judge.context(conv)) for conv in convs]
+    for kind in (VIDEO, IMAGE):
+        wanted = [entry[1:] for row in listed for entry in row if entry[0] == kind]
+        together = MediaStore(model).get(kind, wanted)
+        alone = [MediaStore(model).get(kind, [one])[0] for one in wanted]
+        for a, b in zip(together, alone, strict=True):
+            assert (a.ids, a.grid, a.seconds) == (b.ids, b.grid, b.seconds) and torch.equal(
+                a.embeds, b.embeds
+            )
+            assert len(a.deepstack) == len(b.deepstack) and all(map(torch.equal, a.deepstack, b.deepstack))
 
 
 def test_the_tokens_are_the_processors(model, items):

@@ -120,29 +120,32 @@ class MediaStore:
             self._bytes -= old.nbytes
 
     def _compute(self, kind: str, items: list) -> list[Media]:
-        return [self._one(kind, item) for item in items]
-
-    def _one(self, kind: str, item) -> Media:
-        """One item through the processor and the tower, alone: its features are then the same bits
-        whichever other items are judged beside it (a judgment does not depend on what came before)."""
+        """The items through the processor together (its work is per pixel: the same patches as alone),
+        then through the tower one at a time: its features are then the same bits whichever other items
+        are judged beside it, so a judgment does not depend on what the judge saw before."""
         token = self.processor.video_token if kind == VIDEO else self.processor.image_token
-        # The processor on the placeholder alone: the item's own expansion and pixel patches.
+        # The processor on each placeholder alone: the item's own expansion and pixel patches.
         batch = encode(
-            self.processor, [token], **({"videos": [item]} if kind == VIDEO else {"images": [item]})
+            self.processor, [token] * len(items), **{f"{kind}s": list(items)}, padding_side="right"
         )
-        grid = tuple(int(n) for n in batch[f"{kind}_grid_thw"][0].tolist())
+        grids = batch[f"{kind}_grid_thw"]
+        rows = torch.split(
+            batch["pixel_values_videos" if kind == VIDEO else "pixel_values"], grids.prod(-1).tolist()
+        )
         seconds = batch.get("second_per_grid_ts") if kind == VIDEO else None
-        embeds, deepstack = self._tower(kind, batch)
-        return Media(kind, batch["input_ids"][0].tolist(), grid, None if seconds is None else float(seconds[0]),
-                     embeds, deepstack)  # fmt: skip
+        out = []
+        for i, (pixels, grid) in enumerate(zip(rows, grids, strict=True)):
+            ids = batch["input_ids"][i][batch["attention_mask"][i].bool()].tolist()
+            embeds, deepstack = self._tower(kind, pixels, grid[None])
+            second = None if seconds is None else float(seconds[i])
+            out.append(Media(kind, ids, tuple(int(n) for n in grid.tolist()), second, embeds, deepstack))
+        return out
 
-    def _tower(self, kind: str, batch) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        """The item's merged embeddings and deepstack features (none for Qwen2.5-VL)."""
+    def _tower(self, kind: str, pixels: torch.Tensor, grid: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+        """One item's merged embeddings and deepstack features (none for Qwen2.5-VL)."""
         device = next(self.inner.visual.parameters()).device
-        pixels = batch["pixel_values_videos" if kind == VIDEO else "pixel_values"].to(device)
-        grid = batch[f"{kind}_grid_thw"].to(device)
         method = self.inner.get_video_features if kind == VIDEO else self.inner.get_image_features
-        out = method(pixels, grid, return_dict=True)
+        out = method(pixels.to(device), grid.to(device), return_dict=True)
         self.counts["tower_calls"] += 1
         self._out_cls[kind] = type(out)
         (embeds,) = out.pooler_output

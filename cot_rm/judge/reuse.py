@@ -134,8 +134,10 @@ class Reuse:
             found, cut = self._start(conv, row, len(row.ids) - last, first_turn)
             starts.append((row.ids, found, cut))
             fresh.append([m for m, (start, _) in zip(row.media, row.spans, strict=True) if start >= cut])
+            self.counts["tokens"] += len(row.ids)  # what the old path runs: the whole input
             self.counts["tokens_reused"] += cut
             self.counts["tokens_run"] += len(row.ids) - cut
+            self.counts["media"] += len(row.media)  # what the old path's tower sees
         lay = kv.layout(starts, self.processor.tokenizer.pad_token_id, self.config, self._device)
         return Batch(lay, self._positions(lay, [r.media for r in rows]), self._encoder_outputs(fresh), rows)
 
