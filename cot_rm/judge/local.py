@@ -61,7 +61,8 @@ class _Conv:
 class Judge:
     """Judges videos with a `ThinkThenScore` model the way it was trained (greedy by default;
     `temperature` > 0 samples, with `top_p`). `cache`: the frame cache for video files; `reuse`: the fast
-    path (the module docstring), shared by the copies `with_sampling` makes."""
+    path (the module docstring), shared by the copies `with_sampling` makes; what it stores holds for the
+    weights it was computed with (`judge.reuse.clear()` after changing them)."""
 
     def __init__(self, model, sampling: Sampling, spec: JudgeSpec, tool_max_pixels: int = protocol.TOOL_MAX_PIXELS,
                  max_new_tokens: int = 512, batch_size: int = 8, cache=None, name: str | None = None,
