@@ -18,7 +18,9 @@ scores and nothing of text alignment, how well is `overall` (their minimum with 
 `--paired` samples frames in adjacent pairs (half as many evenly spaced positions, each with the next
 source frame), so each temporal slice of the tower holds the motion at that moment: a sampling to try,
 not the judge's. `--tune-tower STEPS` first trains the base's tower (a linear head on the slice means, the scores as
-targets, batches of 16, lr 1e-3) on FIT's train split; the readers then read the trained tower.
+targets, batches of 16, lr 1e-3; `--tune-pool meanmax`: see `tune_tower`) on FIT's train split; the
+readers then read the trained tower. `--base random --vision KEY=VALUE ...` starts from a random tiny
+tower of another shape (finer patches, a longer temporal patch), to ask what a shape could learn.
 
     .venv/bin/cot-rm toyworld --out runs/w0 --n 400 --seed 0     # the demo's world
     .venv/bin/cot-rm toyworld --out runs/w7 --n 1600 --seed 7    # a second world: 320 test pairs
@@ -33,6 +35,7 @@ import argparse
 import json
 import random
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +44,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from cot_rm.media import video as video_module
 from cot_rm.media.video import Sampling, read_video, smart_nframes
+from cot_rm.model import tiny
 from cot_rm.model.processing import encode
 from cot_rm.model.tower import slice_tokens
 
@@ -168,23 +172,56 @@ def cnn(fit: dict, test: dict, steps: int = 2000) -> torch.Tensor:
         return torch.cat([net.eval()(xt[i : i + 64]) for i in range(0, len(xt), 64)]) * ys + ym
 
 
-def tune_tower(vlm, processor, fit: dict, steps: int) -> None:
-    """Train the tower on the scores (a diagnostic only: stage 0 never sees a score)."""
+def tune_tower(vlm, processor, fit: dict, steps: int, pool: str = "mean") -> None:
+    """Train the tower on the scores (a diagnostic only: stage 0 never sees a score). `pool` "mean": a
+    linear head on each slice's mean, lr 1e-3 constant; "meanmax": on each slice's mean and its maximum
+    over tokens (a defect in one place is not averaged away), lr 2e-3 one-cycle (5% warm-up)."""
     vlm.requires_grad_(False)
     vlm.model.visual.requires_grad_(True)
     width = vlm.config.text_config.hidden_size
     slices = tokens(vlm, processor, fit["videos"][:1]).shape[1]
-    head = torch.nn.Linear(slices * width, len(DIMS))
+    head = torch.nn.Linear((2 if pool == "meanmax" else 1) * slices * width, len(DIMS))
     params = [p for p in vlm.parameters() if p.requires_grad] + list(head.parameters())
-    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
+    lr = 2e-3 if pool == "meanmax" else 1e-3
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    if pool == "meanmax":
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.05)
+    else:
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     y = (fit["scores"] - fit["scores"].mean(0)) / fit["scores"].std(0)
     for step in range(steps):
         idx = random.Random(step).sample(range(len(y)), 16)
-        f = tokens(vlm, processor, [fit["videos"][i] for i in idx], grad=True)[:, :, 0].flatten(1)
-        loss = ((head(f) - y[idx]) ** 2).mean()
+        t = tokens(vlm, processor, [fit["videos"][i] for i in idx], grad=True)
+        f = torch.cat([t[:, :, 0], t[:, :, 1:].amax(2)], 2) if pool == "meanmax" else t[:, :, 0]
+        loss = ((head(f.flatten(1)) - y[idx]) ** 2).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
+        sched.step()
+
+
+def random_base(overrides: list[str], out: Path) -> Path:
+    """A random tiny Qwen2.5-VL (`cot_rm.model.tiny`) whose vision config and processor take KEY=VALUE
+    overrides (e.g. patch_size=4 spatial_merge_size=4, temporal_patch_size=8). The frame sampling follows
+    the new patch x merge and temporal patch: an experiment, not the judge's rule."""
+    kv = {k: json.loads(v) for k, v in (o.split("=", 1) for o in overrides)}
+    tokenizer = tiny.build_tokenizer("qwen2_5_vl")
+    processor = tiny.build_processor("qwen2_5_vl", tokenizer)
+    config = tiny.build_config("qwen2_5_vl", tokenizer)
+    for key, value in kv.items():
+        setattr(config.vision_config, key, value)
+        for proc in (processor.image_processor, processor.video_processor):
+            if hasattr(proc, {"spatial_merge_size": "merge_size"}.get(key, key)):
+                setattr(proc, {"spatial_merge_size": "merge_size"}.get(key, key), value)
+    vision = config.vision_config
+    factor = vision.patch_size * vision.spatial_merge_size
+    for proc, tokens_max in ((processor.image_processor, 1280), (processor.video_processor, 768)):
+        proc.size = {"shortest_edge": 4 * factor * factor, "longest_edge": tokens_max * factor * factor}
+    video_module.FACTORS["qwen2_5_vl"] = factor  # looked up at call time, like the sampler below
+    video_module.FRAME_FACTOR = vision.temporal_patch_size
+    tiny.build_model(config).save_pretrained(out)
+    tiny.save_processor(processor, out)
+    return out
 
 
 def paired_indices(total_frames: int, video_fps: float, sampling: Sampling) -> list[int]:
@@ -201,7 +238,7 @@ def score_rule_bound(test: dict) -> float:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--base", required=True, help="a base or checkpoint folder (its tower is read)")
+    p.add_argument("--base", required=True, help="a base or checkpoint folder (its tower is read), or random")
     p.add_argument("--fit", required=True, help="toy world whose train split the readers are fitted on")
     p.add_argument("--test", required=True, help="toy world whose test pairs score them")
     p.add_argument("--readers", default="ridge,ridge+diff,transformer", help="comma-separated (see above)")
@@ -209,10 +246,14 @@ def main() -> int:
     p.add_argument("--frames", type=int, default=8, help="frames per video (the demo's 8)")
     p.add_argument("--max-pixels", type=int, default=12544, help="pixels per frame (the demo's 112x112)")
     p.add_argument("--paired", action="store_true", help="sample adjacent pairs of frames (see above)")
+    p.add_argument("--tune-pool", choices=("mean", "meanmax"), default="mean", help="--tune-tower's head")
+    p.add_argument("--vision", nargs="+", metavar="KEY=VALUE", help="--base random: its vision overrides")
     args = p.parse_args()
     torch.set_num_threads(2)
     if args.paired:  # read_video_numpy looks the sampler up at call time: an experiment, not the judge's rule
         video_module.sample_indices = paired_indices
+    if args.base == "random":
+        args.base = str(random_base(args.vision or [], Path(tempfile.mkdtemp(prefix="judge-ceiling-"))))
     sampling = Sampling(
         fps=None, num_frames=args.frames, min_pixels=args.max_pixels, max_pixels=args.max_pixels
     )
@@ -221,7 +262,7 @@ def main() -> int:
     vlm = AutoModelForImageTextToText.from_pretrained(args.base, dtype=torch.float32).eval()
     processor = AutoProcessor.from_pretrained(args.base)
     if args.tune_tower:
-        tune_tower(vlm, processor, fit, args.tune_tower)
+        tune_tower(vlm, processor, fit, args.tune_tower, args.tune_pool)
     t, tt, y = tokens(vlm, processor, fit["videos"]), tokens(vlm, processor, test["videos"]), fit["scores"]
     readers = {
         "ridge": lambda: ridge(t[:, :, 0].flatten(1), y, tt[:, :, 0].flatten(1)),

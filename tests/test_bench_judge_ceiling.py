@@ -61,3 +61,19 @@ def test_paired_indices_are_adjacent_pairs_spread_over_the_video():
     eight = Sampling(fps=None, num_frames=8, min_pixels=12544, max_pixels=12544)
     assert jc.paired_indices(32, 8.0, eight) == [0, 1, 10, 11, 20, 21, 30, 31]
     assert jc.paired_indices(12, 8.0, eight) == [0, 1, 3, 4, 7, 8, 10, 11]
+
+
+def test_a_random_base_of_another_shape_samples_frames_to_match(tmp_path, monkeypatch):
+    from transformers import AutoConfig, AutoProcessor
+
+    from cot_rm.media import video as video_module
+
+    monkeypatch.setattr(video_module, "FACTORS", dict(video_module.FACTORS))  # the base patches both
+    monkeypatch.setattr(video_module, "FRAME_FACTOR", video_module.FRAME_FACTOR)
+    base = jc.random_base(["patch_size=4", "spatial_merge_size=4", "temporal_patch_size=4"], tmp_path)
+    vision = AutoConfig.from_pretrained(base).vision_config
+    video = AutoProcessor.from_pretrained(base).video_processor
+    assert (vision.patch_size, vision.spatial_merge_size, vision.temporal_patch_size) == (4, 4, 4)
+    assert (video.patch_size, video.merge_size, video.temporal_patch_size) == (4, 4, 4)
+    assert Sampling(num_frames=8, max_pixels=64 * 64).factor == 16  # 4 x 4: a 64-pixel frame is 4 x 4 tokens
+    assert video_module.video_tokens(8, 64, 64, 16) == 2 * 4 * 4  # 8 frames in slices of 4
