@@ -10,7 +10,8 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList
+from test_api import _Force  # every generated token scripted
+from transformers import LogitsProcessorList
 
 from cot_rm import protocol as P
 from cot_rm.judge import prefix as kv
@@ -46,19 +47,6 @@ def _judges(model, **kwargs) -> tuple[Judge, Judge]:
 
 def _call(frames) -> str:
     return f"<think>Let me look at frames {frames[0]} and {frames[-1]}.</think>\n{P.format_tool_call(frames)}"
-
-
-class _Force(LogitsProcessor):
-    """Every generated token is the next one of `ids`."""
-
-    def __init__(self, ids: list[int]):
-        self.ids, self.start = ids, None
-
-    def __call__(self, input_ids, scores):
-        self.start = input_ids.shape[1] if self.start is None else self.start
-        mask = torch.full_like(scores, float("-inf"))
-        mask[:, self.ids[min(input_ids.shape[1] - self.start, len(self.ids) - 1)]] = 0
-        return scores + mask
 
 
 @contextmanager
