@@ -116,7 +116,8 @@ def test_a_pair_with_its_own_prompt_for_b(rm, videos, client):
     assert resp.json() == rm.compare(*videos, PROMPT, prompt_b="a blue circle")
     same = client.post("/v1/judge/pair", json={**body, "video_b": videos[0], "prompt_b": PROMPT}).json()
     assert [same["a"]["id"], same["b"]["id"]] == [videos[0], f"{videos[0]}#2"]  # as `cot-rm judge` names it
-    assert same["probs"]["overall"]["A"] == pytest.approx(same["probs"]["overall"]["B"], abs=1e-9)
+    # one video twice: equal up to the float noise of the judge's reused prefixes (cot_rm.judge.prefix)
+    assert same["probs"]["overall"]["A"] == pytest.approx(same["probs"]["overall"]["B"], abs=1e-6)
 
 
 def test_a_pair_of_uploads(videos, client):
