@@ -210,9 +210,10 @@ def random_base(overrides: list[str], out: Path) -> Path:
     config = tiny.build_config("qwen2_5_vl", tokenizer)
     for key, value in kv.items():
         setattr(config.vision_config, key, value)
+        name = {"spatial_merge_size": "merge_size"}.get(key, key)  # the processors' word for it
         for proc in (processor.image_processor, processor.video_processor):
-            if hasattr(proc, {"spatial_merge_size": "merge_size"}.get(key, key)):
-                setattr(proc, {"spatial_merge_size": "merge_size"}.get(key, key), value)
+            if hasattr(proc, name):
+                setattr(proc, name, value)
     vision = config.vision_config
     factor = vision.patch_size * vision.spatial_merge_size
     for proc, tokens_max in ((processor.image_processor, 1280), (processor.video_processor, 768)):
