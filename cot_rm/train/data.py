@@ -15,6 +15,7 @@ import dataclasses
 import json
 import os
 import random
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -289,6 +290,27 @@ class SFTCollator:
             "pair_label": pref.reshape(-1, len(dims)),
             "pair_mask": pmask.reshape(-1, len(dims)),
         }
+
+
+def first_pairs(pairs_path, splits, index: dict) -> tuple[list, Counter]:
+    """The pairs of `pairs_path` in `splits` whose two (video, prompt) keys are in `index` (realpath of
+    the video, prompt -> a row key), each row in at most one pair, the first in the file (a row's draws
+    are chosen once, so they cannot serve two partners). Returns [(pair, key_a, key_b)] and the skipped
+    counts by reason ("no_video", "video_in_another_pair")."""
+    out, used, skipped = [], set(), Counter()
+    for p in read_jsonl(pairs_path, kind="pairwise"):
+        if (p.split or "train") not in splits:
+            continue
+        a = index.get((os.path.realpath(p.video_a), p.prompt))
+        b = index.get((os.path.realpath(p.video_b), p.prompt_b or p.prompt))
+        if a is None or b is None or a == b:
+            skipped["no_video"] += 1
+        elif a in used or b in used:
+            skipped["video_in_another_pair"] += 1
+        else:
+            used.update((a, b))
+            out.append((p, a, b))
+    return out, skipped
 
 
 def assistant_mask(ids: list[int], im_start: int, im_end: int, tokenizer) -> torch.Tensor:

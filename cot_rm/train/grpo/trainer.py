@@ -49,7 +49,7 @@ from cot_rm.model.vision_cache import training_cache
 from cot_rm.protocol import JudgeSpec
 from cot_rm.schema import read_jsonl
 from cot_rm.train.common import CotRmSaveMixin, head_losses, zero3
-from cot_rm.train.data import PREF, SFTCollator, load_traces
+from cot_rm.train.data import PREF, SFTCollator, first_pairs, load_traces
 from cot_rm.train.grpo.config import GRPORunConfig
 from cot_rm.train.grpo.rewards import build_rewards, defect_frames_of
 from cot_rm.train.grpo.rollout import Rollouts, collate_media, hf_turn_generator
@@ -435,23 +435,16 @@ def load_rows(data, sampling: dict, spec) -> tuple[list[dict], list[tuple[int, .
     if not data.pairs:
         return rows, None
     index = {(os.path.realpath(r["video"]), r["prompt"]): i for i, r in enumerate(rows)}
-    paired, used, units, skipped = [], set(), [], Counter()
-    for p in read_jsonl(data.pairs, kind="pairwise"):
-        if (p.split or "train") not in data.splits:
-            continue
-        a = index.get((os.path.realpath(p.video_a), p.prompt))
-        b = index.get((os.path.realpath(p.video_b), p.prompt_b or p.prompt))
-        if a is None or b is None or a == b:
-            skipped["no row for both videos with the pair's prompt"] += 1
-            continue
-        if a in used or b in used:  # a video's rollouts serve one pair per step
-            skipped["a video already in another pair"] += 1
-            continue
+    pairs, skipped = first_pairs(data.pairs, data.splits, index)  # a video's rollouts serve one pair per step
+    paired, units, used = [], [], set()
+    for p, a, b in pairs:
         used.update((a, b))
         label = {d: (p.dims or {"overall": p.preference}).get(d) for d in dims}
         for i, side in ((a, "A"), (b, "B")):
             paired.append({**rows[i], "pair_id": p.id, "side": side, "pair_label": label})
         units.append((len(paired) - 2, len(paired) - 1))
+    words = {"no_video": "no row for both videos with the pair's prompt", "video_in_another_pair": "a video already in another pair"}  # fmt: skip
+    skipped = Counter({words[k]: n for k, n in skipped.items()})
     if skipped:
         reasons = "; ".join(f"{n}: {why}" for why, n in skipped.items())
         note(

@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cot_rm.protocol import PROTOCOL_VERSION, JudgeSpec
-from cot_rm.schema import read_jsonl
-from cot_rm.train.data import load_traces
+from cot_rm.train.data import first_pairs, load_traces
 from cot_rm.train.rft.keep import Pair
 
 
@@ -63,20 +62,11 @@ def _pairs(out: Videos, data, spec: JudgeSpec) -> None:
     """Each video in at most one pair (the first in the file), as GRPO draws them: a video's draws are
     chosen once, so they cannot be made to order against two partners."""
     index = {(os.path.realpath(r["video"]), r["prompt"]): r["id"] for r in out.rows}
-    used = set()
-    for p in read_jsonl(data.pairs, kind="pairwise"):
-        if (p.split or "train") not in data.splits:
-            continue
-        a = index.get((os.path.realpath(p.video_a), p.prompt))
-        b = index.get((os.path.realpath(p.video_b), p.prompt_b or p.prompt))
-        if a is None or b is None or a == b:
-            out.pairs_skipped["no_video"] += 1
-        elif a in used or b in used:
-            out.pairs_skipped["video_in_another_pair"] += 1
-        else:
-            used.update((a, b))
-            label = {d: v for d, v in (p.dims or {"overall": p.preference}).items() if d in spec.dimensions}
-            out.pairs.append(Pair(a, b, label))
+    pairs, skipped = first_pairs(data.pairs, data.splits, index)
+    out.pairs_skipped.update(skipped)
+    for p, a, b in pairs:
+        label = {d: v for d, v in (p.dims or {"overall": p.preference}).items() if d in spec.dimensions}
+        out.pairs.append(Pair(a, b, label))
 
 
 def with_video_ref(messages: list[dict], ref: str) -> list[dict]:
