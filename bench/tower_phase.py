@@ -59,14 +59,14 @@ def encode_all(collator: TowerCollator, rows: list[dict]) -> list[dict]:
             len(b["video_grid_thw"]), -1, b["pixel_values_videos"].shape[-1]
         )
         out += [
-            {"pv": pv[j], **{k: b[k][j] for k in ("video_grid_thw", "events", *CLASSES)}}
+            {"pv": pv[j].half(), **{k: b[k][j] for k in ("video_grid_thw", "events", *CLASSES)}}
             for j in range(len(pv))
         ]
     return out
 
 
 def stack(items: list[dict]) -> dict:
-    return {"pixel_values_videos": torch.cat([x["pv"] for x in items]),
+    return {"pixel_values_videos": torch.cat([x["pv"] for x in items]).float(),
             **{k: torch.stack([x[k] for x in items]) for k in ("video_grid_thw", "events", *CLASSES)}}  # fmt: skip
 
 
@@ -182,7 +182,7 @@ def pixel_baseline(items: list[dict]) -> dict:
     feats, truth = [], []
     for it in items:
         t, h, w = (int(x) for x in it["video_grid_thw"])
-        p = it["pv"].reshape(t, h * w, 3, 2, 14, 14)  # slices, patches, channels, frames, rows, columns
+        p = it["pv"].float().reshape(t, h * w, 3, 2, 14, 14)  # slices, patches, channels, frames, rows, columns
         edges = (p[..., 1:, :] - p[..., :-1, :]).abs().mean((-1, -2)) + (p[..., 1:] - p[..., :-1]).abs().mean(
             (-1, -2)
         )

@@ -169,9 +169,9 @@ def test_shipped_base_is_the_one_its_marker_describes():
 
 
 # Measured on the shipped base (toy world seed 11, 240 videos, probes fitted on 168, scored on 72): colour
-# 0.986, count 0.736, visual-quality defect shown 0.694 (chance 0.611); a random base of the same shape:
-# 0.722, 0.486, 0.625. The thresholds keep a margin of a few videos below the shipped base's figures.
-PROBE_THRESHOLDS = {"colour": 0.9, "count": 0.65, "visual_quality_over_chance": 0.04}
+# 0.986, count 0.778, visual-quality defect shown 0.819 (chance 0.611); a random base of the same shape:
+# 0.708, 0.458, 0.611. The thresholds keep a margin of a few videos (one is 0.014) below the shipped base's.
+PROBE_THRESHOLDS = {"colour": 0.9, "count": 0.7, "visual_quality_over_chance": 0.15}
 
 
 def test_shipped_base_sees_colours_and_defects_on_fresh_videos(tmp_path):

@@ -51,7 +51,7 @@ class CorpusArgs:
 
     folder: str = field(metadata=meta("where the corpus is (built there by `cot-rm toyworld` when missing)"))
     seed: int = field(default=1001, metadata=meta("corpus seed; keep it apart from the worlds you judge"))
-    videos: int = field(default=3000, metadata=meta("videos in the corpus (test-split prompts are dropped)"))
+    videos: int = field(default=10000, metadata=meta("videos in the corpus (test-split prompts are dropped)"))
     size: int = field(default=64, metadata=meta("frame size of the corpus videos (pixels, square)"))
     frames: int = field(default=8, metadata=meta("frames sampled per video (the judge's num_frames)"))
     max_pixels: int = field(default=12544, metadata=meta("pixels per sampled frame (the judge's max_pixels)"))
@@ -91,7 +91,7 @@ class TowerArgs:
     each temporal slice shows. Captioning end to end from a random base wipes the tower's features (the
     language loss's gradient reaches it as noise); trained directly first, then frozen, they survive."""
 
-    steps: int = field(default=1200, metadata=meta("phase-1 steps (0: caption end to end, tower trained)"))
+    steps: int = field(default=6000, metadata=meta("phase-1 steps (0: caption end to end, tower trained)"))
     batch_size: int = field(default=16, metadata=meta("videos per phase-1 step"))
     learning_rate: float = field(default=2.0e-3, metadata=meta("phase-1 peak learning rate (cosine)"))
     events_weight: float = field(

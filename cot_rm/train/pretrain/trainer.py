@@ -518,6 +518,7 @@ def save_base(model, processor, cfg, report: dict, out: Path) -> Path:
         "rebuild": "cot-rm pretrain --config configs/tiny/pretrain.yaml",
         "corpus": {"seed": cfg.corpus.seed, "videos": cfg.corpus.videos, "size": cfg.corpus.size},
         "model": dump_config(cfg.model),
+        "tower": dump_config(cfg.tower),
         "train": {k: v for k, v in cfg.train.items() if k != "output_dir"},
         "weights_sha256": digest(tmp / "model.safetensors"),
         "report": report,
