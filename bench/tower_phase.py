@@ -182,7 +182,8 @@ def pixel_baseline(items: list[dict]) -> dict:
     feats, truth = [], []
     for it in items:
         t, h, w = (int(x) for x in it["video_grid_thw"])
-        p = it["pv"].float().reshape(t, h * w, 3, 2, 14, 14)  # slices, patches, channels, frames, rows, columns
+        # slices, patches, channels, frames, rows, columns
+        p = it["pv"].float().reshape(t, h * w, 3, 2, 14, 14)
         edges = (p[..., 1:, :] - p[..., :-1, :]).abs().mean((-1, -2)) + (p[..., 1:] - p[..., :-1]).abs().mean(
             (-1, -2)
         )
