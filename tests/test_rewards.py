@@ -197,6 +197,20 @@ def test_pairwise_overall_weight_bare_label_and_missing_columns():
     assert run(R.PairwiseReward(), PAIR_BATCH, **cols)[0] == [None] * 6
 
 
+def test_pairwise_without_tie_labels():
+    out, logged, _ = run(R.PairwiseReward(ties=False), PAIR_BATCH, **PAIR_COLS)
+    # visual_quality (a tie) is not scored: overall alone, from the first test's reasoning
+    assert out == [1.0, 0.0, 0.5, 0.0, None, None]
+    assert "pairwise/agree/visual_quality" not in logged
+    # Two videos answered alike on a tie-labelled dimension: no credit to earn, so no reward either way.
+    same = [answer(vq=4, ov=3), answer(vq=4, ov=3)]
+    cols = {"pair_id": ["q", "q"], "side": ["A", "B"], "pair_label": [{"visual_quality": "tie"}] * 2}
+    assert run(R.PairwiseReward(ties=False), same, **cols)[0] == [None, None]
+    assert run(R.PairwiseReward(), same, **cols)[0] == [1.0, 1.0]
+    with pytest.raises(ValueError, match="ties must be true or false"):
+        R.PairwiseReward(ties="no")
+
+
 def test_pairwise_side_b_preferred():
     # B1 says overall 5 vs A's 2: B wins on overall (label B, right); vq 4 vs 4 tie vs label B (wrong)
     batch = [answer(ov=2), answer(vq=4, ov=5)]

@@ -165,8 +165,12 @@ class PairwiseReward(Reward):
     `compare="mean"`: 1 or 0 for the comparison with the partners' mean score.
     Reward = mean agreement over labelled dimensions (with `overall_weight` w and "overall" labelled
     beside others: w * overall + (1 - w) * mean of the others, VR-Thinker's 0.5/0.5).
+    `ties=False` scores only the dimensions whose label is not a tie: with many tie labels (the toy
+    world's), equal answers earn credit on every one of them, and a policy that cannot yet tell videos
+    apart learns to give every video the same answer.
     None: no pair_id/side/label, or no partner in the batch that parsed (the sampler must put both
-    videos of a pair in the same process's batch). 0: own final turn does not parse.
+    videos of a pair in the same process's batch), or (`ties=False`) every labelled dimension a tie.
+    0: own final turn does not parse.
     """
 
     name = "pairwise"
@@ -178,6 +182,7 @@ class PairwiseReward(Reward):
         tie_margin: float = 0.0,
         compare: str = "each",
         overall_weight: float | None = None,
+        ties: bool = True,
     ):
         super().__init__(spec)
         if not tie_margin >= 0:
@@ -186,7 +191,10 @@ class PairwiseReward(Reward):
             raise ValueError(f"pairwise: compare must be 'each' or 'mean', got {compare!r}")
         if overall_weight is not None and not 0 <= overall_weight <= 1:
             raise ValueError(f"pairwise: overall_weight must be in [0, 1], got {overall_weight}")
+        if not isinstance(ties, bool):
+            raise ValueError(f"pairwise: ties must be true or false, got {ties!r}")
         self.tie_margin, self.compare, self.overall_weight = float(tie_margin), compare, overall_weight
+        self.ties = ties
 
     def score(self, completions, pair_id=None, side=None, pair_label=None, **_):
         n = len(completions)
@@ -207,7 +215,8 @@ class PairwiseReward(Reward):
         label = {"overall": label} if isinstance(label, str) else label  # a bare preference is "overall"
         if not isinstance(label, Mapping):
             return {}
-        return {d: v for d, v in label.items() if d in self.spec.dimensions and v in (*SIDES, "tie")}
+        wanted = (*SIDES, "tie") if self.ties else SIDES
+        return {d: v for d, v in label.items() if d in self.spec.dimensions and v in wanted}
 
     def _agreement(self, i, scores, pair_id, side, labels) -> dict[str, float] | float | None:
         """{dim: agreement}, 0.0 when the own turn failed, None when it cannot be compared."""
