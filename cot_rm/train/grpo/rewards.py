@@ -165,9 +165,8 @@ class PairwiseReward(Reward):
     `compare="mean"`: 1 or 0 for the comparison with the partners' mean score.
     Reward = mean agreement over labelled dimensions (with `overall_weight` w and "overall" labelled
     beside others: w * overall + (1 - w) * mean of the others, VR-Thinker's 0.5/0.5).
-    `ties=False` scores only the dimensions whose label is not a tie: with many tie labels (the toy
-    world's), equal answers earn credit on every one of them, and a policy that cannot yet tell videos
-    apart learns to give every video the same answer.
+    `ties=False` scores only the dimensions whose label is not a tie, so equal answers never earn credit
+    (with many tie labels, as in the toy world, they otherwise earn it on each).
     None: no pair_id/side/label, or no partner in the batch that parsed (the sampler must put both
     videos of a pair in the same process's batch), or (`ties=False`) every labelled dimension a tie.
     0: own final turn does not parse.
