@@ -10,8 +10,11 @@ hand-made pixel features per kind (what the pixels hold, whatever the tower lear
     feats=mean   each temporal slice's spatial mean (where things are is lost)
     feats=flat   each slice's tokens in place
     feats=both   the mean and the tokens (what `cot_rm.train.pretrain.trainer.TowerProbe` reads)
-    events_head=linear   one linear map over each slice's features (what `TowerProbe` has)
+    events_head=linear   one linear map over each slice's features (`TowerProbe`'s default)
     events_head=tokmax   an MLP on each token, the strongest answer per slice (`TokenMax`)
+    events_head=ctx      one linear map over the slice's features and its two neighbours' (`Context`, what
+                         `TowerProbe` has with `tower.events_context=1`): a jump, a reversal or a morph
+                         between slices is only seen across them
     lr, steps, sched=const|cos, pos_weight (events), events_weight, vision_hidden, vision_depth
 
 `--judge TRAIN_WORLD TEST_WORLD` (two toy worlds, e.g. the demo's and a second one) adds, per variant, the
@@ -43,7 +46,7 @@ from judge_ceiling import DIMS, pair_accuracy, ridge  # bench/, beside this scri
 from cot_rm.model import tiny
 from cot_rm.model.tower import slice_tokens
 from cot_rm.train.pretrain.config import CorpusArgs
-from cot_rm.train.pretrain.trainer import CLASSES, EVENTS, DescribeCollator, TowerCollator
+from cot_rm.train.pretrain.trainer import CLASSES, EVENTS, DescribeCollator, TowerCollator, with_neighbours
 
 FAMILY = "qwen2_5_vl"
 DEFAULTS = {"feats": "mean", "lr": 4e-3, "steps": 300, "sched": "const", "pos_weight": 1.0,
@@ -91,8 +94,20 @@ class TokenMax(torch.nn.Module):
         return self.mlp(f).amax(2)
 
 
+class Context(torch.nn.Module):
+    """An events head reading each slice beside the one before and after it (zeros past the ends): the
+    tower attends only within a slice, so a change between slices can only be read across them."""
+
+    def __init__(self, width: int, events: int):
+        super().__init__()
+        self.linear = torch.nn.Linear(3 * width, events)
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return self.linear(with_neighbours(f.flatten(2), 1))
+
+
 def event_logits(heads, f: torch.Tensor, kind: str) -> torch.Tensor:
-    return heads["events"](f) if kind == "tokmax" else heads["events"](f.flatten(2))
+    return heads["events"](f) if kind in ("tokmax", "ctx") else heads["events"](f.flatten(2))
 
 
 def auc(scores: torch.Tensor, truth: torch.Tensor) -> float:
@@ -135,11 +150,11 @@ def run(v: dict, train: list[dict], val: list[dict], tok, judge: tuple | None = 
     heads = torch.nn.ModuleDict(
         {k: torch.nn.Linear(slices * tokens * width, len(c)) for k, c in CLASSES.items()}
     )
-    heads["events"] = (
-        TokenMax(width, len(EVENTS))
-        if v["events_head"] == "tokmax"
-        else torch.nn.Linear(tokens * width, len(EVENTS))
-    )
+    heads["events"] = {
+        "tokmax": lambda: TokenMax(width, len(EVENTS)),
+        "ctx": lambda: Context(tokens * width, len(EVENTS)),
+        "linear": lambda: torch.nn.Linear(tokens * width, len(EVENTS)),
+    }[v["events_head"]]()
     params = [p for p in [*vlm.parameters(), *heads.parameters()] if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=v["lr"], weight_decay=0.0)
     steps, start = int(v["steps"]), time.time()

@@ -154,6 +154,19 @@ def test_tower_collator_targets_name_what_is_drawn(tiny_qwen25vl_dir, tmp_path):
     loss.backward()  # the tower learns from these targets; the language model gets no gradient
     assert probe.vlm.model.visual.patch_embed.proj.weight.grad is not None
     assert probe.vlm.lm_head.weight.grad is None
+    wide = TowerProbe(probe.vlm, 4, tokens=16, context=1)  # events read beside the neighbouring slices
+    assert wide.predict(batch["pixel_values_videos"], batch["video_grid_thw"])[1].shape == (4, 4, len(EVENTS))
+
+
+def test_events_head_reads_neighbouring_slices_in_time_order():
+    import torch
+
+    from cot_rm.train.pretrain.trainer import with_neighbours
+
+    x = torch.tensor([[[1.0], [2.0], [3.0]]])  # one video, 3 slices, width 1
+    assert with_neighbours(x, 0).tolist() == x.tolist()
+    assert with_neighbours(x, 1).tolist() == [[[0, 1, 2], [1, 2, 3], [2, 3, 0]]]
+    assert with_neighbours(x, 2)[0, 0].tolist() == [0, 0, 1, 2, 3]
 
 
 SHIPPED = ROOT / "assets" / "tiny-qwen2_5_vl-base"

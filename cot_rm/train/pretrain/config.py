@@ -97,10 +97,18 @@ class TowerArgs:
     events_weight: float = field(
         default=10.0, metadata=meta("weight of the events loss beside the attributes'")
     )
+    events_context: int = field(
+        default=0,
+        metadata=meta(
+            "slices on each side the events head reads beside a slice's own (a change between "
+            "slices, such as a jump, shows only across them)"
+        ),
+    )
 
     def __post_init__(self):
-        require([(self.steps >= 0 and self.batch_size >= 1 and self.learning_rate > 0 and self.events_weight >= 0,
-                  "tower: steps >= 0, batch_size >= 1, learning_rate > 0, events_weight >= 0")])  # fmt: skip
+        require([(self.steps >= 0 and self.batch_size >= 1 and self.learning_rate > 0 and self.events_weight >= 0
+                  and self.events_context >= 0,
+                  "tower: steps >= 0, batch_size >= 1, learning_rate > 0, events_weight >= 0, events_context >= 0")])  # fmt: skip
 
 
 @dataclass

@@ -259,26 +259,34 @@ def slice_events(meta: dict, shown: list[int]) -> torch.Tensor:
 EVENT_POS_WEIGHT = 5.0
 
 
+def with_neighbours(x: torch.Tensor, context: int) -> torch.Tensor:
+    """[videos, slices, width] -> [videos, slices, (1 + 2 context) * width]: each slice's features
+    beside its `context` neighbours on each side, in time order (zeros past the ends)."""
+    n, padded = x.shape[1], torch.nn.functional.pad(x, (0, 0, context, context))
+    return torch.cat([padded[:, k : k + n] for k in range(2 * context + 1)], -1)
+
+
 class TowerProbe(torch.nn.Module):
     """The VLM's vision tower with linear heads that name what it sees, reading every slice's mean and
     tokens (positions matter: direction, count, a missing object): one head per attribute on the whole
-    video, and one events head on each slice (when an event shows). Only the tower, merger and heads
-    train; the heads are dropped when phase 1 ends. One sampling (slices x tokens) for all videos."""
+    video, and one events head on each slice (when an event shows), reading `context` slices on each
+    side too (zeros past the ends). Only the tower, merger and heads train; the heads are dropped when
+    phase 1 ends. One sampling (slices x tokens) for all videos."""
 
-    def __init__(self, vlm, slices: int, tokens: int, events_weight: float = 10.0):
+    def __init__(self, vlm, slices: int, tokens: int, events_weight: float = 10.0, context: int = 0):
         super().__init__()
-        self.vlm, self.events_weight = vlm, events_weight
+        self.vlm, self.events_weight, self.context = vlm, events_weight, context
         per_slice = (1 + tokens) * vlm.config.text_config.hidden_size  # the merger's output width
         self.heads = torch.nn.ModuleDict(
             {k: torch.nn.Linear(slices * per_slice, len(v)) for k, v in CLASSES.items()}
         )
-        self.events = torch.nn.Linear(per_slice, len(EVENTS))
+        self.events = torch.nn.Linear((1 + 2 * context) * per_slice, len(EVENTS))
 
     def predict(self, pixel_values_videos, video_grid_thw) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Attribute logits {name: [videos, classes]} and event logits [videos, slices, events]."""
         feats = torch.stack(slice_tokens(self.vlm, pixel_values_videos, video_grid_thw))
-        whole = feats.flatten(1)
-        return {k: head(whole) for k, head in self.heads.items()}, self.events(feats.flatten(2))
+        per_slice = with_neighbours(feats.flatten(2), self.context)
+        return {k: head(feats.flatten(1)) for k, head in self.heads.items()}, self.events(per_slice)
 
     def forward(self, pixel_values_videos, video_grid_thw, events, **attributes):
         logits, per_slice = self.predict(pixel_values_videos, video_grid_thw)
@@ -402,7 +410,8 @@ def train_tower(cfg, model, collator: DescribeCollator, rows: list[dict]) -> dic
     train = [json.dumps(r) for r in rows if r["split"] == "train"]
     grid = tower_collator([{"example": train[0]}])["video_grid_thw"][0]  # the corpus's one sampling
     merge = model.config.vision_config.spatial_merge_size
-    probe = TowerProbe(model, int(grid[0]), int(grid[1] * grid[2]) // merge**2, cfg.tower.events_weight)
+    probe = TowerProbe(model, int(grid[0]), int(grid[1] * grid[2]) // merge**2, cfg.tower.events_weight,
+                       cfg.tower.events_context)  # fmt: skip
     model.requires_grad_(False)
     model.model.visual.requires_grad_(True)
     trainer = TowerTrainer(probe, args, data_collator=tower_collator,
