@@ -262,6 +262,8 @@ def test_make_teacher_model_sources():
     oracle = make_teacher("oracle")
     assert oracle.name == "oracle" and type(oracle).__module__ == "data_synthesis.teachers.oracle"
     assert not oracle.plain and make_teacher("oracle:plain").plain
+    fields = make_teacher("oracle:fields")
+    assert fields.plain and fields.fields and fields.model == "toyworld-oracle/1-fields"
     with pytest.raises(ValueError, match="unknown teacher"):
         make_teacher("oracle:fancy")
 
@@ -286,6 +288,14 @@ def test_plain_oracle_says_it_one_way_in_a_fixed_order():
         "excellent. Overall the video is mediocre."
     )
     assert critique("two red squares", [flicker], scores, Plain(), 32, "Two red squares.") == text
+    # oracle:fields restates the prompt's spec attribute by attribute, the rest unchanged
+    asked = {"count": 2, "colour": "red", "shape": "square", "direction": "left", "speed": "slow",
+             "background": "white"}  # fmt: skip
+    keyed = critique("two red squares", [flicker], scores, Plain(), 32, "Two red squares.", asked)
+    assert keyed == text.replace(
+        "The prompt asks for two red squares.",
+        "The prompt asks for: count two, colour red, shape square, motion left, speed slowly, background white.",
+    )
 
 
 def test_chat_messages_jpeg():

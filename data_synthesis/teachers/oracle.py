@@ -14,7 +14,8 @@ from collections.abc import Sequence
 
 from cot_rm.protocol import DEFAULT_DIMENSIONS, JudgeSpec, format_answer
 from data_synthesis.teachers.base import TeacherReply, TeacherRequest
-from data_synthesis.toyworld.describe import describe
+from data_synthesis.toyworld.describe import NUMBER, describe
+from data_synthesis.toyworld.plan import SPEED_WORDS
 
 DIM_WORDS = {
     "visual_quality": ["visual quality", "image quality", "picture quality"],
@@ -111,12 +112,14 @@ class OracleTeacher:
     model = "toyworld-oracle/1"
     needs_images = False  # it reads the annotations, not the pixels: the pipeline skips decoding for it
 
-    def __init__(self, plain: bool = False):
+    def __init__(self, plain: bool = False, fields: bool = False):
         # plain: one wording and a fixed order of dimensions (`Plain`), for students too small to learn
-        # a varied teacher's many ways of saying the same thing.
-        self.plain = plain
-        if plain:
-            self.model = "toyworld-oracle/1-plain"
+        # a varied teacher's many ways of saying the same thing. fields (implies plain): the prompt is
+        # restated attribute by attribute ("shape circle"), which a student finds by looking the key up
+        # in the prompt, where a verbatim quote needs it to copy word pairs it may never have written.
+        self.plain, self.fields = plain or fields, fields
+        if self.plain:
+            self.model = "toyworld-oracle/1-fields" if fields else "toyworld-oracle/1-plain"
 
     def generate(self, requests: Sequence[TeacherRequest]) -> list[TeacherReply]:
         return [self._one(r) for r in requests]
@@ -128,8 +131,9 @@ class OracleTeacher:
         rng = Plain() if self.plain else random.Random(f"{req.seed}:{req.id}")
         # What the student's first-turn frames show, in the words of its perception pretraining.
         seen = describe(meta, req.shown or None) if "spec" in meta else None
+        asked = meta.get("spec") if self.fields else None
         think = critique(
-            req.record.prompt, meta["defects"], req.record.scores, rng, meta.get("num_frames"), seen
+            req.record.prompt, meta["defects"], req.record.scores, rng, meta.get("num_frames"), seen, asked
         )
         answer = format_answer(req.record.scores, JudgeSpec(dimensions=tuple(req.record.scores)))
         return TeacherReply(req.id, f"<think>{think}</think>\n{answer}")
@@ -170,16 +174,19 @@ def critique(
     rng: random.Random,
     num_frames: int | None = None,
     seen: str | None = None,
+    asked: dict | None = None,
 ) -> str:
     """A varied critique: what the video shows (`seen`: what is drawn and the events in the frames the
-    student sees, as `describe` words them), an opening that recalls the prompt, one sentence per defect
-    (grouped by dimension), verdicts.
+    student sees, as `describe` words them), an opening that recalls the prompt (`asked`, the prompt's
+    toy-world spec: restated field by field), one sentence per defect (grouped by dimension), verdicts.
 
     A clean dimension is often backed by a spot check of two random frames (when the frame count is
     known), so clean videos are inspected with the tool too, not only flawed ones.
     """
     sentences = [SEEN.format(seen=seen[0].lower() + seen[1:])] if seen else []
-    sentences.append(rng.choice(OPENINGS).format(prompt=prompt.rstrip(".")))
+    sentences.append(
+        restate(asked) if asked else rng.choice(OPENINGS).format(prompt=prompt.rstrip("."))
+    )
     dims = [d for d in DEFAULT_DIMENSIONS if d != "overall"]
     rng.shuffle(dims)  # the order of dimensions varies between critiques
     for dim in dims:
@@ -194,6 +201,15 @@ def critique(
     if "overall" in scores:
         sentences.append(verdict("overall", scores["overall"], rng))
     return " ".join(sentences)
+
+
+def restate(spec: dict) -> str:
+    """ "The prompt asks for: count two, colour red, shape circle, motion left, speed slowly, background
+    white." A toy prompt's spec, each value after its attribute's name."""
+    values = {"count": NUMBER.get(int(spec["count"]), spec["count"]), "colour": spec["colour"],
+              "shape": spec["shape"], "motion": spec["direction"], "speed": SPEED_WORDS[spec["speed"]],
+              "background": spec["background"]}  # fmt: skip
+    return "The prompt asks for: " + ", ".join(f"{k} {v}" for k, v in values.items()) + "."
 
 
 def defect_sentence(defect: dict, rng: random.Random) -> str:
