@@ -29,8 +29,9 @@ SEED=${SEED:-0}                            # toy-world seed: same seed, same byt
 # Extra `cot-rm toyworld` flags, e.g. "--defect-types visible" (only the defect types a random tiny
 # vision tower sees best; tried for the demo: no better head accuracy, and more looping critiques).
 TOY_ARGS=${TOY_ARGS:-}
-# The teacher that writes the critiques: `oracle` (varied wording) or `oracle:plain` (one wording, fixed
-# order of dimensions; bench/RESULTS.md, "Learning", compares them on the tiny model).
+# The teacher that writes the critiques: `oracle` (varied wording), `oracle:plain` (one wording, fixed
+# order of dimensions) or `oracle:fields` (plain, the prompt restated attribute by attribute);
+# bench/RESULTS.md, "Learning", compares them on the tiny model.
 TEACHER=${TEACHER:-oracle:plain}
 SFT_CONFIG=configs/tiny/sft.yaml
 # Extra SFT key=value overrides, space-separated, e.g. "train.max_steps=2 data.eval_limit=2".
