@@ -184,9 +184,7 @@ def critique(
     known), so clean videos are inspected with the tool too, not only flawed ones.
     """
     sentences = [SEEN.format(seen=seen[0].lower() + seen[1:])] if seen else []
-    sentences.append(
-        restate(asked) if asked else rng.choice(OPENINGS).format(prompt=prompt.rstrip("."))
-    )
+    sentences.append(restate(asked) if asked else rng.choice(OPENINGS).format(prompt=prompt.rstrip(".")))
     dims = [d for d in DEFAULT_DIMENSIONS if d != "overall"]
     rng.shuffle(dims)  # the order of dimensions varies between critiques
     for dim in dims:
