@@ -19,24 +19,26 @@ from collections import Counter
 from pathlib import Path
 
 COLOUR = r"(?:red|yellow|green|cyan|blue|purple)"
-# The words each defect type is written with (the oracle teacher's phrasings and their plain synonyms).
+# The words each defect type is written with: the oracle teacher's phrasings, their plain synonyms, and
+# the words of the description a critique opens with (data_synthesis/toyworld/describe.py's `event`:
+# "Frames 9 and 13: the squares stand still.").
 NAMES = {
     "flicker": r"flicker|brightness (?:jumps|pulses)|flashes",
     "noise": r"noise|grain|speckled",
     "blur": r"blur|look soft",
     "blockiness": r"block",
-    "banding": r"banding|colour bands|bands:",
+    "banding": r"banding|colour bands|bands:|step in bands",
     "wrong_colour": rf"colou?r is wrong|is {COLOUR} instead|show a {COLOUR} object|{COLOUR} where",
     "wrong_shape": r"shape mismatch|not the requested|but the object is an? ",
     "wrong_count": r"object\(s\)|counting the objects|wrong number",
     "wrong_direction": r"direction is wrong|motion goes \w+ although|moves \w+, not ",
-    "missing_object": r"missing|never appears|^no .+ is visible",
+    "missing_object": r"missing|never appears|^no .+ is visible|\bis gone|^(?:frames? [\d, and]+: )?only \w+ \w+ visible",
     "teleport": r"teleport|jumps? to|skips across|jump in position",
-    "freeze": r"freez|stalls|are identical|stops dead",
-    "reversal": r"revers|runs backwards|turns back",
-    "morphing": r"morph|changing shape",
+    "freeze": r"freez|stalls|are identical|stops dead|stands? still",
+    "reversal": r"revers|runs backwards|turns back|moves? back",
+    "morphing": r"morph|changing shape|shape changes",
     "wall_pass": r"wall",
-    "speed_change": r"speed (?:changes|jump)|change of speed",
+    "speed_change": r"speed (?:changes|jump)|change of speed|speed up",
 }
 _DENIAL = re.compile(r"^(?:no flicker|nothing jumps)", re.IGNORECASE)
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")

@@ -475,6 +475,15 @@ def test_named_defects_reads_findings_not_denials_or_the_prompt():
         "banding"
     }
     assert named_defects("The content follows the prompt. Overall: flawless.") == set()
+    # the description a critique opens with, in its pretraining's words
+    seen = ("I see two red circles on a white background, moving left slowly. Frames 4 and 9: the circles stand "
+            "still. Frames 10 and 13: the circles move back right. Frame 15: only one circle visible. Frame 17: "
+            "the colours step in bands (faint). Frame 20: the shape changes into a square. Frames 21 and 22: the "
+            "circles suddenly speed up. Frame 23: the circle is gone.")  # fmt: skip
+    assert named_defects(seen, prompt) == {"freeze", "reversal", "missing_object", "banding", "morphing",
+                                           "speed_change"}  # fmt: skip
+    # "visible" alone names nothing: a finding of another kind says where it is visible
+    assert named_defects("Colour is wrong: yellow where red was requested, visible in frame 3.") == {"wrong_colour"}
 
 
 def test_faithfulness_by_hand():
