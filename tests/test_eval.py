@@ -483,7 +483,9 @@ def test_named_defects_reads_findings_not_denials_or_the_prompt():
     assert named_defects(seen, prompt) == {"freeze", "reversal", "missing_object", "banding", "morphing",
                                            "speed_change"}  # fmt: skip
     # "visible" alone names nothing: a finding of another kind says where it is visible
-    assert named_defects("Colour is wrong: yellow where red was requested, visible in frame 3.") == {"wrong_colour"}
+    assert named_defects("Colour is wrong: yellow where red was requested, visible in frame 3.") == {
+        "wrong_colour"
+    }
 
 
 def test_faithfulness_by_hand():
