@@ -253,8 +253,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--teacher",
         required=True,
         help="oracle[:plain|:fields] (toy world only; plain: one wording, fields: plain with the prompt "
-        "restated attribute by attribute) | openai:URL[#MODEL] | hf:PATH | import:FILE (rationales that exist: VideoScore2's "
-        "released CoT records, a JSON array or JSON Lines; docs/formats.md, section 11)",
+        "restated attribute by attribute) | openai:URL[#MODEL] | hf:PATH | import:FILE (rationales that "
+        "exist: VideoScore2's released CoT records, a JSON array or JSON Lines; docs/formats.md, section 11)",
     )
     p.add_argument(
         "--out",

@@ -32,7 +32,9 @@ NAMES = {
     "wrong_shape": r"shape mismatch|not the requested|but the object is an? ",
     "wrong_count": r"object\(s\)|counting the objects|wrong number",
     "wrong_direction": r"direction is wrong|motion goes \w+ although|moves \w+, not ",
-    "missing_object": r"missing|never appears|^no .+ is visible|\bis gone|^(?:frames? [\d, and]+: )?only \w+ \w+ visible",
+    "missing_object": (
+        r"missing|never appears|^no .+ is visible|\bis gone|^(?:frames? [\d, and]+: )?only \w+ \w+ visible"
+    ),
     "teleport": r"teleport|jumps? to|skips across|jump in position",
     "freeze": r"freez|stalls|are identical|stops dead|stands? still",
     "reversal": r"revers|runs backwards|turns back|moves? back",

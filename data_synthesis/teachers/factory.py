@@ -12,8 +12,8 @@ from data_synthesis.teachers.oracle import OracleTeacher
 
 
 def make_teacher(spec: str, **kw) -> Teacher:
-    """Build a teacher from `oracle[:plain|:fields]`, `openai:URL[#MODEL]`, `hf:PATH` or `import:FILE`; `kw` go to its
-    constructor."""
+    """Build a teacher from `oracle[:plain|:fields]`, `openai:URL[#MODEL]`, `hf:PATH` or `import:FILE`;
+    `kw` go to its constructor."""
     kind, _, rest = spec.partition(":")
     if kind == "oracle" and rest in ("", "plain", "fields"):
         return OracleTeacher(plain=rest == "plain", fields=rest == "fields", **kw)
@@ -30,6 +30,6 @@ def make_teacher(spec: str, **kw) -> Teacher:
     if kind == "import" and rest:
         return ImportTeacher.from_file(rest, **kw)
     raise ValueError(
-        f"unknown teacher {spec!r}; expected 'oracle', 'oracle:plain', 'oracle:fields', 'openai:URL[#MODEL]', 'hf:PATH' or "
-        "'import:FILE'"
+        f"unknown teacher {spec!r}; expected 'oracle', 'oracle:plain', 'oracle:fields', 'openai:URL[#MODEL]', "
+        "'hf:PATH' or 'import:FILE'"
     )

@@ -108,7 +108,8 @@ class TowerArgs:
     def __post_init__(self):
         require([(self.steps >= 0 and self.batch_size >= 1 and self.learning_rate > 0 and self.events_weight >= 0
                   and self.events_context >= 0,
-                  "tower: steps >= 0, batch_size >= 1, learning_rate > 0, events_weight >= 0, events_context >= 0")])  # fmt: skip
+                  "tower: steps >= 0, batch_size >= 1, learning_rate > 0, events_weight >= 0, "
+                  "events_context >= 0")])  # fmt: skip
 
 
 @dataclass
