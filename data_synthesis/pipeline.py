@@ -252,9 +252,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--teacher",
         required=True,
-        help="oracle[:plain|:fields] (toy world only; plain: one wording, fields: plain with the prompt "
-        "restated attribute by attribute) | openai:URL[#MODEL] | hf:PATH | import:FILE (rationales that "
-        "exist: VideoScore2's released CoT records, a JSON array or JSON Lines; docs/formats.md, section 11)",
+        help="oracle[:plain|:fields] (toy world; README) | openai:URL[#MODEL] | hf:PATH | import:FILE "
+        "(rationales that exist: VideoScore2's released CoT records, JSON array or Lines; docs/formats.md 11)",
     )
     p.add_argument(
         "--out",
