@@ -200,14 +200,11 @@ def tune_tower(vlm, processor, fit: dict, steps: int, pool: str = "mean") -> Non
         sched.step()
 
 
-def random_base(overrides: list[str], out: Path) -> Path:
-    """A random tiny Qwen2.5-VL (`cot_rm.model.tiny`) whose vision config and processor take KEY=VALUE
-    overrides (e.g. patch_size=4 spatial_merge_size=4, temporal_patch_size=8). The frame sampling follows
-    the new patch x merge and temporal patch: an experiment, not the judge's rule."""
+def apply_vision(overrides: list[str], config, processor) -> None:
+    """Vision config KEY=VALUE overrides (e.g. patch_size=4 spatial_merge_size=4, temporal_patch_size=8) on
+    `config` and `processor` together; the frame sampling follows the new patch x merge and temporal patch:
+    an experiment, not the judge's rule."""
     kv = {k: json.loads(v) for k, v in (o.split("=", 1) for o in overrides)}
-    tokenizer = tiny.build_tokenizer("qwen2_5_vl")
-    processor = tiny.build_processor("qwen2_5_vl", tokenizer)
-    config = tiny.build_config("qwen2_5_vl", tokenizer)
     for key, value in kv.items():
         setattr(config.vision_config, key, value)
         name = {"spatial_merge_size": "merge_size"}.get(key, key)  # the processors' word for it
@@ -220,6 +217,14 @@ def random_base(overrides: list[str], out: Path) -> Path:
         proc.size = {"shortest_edge": 4 * factor * factor, "longest_edge": tokens_max * factor * factor}
     video_module.FACTORS["qwen2_5_vl"] = factor  # looked up at call time, like the sampler below
     video_module.FRAME_FACTOR = vision.temporal_patch_size
+
+
+def random_base(overrides: list[str], out: Path) -> Path:
+    """A random tiny Qwen2.5-VL (`cot_rm.model.tiny`) with `apply_vision`'s overrides, saved to `out`."""
+    tokenizer = tiny.build_tokenizer("qwen2_5_vl")
+    processor = tiny.build_processor("qwen2_5_vl", tokenizer)
+    config = tiny.build_config("qwen2_5_vl", tokenizer)
+    apply_vision(overrides, config, processor)
     tiny.build_model(config).save_pretrained(out)
     tiny.save_processor(processor, out)
     return out

@@ -15,12 +15,21 @@ hand-made pixel features per kind (what the pixels hold, whatever the tower lear
     events_head=ctx      one linear map over the slice's features and its two neighbours' (`Context`, what
                          `TowerProbe` has with `tower.events_context=1`): a jump, a reversal or a morph
                          between slices is only seen across them
+    positions_weight     adds a per-slice regression head for where the objects are (their mean centre in
+                         each of the slice's frames and the step between them, replayed from the video's
+                         seed), to make the tokens hold positions a reader across slices can compare;
+                         reports its R^2
     lr, steps, sched=const|cos, pos_weight (events), events_weight, vision_hidden, vision_depth
+
+Tower shape and sampling: `--vision KEY=VALUE ...` (e.g. `patch_size=4 spatial_merge_size=4` with
+`--max-pixels 4096`: 4-pixel patches on the native 64 px), `--frames N`, `--paired` (adjacent pairs of
+source frames, 8 frames only). `--cache DIR` keeps the decoded worlds, so a second run skips decoding.
 
 `--judge TRAIN_WORLD TEST_WORLD` (two toy worlds, e.g. the demo's and a second one) adds, per variant, the
 score probe: a ridge regression from the trained tower's pooled features (each slice's spatial mean) to
 a video's scores, fitted on TRAIN_WORLD's train split, then the pairwise accuracy without ties of those
-predictions on TEST_WORLD's test pairs. No language model, no critique: what a judge built on these
+predictions on TEST_WORLD's test pairs; beside it the same ridge with slice differences and a 2-layer
+transformer over the tokens (`judge_ceiling.py`'s readers). No language model, no critique: what a judge built on these
 features could reach at most on visual quality, physical consistency and overall (text alignment needs
 the prompt, which the probe does not read).
 
@@ -41,16 +50,28 @@ import time
 from pathlib import Path
 
 import torch
-from judge_ceiling import DIMS, pair_accuracy, ridge  # bench/, beside this script
+from judge_ceiling import (
+    DIMS,
+    apply_vision,
+    pair_accuracy,
+    paired_indices,
+    ridge,
+    transformer,
+    with_differences,
+)
 
+from cot_rm.media import video as video_module
+from cot_rm.media.video import Sampling
 from cot_rm.model import tiny
 from cot_rm.model.tower import slice_tokens
 from cot_rm.train.pretrain.config import CorpusArgs
 from cot_rm.train.pretrain.trainer import CLASSES, EVENTS, DescribeCollator, TowerCollator, with_neighbours
+from data_synthesis.toyworld.world import object_centres
 
 FAMILY = "qwen2_5_vl"
 DEFAULTS = {"feats": "mean", "lr": 4e-3, "steps": 300, "sched": "const", "pos_weight": 1.0,
-            "events_weight": 1.0, "vision_hidden": 64, "vision_depth": 2, "batch": 16, "events_head": "linear"}  # fmt: skip
+            "events_weight": 1.0, "vision_hidden": 64, "vision_depth": 2, "batch": 16, "events_head": "linear",
+            "positions_weight": 0.0}  # fmt: skip
 
 
 def encode_all(collator: TowerCollator, rows: list[dict]) -> list[dict]:
@@ -68,9 +89,34 @@ def encode_all(collator: TowerCollator, rows: list[dict]) -> list[dict]:
     return out
 
 
+def positions(row: dict, frames: int = 8) -> torch.Tensor:
+    """[slices, 6]: per temporal slice, the objects' mean centre in its two sampled frames (x, y, x, y,
+    as fractions of the frame from its middle) and the step between them (x4, so it is not drowned)."""
+    c = object_centres(row["meta"], row["split"]).mean(1)  # all objects share one track
+    idx = video_module.sample_indices(len(c), 1.0, Sampling(fps=None, num_frames=frames))  # --paired too
+    xy = torch.tensor(c[idx], dtype=torch.float) / row["meta"]["width"] * 2 - 1  # [frames, 2]
+    a, b = xy[0::2], xy[1::2]
+    return torch.cat([a, b, 4 * (b - a)], 1)
+
+
+def cached(folder: str | None, name: str, make):
+    """`make()`, saved to FOLDER/NAME.pt the first time and loaded after: decoding 10k videos takes
+    25 min on 2 cores, a variant's training 5-15. The name must say what was decoded (corpus, pixels)."""
+    if folder is None:
+        return make()
+    path = Path(folder) / f"{name}.pt"
+    if path.exists():
+        return torch.load(path)
+    out = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(out, path)
+    return out
+
+
 def stack(items: list[dict]) -> dict:
+    keys = [k for k in ("video_grid_thw", "events", "positions", *CLASSES) if k in items[0]]
     return {"pixel_values_videos": torch.cat([x["pv"] for x in items]).float(),
-            **{k: torch.stack([x[k] for x in items]) for k in ("video_grid_thw", "events", *CLASSES)}}  # fmt: skip
+            **{k: torch.stack([x[k] for x in items]) for k in keys}}  # fmt: skip
 
 
 def features(vlm, batch: dict, feats: str) -> torch.Tensor:
@@ -129,21 +175,35 @@ def load_world(collator: TowerCollator, folder: Path, split: str) -> dict:
     return {"items": items, "scores": scores, "index": {r["id"]: i for i, r in enumerate(rows)}, "pairs": pairs}  # fmt: skip
 
 
-@torch.no_grad()
 def score_probe(vlm, fit: dict, test: dict) -> dict:
-    """`judge_ceiling`'s ridge reader on the slice means: fitted on `fit`, its pair accuracy on `test`."""
+    """`judge_ceiling`'s readers of the tower's tokens (ridge on the slice means, ridge with the slices'
+    differences, a 2-layer transformer on all tokens): fitted on `fit`, their pair accuracy on `test`."""
 
-    def pooled(world):
-        return torch.cat([features(vlm, stack(world["items"][i : i + 64]), "mean").flatten(1)
+    @torch.no_grad()
+    def tokens(world):
+        return torch.cat([features(vlm, stack(world["items"][i : i + 64]), "both")
                           for i in range(0, len(world["items"]), 64)])  # fmt: skip
 
-    got = pair_accuracy(ridge(pooled(fit), fit["scores"], pooled(test)), test)
-    return {d: got[d] for d in ("visual_quality", "physical_consistency", "overall")}
+    t, tt, y = tokens(fit), tokens(test), fit["scores"]
+    readers = {
+        "ridge": lambda: ridge(t[:, :, 0].flatten(1), y, tt[:, :, 0].flatten(1)),
+        "ridge+diff": lambda: ridge(with_differences(t), y, with_differences(tt)),
+        "transformer": lambda: transformer(t, y, tt),
+    }
+    keep = ("visual_quality", "physical_consistency", "overall")
+    return {
+        name: {d: got[d] for d in keep}
+        for name, read in readers.items()
+        for got in [pair_accuracy(read(), test)]
+    }
 
 
-def run(v: dict, train: list[dict], val: list[dict], tok, judge: tuple | None = None) -> dict:
+def run(v: dict, train: list[dict], val: list[dict], tok, judge: tuple | None = None, shape=None) -> dict:
     size = tiny.TinySize(128, 2, int(v["vision_hidden"]), int(v["vision_depth"]))
-    vlm = tiny.build_model(tiny.build_config(FAMILY, tok, size), 0)
+    config = tiny.build_config(FAMILY, tok, size)
+    if shape:
+        shape(config)  # --vision: the tower's patch, merge and temporal patch
+    vlm = tiny.build_model(config, 0)
     vlm.requires_grad_(False)
     vlm.model.visual.requires_grad_(True)
     slices, tokens, width = features(vlm, stack(val[:1]), v["feats"]).shape[1:]
@@ -155,6 +215,7 @@ def run(v: dict, train: list[dict], val: list[dict], tok, judge: tuple | None = 
         "ctx": lambda: Context(tokens * width, len(EVENTS)),
         "linear": lambda: torch.nn.Linear(tokens * width, len(EVENTS)),
     }[v["events_head"]]()
+    heads["positions"] = torch.nn.Linear(tokens * width, 6)
     params = [p for p in [*vlm.parameters(), *heads.parameters()] if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=v["lr"], weight_decay=0.0)
     steps, start = int(v["steps"]), time.time()
@@ -167,6 +228,9 @@ def run(v: dict, train: list[dict], val: list[dict], tok, judge: tuple | None = 
         loss = loss + v["events_weight"] * torch.nn.functional.binary_cross_entropy_with_logits(
             event_logits(heads, f, v["events_head"]), b["events"], pos_weight=torch.tensor(v["pos_weight"])
         )
+        if v["positions_weight"]:
+            moved = heads["positions"](f.flatten(2))
+            loss = loss + v["positions_weight"] * torch.nn.functional.mse_loss(moved, b["positions"])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -184,6 +248,9 @@ def run(v: dict, train: list[dict], val: list[dict], tok, judge: tuple | None = 
         got["by_kind"] = {k: round(float(x), 2) for k, x in zip(EVENTS, per_kind)}
         logits = event_logits(heads, f, v["events_head"]).flatten(0, 1)
         got["auc_by_kind"] = {k: auc(logits[:, i], truth[:, i]) for i, k in enumerate(EVENTS)}
+        if v["positions_weight"]:  # R^2 of the positions head on the val videos
+            err = (heads["positions"](f.flatten(2)) - b["positions"]).pow(2).mean((0, 1))
+            got["positions_r2"] = [round(float(x), 2) for x in 1 - err / b["positions"].var((0, 1))]
     if judge:
         got["score_probe"] = score_probe(vlm, *judge)
     return {**got, "seconds": round(time.time() - start)}
@@ -221,28 +288,50 @@ def main() -> int:
                    help="first, the AUC of hand-made pixel features per event kind on the val videos")  # fmt: skip
     p.add_argument("--judge", nargs=2, metavar=("TRAIN_WORLD", "TEST_WORLD"),
                    help="toy worlds for the score probe (see above)")  # fmt: skip
+    p.add_argument("--vision", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="tower overrides for every variant, e.g. patch_size=4 spatial_merge_size=4")  # fmt: skip
+    p.add_argument("--max-pixels", type=int, default=12544, help="pixels per frame (the demo's 112x112)")
+    p.add_argument("--frames", type=int, default=8, help="frames sampled per video (the demo's 8)")
+    p.add_argument("--paired", action="store_true",
+                   help="sample adjacent pairs of frames, so each slice holds two consecutive frames")  # fmt: skip
+    p.add_argument(
+        "--cache", help="a folder keeping the decoded videos between runs (one per corpus, pixels, shape)"
+    )
     args = p.parse_args()
     corpus = Path(args.corpus)
     rows = [{"video": str(corpus / r["video"]), "meta": r["meta"], "split": r["split"]}
             for r in map(json.loads, open(corpus / "pointwise.jsonl"))]  # fmt: skip
     tok = tiny.build_tokenizer(FAMILY)
-    collator = TowerCollator(
-        DescribeCollator(tiny.build_processor(FAMILY, tok), FAMILY, CorpusArgs(folder=str(corpus)))
+    processor = tiny.build_processor(FAMILY, tok)
+    apply_vision(args.vision, tiny.build_config(FAMILY, tok), processor)
+
+    def shape(config):
+        apply_vision(args.vision, config, processor)
+
+    if args.paired:  # read_video_numpy looks the sampler up at call time: an experiment, not the judge's rule
+        video_module.sample_indices = paired_indices
+    corpus_args = CorpusArgs(folder=str(corpus), max_pixels=args.max_pixels, frames=args.frames)
+    collator = TowerCollator(DescribeCollator(processor, FAMILY, corpus_args))
+    train_rows, val_rows = (
+        [r for r in rows if r["split"] == "train"][: args.videos],
+        [r for r in rows if r["split"] == "val"][:128],
     )
-    train = encode_all(collator, [r for r in rows if r["split"] == "train"][: args.videos])
-    val = encode_all(collator, [r for r in rows if r["split"] == "val"][:128])
+    train = cached(args.cache, f"train{args.videos}", lambda: encode_all(collator, train_rows))
+    val = cached(args.cache, "val128", lambda: encode_all(collator, val_rows))
+    for item, row in zip(train + val, train_rows + val_rows, strict=True):
+        item["positions"] = positions(row, args.frames)
     if args.pixel_baseline:
         print(json.dumps({"pixel_baseline_auc": pixel_baseline(val)}), flush=True)
     judge = args.judge and (
-        load_world(collator, Path(args.judge[0]), "train"),
-        load_world(collator, Path(args.judge[1]), "test"),
+        cached(args.cache, "judge_fit", lambda: load_world(collator, Path(args.judge[0]), "train")),
+        cached(args.cache, "judge_test", lambda: load_world(collator, Path(args.judge[1]), "test")),
     )
     for spec in args.variants:
         v = dict(DEFAULTS)
         for item in spec.split(","):
             key, value = item.split("=")
             v[key] = value if key in ("feats", "sched", "events_head") else float(value)
-        print(json.dumps({"variant": spec, **run(v, train, val, tok, judge)}), flush=True)
+        print(json.dumps({"variant": spec, **run(v, train, val, tok, judge, shape)}), flush=True)
     return 0
 
 

@@ -16,7 +16,14 @@ from cot_rm.media.video import probe
 from cot_rm.schema import PairRecord, PointwiseRecord, read_jsonl
 from data_synthesis.toyworld.plan import DEFECT_TYPES, HELD_OUT, SPLIT_CYCLE, VISIBLE_TYPES, plan_video
 from data_synthesis.toyworld.render import BACKGROUNDS, COLOURS, RADIUS, SHAPES, WALL_COLOURS, render, sdf
-from data_synthesis.toyworld.world import ToyConfig, build, encode, overall_score, scores_from_defects
+from data_synthesis.toyworld.world import (
+    ToyConfig,
+    build,
+    encode,
+    object_centres,
+    overall_score,
+    scores_from_defects,
+)
 
 META_KEYS = {"spec", "fps", "num_frames", "height", "width", "seed", "prompt_id", "defects", "frame_defects"}
 SPEC_KEYS = {"shape", "colour", "count", "direction", "speed", "background"}
@@ -102,6 +109,27 @@ def test_videos_decode_as_annotated(toy):
                 )  # codec refines a little
                 frozen += 1
     assert frozen
+
+
+def test_object_centres_replay_where_objects_were_drawn(toy):
+    """Each replayed centre lies on its object: its pixel differs from the background, in frames no
+    defect touches; the centres of the video's last frame, put on its first, mostly do not (a moving
+    object has left them), so the check can fail."""
+    _, records, _ = toy
+    on, off, total = 0, 0, 0
+    for r in records:
+        centres, frames = object_centres(r.meta, r.split), decode(r.video)
+        assert centres.shape[0] == r.meta["num_frames"] and centres.shape[2] == 2 and 1 <= centres.shape[1] <= 3
+        for i in (0, len(frames) - 1):
+            if str(i) in r.meta["frame_defects"]:
+                continue
+            background = frames[i, 0, 0]
+            for x, y in centres[i]:
+                total += 1
+                on += np.abs(frames[i, round(y), round(x)] - background).sum() > 60
+            for x, y in centres[-1 - i] if abs(centres[-1] - centres[0]).max() > 14 else []:
+                off += np.abs(frames[i, round(y), round(x)] - background).sum() <= 60
+    assert on == total > 40 and off > 10, (on, total, off)
 
 
 def test_splits_hold_out_colour_shape_pairs(toy):

@@ -90,6 +90,11 @@ def render(scene: Scene, rng: np.random.Generator) -> tuple[list[np.ndarray], li
 # ---- motion -------------------------------------------------------------------------------------------
 
 
+def layout_centres(scene: Scene, rng: np.random.Generator) -> np.ndarray:
+    """(frames, objects, 2): the centres `render` draws, given the rng as `render` receives it."""
+    return _layout(scene, {d["type"]: d for d in scene.defects}, rng).centres
+
+
 def _layout(scene: Scene, by_type: dict, rng: np.random.Generator) -> _Layout:
     short = min(scene.height, scene.width)
     r = RADIUS * short

@@ -54,7 +54,7 @@ from tqdm import tqdm
 from cot_rm.media.writer import write_video
 from cot_rm.schema import PairRecord, PointwiseRecord, write_jsonl
 from data_synthesis.toyworld.plan import DEFECT_TYPES, DIMENSION_OF, VISIBLE_TYPES, plan_video, prompt_for
-from data_synthesis.toyworld.render import render
+from data_synthesis.toyworld.render import layout_centres, render
 
 DIMENSIONS = tuple(DEFECT_TYPES)  # visual_quality, text_alignment, physical_consistency
 # One thread: x264's frame-threaded output depends on thread timing; ultrafast: 2,000 clips in seconds.
@@ -153,6 +153,18 @@ def make_video(out_dir: str, cfg: ToyConfig, index: int) -> PointwiseRecord:
         "frame_defects": frame_index(defects),
     }
     return PointwiseRecord(f"{index:06d}", rel, prompt, scores_from_defects(defects), meta, split)
+
+
+def object_centres(meta: dict, split: str) -> np.ndarray:
+    """(frames, objects, 2): each object's centre (x, y) in pixels in every frame of the video `meta`
+    describes, replayed from its seed as `make_video` drew it (a defect may hide an object; its centre
+    is still given). Position targets for perception pretraining; raises if the replay disagrees."""
+    rng = np.random.default_rng(meta["seed"])
+    scene, _ = plan_video(rng, meta["spec"], split, meta["height"], meta["width"])
+    planned = {d["type"] for d in scene.defects}  # render drops those no frame shows
+    if scene.num_frames != meta["num_frames"] or not {d["type"] for d in meta["defects"]} <= planned:
+        raise ValueError(f"video seed {meta['seed']}: the replayed plan differs from its meta")
+    return layout_centres(scene, rng)
 
 
 def encode(path: Path, frames: list[np.ndarray], fps: float) -> None:
