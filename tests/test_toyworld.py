@@ -119,7 +119,9 @@ def test_object_centres_replay_where_objects_were_drawn(toy):
     on, off, total = 0, 0, 0
     for r in records:
         centres, frames = object_centres(r.meta, r.split), decode(r.video)
-        assert centres.shape[0] == r.meta["num_frames"] and centres.shape[2] == 2 and 1 <= centres.shape[1] <= 3
+        assert (
+            centres.shape[0] == r.meta["num_frames"] and centres.shape[2] == 2 and 1 <= centres.shape[1] <= 3
+        )
         for i in (0, len(frames) - 1):
             if str(i) in r.meta["frame_defects"]:
                 continue
