@@ -23,7 +23,8 @@ hand-made pixel features per kind (what the pixels hold, whatever the tower lear
 
 Tower shape and sampling: `--vision KEY=VALUE ...` (e.g. `patch_size=4 spatial_merge_size=4` with
 `--max-pixels 4096`: 4-pixel patches on the native 64 px), `--frames N`, `--paired` (adjacent pairs of
-source frames, 8 frames only). `--cache DIR` keeps the decoded worlds, so a second run skips decoding.
+source frames, 8 frames only), `--overlap` (the 8 sampled frames as 7 slices (f0, f1), (f1, f2), ...: every
+step of the motion inside one temporal patch; 14 frames through the tower). `--cache DIR` keeps the decoded worlds, so a second run skips decoding.
 
 `--judge TRAIN_WORLD TEST_WORLD` (two toy worlds, e.g. the demo's and a second one) adds, per variant, the
 score probe: a ridge regression from the trained tower's pooled features (each slice's spatial mean) to
@@ -64,8 +65,10 @@ from cot_rm.media import video as video_module
 from cot_rm.media.video import Sampling
 from cot_rm.model import tiny
 from cot_rm.model.tower import slice_tokens
+from cot_rm.train.pretrain import trainer
 from cot_rm.train.pretrain.config import CorpusArgs
 from cot_rm.train.pretrain.trainer import CLASSES, EVENTS, DescribeCollator, TowerCollator, with_neighbours
+from data_synthesis.toyworld.describe import visible_frames
 from data_synthesis.toyworld.world import object_centres
 
 FAMILY = "qwen2_5_vl"
@@ -97,6 +100,30 @@ def positions(row: dict, frames: int = 8) -> torch.Tensor:
     xy = torch.tensor(c[idx], dtype=torch.float) / row["meta"]["width"] * 2 - 1  # [frames, 2]
     a, b = xy[0::2], xy[1::2]
     return torch.cat([a, b, 4 * (b - a)], 1)
+
+
+EVEN_INDICES = video_module.sample_indices  # the judge's sampling, before --paired or --overlap replace it
+
+
+def overlap_indices(total_frames: int, video_fps: float, sampling: Sampling) -> list[int]:
+    """The even sampling's frames f0..f(n-1) as the n-1 slices (f0, f1), (f1, f2), ...: each temporal
+    patch holds one step of the motion, so a jump, a freeze or a reversal lies inside a slice."""
+    shown = EVEN_INDICES(total_frames, video_fps, sampling)
+    return [f for a, b in zip(shown, shown[1:]) for f in (a, b)]
+
+
+def overlap_slice_events(meta: dict, shown: list[int]) -> torch.Tensor:
+    """`slice_events` for slices that share frames: an event shows in every slice holding one of its
+    visible frames, a teleport only in the slice holding both frames around its jump."""
+    slices = [shown[i : i + 2] for i in range(0, len(shown) - 1, 2)]
+    target = torch.zeros(len(slices), len(EVENTS))
+    for d in meta["defects"]:
+        if d["type"] in EVENTS:
+            seen = set(visible_frames(d, sorted(set(shown))))
+            for i, s in enumerate(slices):
+                if seen and (seen <= set(s) if d["type"] == "teleport" else seen & set(s)):
+                    target[i, EVENTS.index(d["type"])] = 1.0
+    return target
 
 
 def cached(folder: str | None, name: str, make):
@@ -175,20 +202,27 @@ def load_world(collator: TowerCollator, folder: Path, split: str) -> dict:
     return {"items": items, "scores": scores, "index": {r["id"]: i for i, r in enumerate(rows)}, "pairs": pairs}  # fmt: skip
 
 
-def score_probe(vlm, fit: dict, test: dict) -> dict:
+def score_probe(vlm, heads, kind: str, fit: dict, test: dict) -> dict:
     """`judge_ceiling`'s readers of the tower's tokens (ridge on the slice means, ridge with the slices'
-    differences, a 2-layer transformer on all tokens): fitted on `fit`, their pair accuracy on `test`."""
+    differences, a 2-layer transformer on all tokens), and `events`: a ridge on the events head's
+    strongest logit per kind over the slices (what a description naming the events it finds could
+    tell); fitted on `fit`, their pair accuracy on `test`."""
 
     @torch.no_grad()
     def tokens(world):
         return torch.cat([features(vlm, stack(world["items"][i : i + 64]), "both")
                           for i in range(0, len(world["items"]), 64)])  # fmt: skip
 
+    @torch.no_grad()
+    def events(t):
+        return event_logits(heads, t, kind).amax(1)
+
     t, tt, y = tokens(fit), tokens(test), fit["scores"]
     readers = {
         "ridge": lambda: ridge(t[:, :, 0].flatten(1), y, tt[:, :, 0].flatten(1)),
         "ridge+diff": lambda: ridge(with_differences(t), y, with_differences(tt)),
         "transformer": lambda: transformer(t, y, tt),
+        "events": lambda: ridge(events(t), y, events(tt), l2=1.0),
     }
     keep = ("visual_quality", "physical_consistency", "overall")
     return {
@@ -252,7 +286,7 @@ def run(v: dict, train: list[dict], val: list[dict], tok, judge: tuple | None = 
             err = (heads["positions"](f.flatten(2)) - b["positions"]).pow(2).mean((0, 1))
             got["positions_r2"] = [round(float(x), 2) for x in 1 - err / b["positions"].var((0, 1))]
     if judge:
-        got["score_probe"] = score_probe(vlm, *judge)
+        got["score_probe"] = score_probe(vlm, heads, v["events_head"], *judge)
     return {**got, "seconds": round(time.time() - start)}
 
 
@@ -294,6 +328,8 @@ def main() -> int:
     p.add_argument("--frames", type=int, default=8, help="frames sampled per video (the demo's 8)")
     p.add_argument("--paired", action="store_true",
                    help="sample adjacent pairs of frames, so each slice holds two consecutive frames")  # fmt: skip
+    p.add_argument("--overlap", action="store_true",
+                   help="slices of consecutive sampled frames (f0 f1, f1 f2, ...): every change in one slice")  # fmt: skip
     p.add_argument(
         "--cache", help="a folder keeping the decoded videos between runs (one per corpus, pixels, shape)"
     )
@@ -310,8 +346,12 @@ def main() -> int:
 
     if args.paired:  # read_video_numpy looks the sampler up at call time: an experiment, not the judge's rule
         video_module.sample_indices = paired_indices
+    if args.overlap:  # the same: slices of frames (f_i, f_i+1), and their events
+        video_module.sample_indices, trainer.slice_events = overlap_indices, overlap_slice_events
     corpus_args = CorpusArgs(folder=str(corpus), max_pixels=args.max_pixels, frames=args.frames)
     collator = TowerCollator(DescribeCollator(processor, FAMILY, corpus_args))
+    if args.paired or args.overlap:  # the frame cache keys on the sampling's settings, not on the sampler
+        collator.describe.cache = None
     train_rows, val_rows = (
         [r for r in rows if r["split"] == "train"][: args.videos],
         [r for r in rows if r["split"] == "val"][:128],
