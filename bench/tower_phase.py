@@ -23,16 +23,16 @@ hand-made pixel features per kind (what the pixels hold, whatever the tower lear
 
 Tower shape and sampling: `--vision KEY=VALUE ...` (e.g. `patch_size=4 spatial_merge_size=4` with
 `--max-pixels 4096`: 4-pixel patches on the native 64 px), `--frames N`, `--paired` (adjacent pairs of
-source frames, 8 frames only), `--overlap` (the 8 sampled frames as 7 slices (f0, f1), (f1, f2), ...: every
-step of the motion inside one temporal patch; 14 frames through the tower). `--cache DIR` keeps the decoded worlds, so a second run skips decoding.
+source frames, 8 frames only), `--overlap` (the 8 sampled frames as the 7 slices (f0, f1), (f1, f2), ...:
+every step of the motion inside one temporal patch; 14 frames through the tower). `--cache DIR` keeps the
+decoded worlds, so a second run skips decoding.
 
 `--judge TRAIN_WORLD TEST_WORLD` (two toy worlds, e.g. the demo's and a second one) adds, per variant, the
-score probe: a ridge regression from the trained tower's pooled features (each slice's spatial mean) to
-a video's scores, fitted on TRAIN_WORLD's train split, then the pairwise accuracy without ties of those
-predictions on TEST_WORLD's test pairs; beside it the same ridge with slice differences and a 2-layer
-transformer over the tokens (`judge_ceiling.py`'s readers). No language model, no critique: what a judge built on these
-features could reach at most on visual quality, physical consistency and overall (text alignment needs
-the prompt, which the probe does not read).
+score probes: readers of the trained tower fitted to a video's scores on TRAIN_WORLD's train split, then
+the pairwise accuracy without ties of their predictions on TEST_WORLD's test pairs (see `score_probe`:
+`judge_ceiling.py`'s three readers of the tokens, and one of the events head's findings). No language
+model, no critique: what a judge built on these features could reach on visual quality, physical
+consistency and overall (text alignment needs the prompt, which the probes do not read).
 
     .venv/bin/python bench/tower_phase.py --corpus runs/pretrain/corpus --videos 2400 \
         feats=mean,steps=300,lr=4e-3 feats=both,steps=1200,lr=2e-3,sched=cos,pos_weight=5,events_weight=10
