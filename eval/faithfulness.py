@@ -9,6 +9,14 @@ which defect types its critique names (by the words each type is written with) a
 A critique can score well and still invent a flicker or miss a freeze; these two numbers catch that.
 Sentences that deny a problem ("No flicker, noise or blur is visible.", "Nothing jumps, freezes or
 reverses.") name nothing, and the prompt restated in the critique is not read as a finding.
+
+It also reads what a critique says is drawn, from its "I see ..." sentence (or, without one, its first
+sentence: "I see two red circles on a white background, moving left slowly."), against what the video
+shows (`describe.drawn_spec`: the prompt with its alignment defects applied), per attribute:
+
+    described[attr]  {"said": critiques that state it, "right": of those, how many match the video}
+
+A judge cannot weigh the prompt against the video if it misreads the video: this is where it shows.
 """
 
 from __future__ import annotations
@@ -17,6 +25,10 @@ import json
 import re
 from collections import Counter
 from pathlib import Path
+
+from data_synthesis.toyworld.describe import drawn_spec
+from data_synthesis.toyworld.plan import DIRECTIONS
+from data_synthesis.toyworld.render import BACKGROUNDS, COLOURS, SHAPES
 
 COLOUR = r"(?:red|yellow|green|cyan|blue|purple)"
 # The words each defect type is written with: the oracle teacher's phrasings, their plain synonyms, and
@@ -58,11 +70,60 @@ def named_defects(rationale: str, prompt: str = "") -> set[str]:
     return found
 
 
+_NOUN = "|".join(SHAPES)
+_SEEN = {
+    "count": re.compile(rf"\b(a|an|one|two|three|[123])\s+(?:\w+\s+)?(?:{_NOUN})s?\b", re.IGNORECASE),
+    "colour": re.compile(rf"\b({'|'.join(COLOURS)})\b", re.IGNORECASE),
+    "shape": re.compile(rf"\b({_NOUN})s?\b", re.IGNORECASE),
+    "background": re.compile(rf"\b({'|'.join(BACKGROUNDS)}) background", re.IGNORECASE),
+    "direction": re.compile(rf"\bmov\w*\s+({'|'.join(DIRECTIONS)})\b", re.IGNORECASE),
+    "speed": re.compile(r"\b(slowly|slow|quickly|fast)\b", re.IGNORECASE),
+}
+_COUNTS = {"a": 1, "an": 1, "one": 1, "two": 2, "three": 3, "1": 1, "2": 2, "3": 3}
+_SPEEDS = {"slowly": "slow", "quickly": "fast"}
+
+
+def described(rationale: str) -> dict:
+    """What a critique says is drawn, from its "I see ..." sentence or else its first: {attribute:
+    value} for each attribute it states ({"count": 2, "colour": "red", "speed": "slow", ...})."""
+    sentences = [x.strip() for x in _SENTENCE.split(rationale.strip()) if x.strip()]
+    seen = next((x for x in sentences if re.search(r"\bI see\b", x)), sentences[0] if sentences else "")
+    out = {}
+    for key, pattern in _SEEN.items():
+        if m := pattern.search(seen):
+            word = m.group(1).lower()
+            out[key] = _COUNTS[word] if key == "count" else _SPEEDS.get(word, word)
+    return out
+
+
+def description_accuracy(judgments: list[tuple[dict, dict]]) -> dict | None:
+    """[(judgment, the video's drawn spec)] -> per attribute, how many critiques state it and how many of
+    those match the video; None when nothing was judged."""
+    if not judgments:
+        return None
+    said, right = Counter(), Counter()
+    for judgment, drawn in judgments:
+        for key, value in described(judgment.get("rationale") or "").items():
+            said[key] += 1
+            right[key] += value == (int(drawn[key]) if key == "count" else drawn[key])
+    return {k: {"said": said[k], "right": right[k]} for k in _SEEN if said[k]}
+
+
 def toy_defects(records: list, kind: str, data: Path) -> dict[str, set[str]]:
-    """{resolved video path: its defect types} from the records' own `meta.defects` (toy pointwise files)
-    or, for toy pairs, from the `pointwise.jsonl` the toy world writes beside `pairs.jsonl`; {} otherwise."""
+    """{resolved video path: its defect types} (see `toy_metas`)."""
+    return {path: _types(meta) for path, meta in toy_metas(records, kind, data).items()}
+
+
+def toy_drawn(records: list, kind: str, data: Path) -> dict[str, dict]:
+    """{resolved video path: what it draws} (`describe.drawn_spec`), for toy videos with a spec."""
+    return {path: drawn_spec(meta) for path, meta in toy_metas(records, kind, data).items() if "spec" in meta}
+
+
+def toy_metas(records: list, kind: str, data: Path) -> dict[str, dict]:
+    """{resolved video path: its meta} from the records' own `meta.defects` (toy pointwise files) or, for
+    toy pairs, from the `pointwise.jsonl` the toy world writes beside `pairs.jsonl`; {} otherwise."""
     if kind == "pointwise":
-        return {str(Path(r.video).resolve()): _types(r.meta) for r in records if "defects" in (r.meta or {})}
+        return {str(Path(r.video).resolve()): r.meta for r in records if "defects" in (r.meta or {})}
     beside = Path(data).parent / "pointwise.jsonl"
     if not beside.is_file():
         return {}
@@ -71,7 +132,7 @@ def toy_defects(records: list, kind: str, data: Path) -> dict[str, set[str]]:
         for line in f:
             row = json.loads(line) if line.strip() else {}
             if "defects" in (row.get("meta") or {}):
-                found[str((beside.parent / row["video"]).resolve())] = _types(row["meta"])
+                found[str((beside.parent / row["video"]).resolve())] = row["meta"]
     return found
 
 

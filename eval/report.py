@@ -101,6 +101,9 @@ def report_markdown(result: dict) -> str:
             f"{f['defects_present']} defects present named; {_fmt(f['false_mentions'])} of critiques name "
             "a defect the video does not have"
         )
+    if d := result.get("described"):
+        said = ", ".join(f"{k} {v['right']}/{v['said']}" for k, v in d.items())
+        lines.append(f"- what the critiques say is drawn, right / stated (toy world): {said}")
     if result.get("pairwise"):
         lines += _pairwise_table(result, answer)
     if result.get("pair_probs"):

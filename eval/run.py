@@ -32,7 +32,7 @@ from cot_rm.model.checkpoint import CheckpointError, load_checkpoint
 from cot_rm.protocol import JudgeSpec
 from cot_rm.schema import write_jsonl
 from eval import benchmarks, metrics
-from eval.faithfulness import faithfulness, toy_defects
+from eval.faithfulness import description_accuracy, faithfulness, toy_defects, toy_drawn
 
 
 class EvalError(Exception):
@@ -156,6 +156,9 @@ def eval_model(args: argparse.Namespace) -> dict:
     truth = toy_defects(bench.records, bench.kind, args.data)  # {} unless toy-world data
     checked = [(judged[v], prompt, truth[where]) for v, (path, prompt) in videos.items()
                if (where := str(Path(path).resolve())) in truth and not video_error_of(judged[v]["parse_error"])]  # fmt: skip
+    shown = toy_drawn(bench.records, bench.kind, args.data)
+    drawn = [(judged[v], shown[where]) for v, (path, _) in videos.items()
+             if (where := str(Path(path).resolve())) in shown and not video_error_of(judged[v]["parse_error"])]  # fmt: skip
     return {
         "pairwise": head_m["pairwise"],
         "pointwise": head_m["pointwise"],
@@ -166,6 +169,7 @@ def eval_model(args: argparse.Namespace) -> dict:
         "parse_failure_rate": metrics.parse_failure_rate(errors),
         # Toy-world data only: critiques against the videos' known defects (eval/faithfulness.py).
         "faithfulness": faithfulness(checked),
+        "described": description_accuracy(drawn),  # what the critiques say is drawn, per attribute
         "n_video_errors": len(bad),
         "video_errors": dict(list(bad.items())[:50]),
         "unscored_dimensions": unscored,

@@ -503,11 +503,43 @@ def test_faithfulness_by_hand():
     assert faithfulness([]) is None
 
 
+def test_described_reads_what_the_critique_says_is_drawn():
+    from eval.faithfulness import described
+
+    text = ("The prompt asks for a red circle. I see two purple squares on a white background, moving up "
+            "slowly. Frames 9 and 13: the picture flickers dark.")  # fmt: skip
+    assert described(text) == {"count": 2, "colour": "purple", "shape": "square", "background": "white",
+                               "direction": "up", "speed": "slow"}  # fmt: skip
+    # no "I see": the first sentence; only what it states
+    assert described("A cyan triangle moves left quickly. The prompt asks for three red squares.") == {
+        "count": 1, "colour": "cyan", "shape": "triangle", "direction": "left", "speed": "fast"}  # fmt: skip
+    assert described("") == {} and described("Visual quality is poor.") == {}
+
+
+def test_description_accuracy_by_hand():
+    from eval.faithfulness import description_accuracy
+
+    drawn = {"count": 2, "colour": "red", "shape": "triangle", "direction": "down", "speed": "slow",
+             "background": "white"}  # fmt: skip
+    rows = [
+        ({"rationale": "I see three yellow triangles on a white background, moving down slowly."}, drawn),
+        ({"rationale": "I see two red squares."}, drawn),
+        ({"rationale": None}, drawn),  # states nothing: counted nowhere
+    ]
+    assert description_accuracy(rows) == {
+        "count": {"said": 2, "right": 1}, "colour": {"said": 2, "right": 1}, "shape": {"said": 2, "right": 1},
+        "background": {"said": 1, "right": 1}, "direction": {"said": 1, "right": 1},
+        "speed": {"said": 1, "right": 1},
+    }  # fmt: skip
+    assert description_accuracy([]) is None
+
+
 def test_model_eval_on_toy_pairs_reports_faithfulness(tiny_rm, bench, tmp_path, capsys):
     # A toy world writes pointwise.jsonl (with meta.defects) beside pairs.jsonl: eval reads the truth there.
     defects = {0: ["flicker"], 1: [], 2: ["freeze", "wrong_colour"]}
     rows = [{"id": f"v{i}", "video": f"videos/v{i}.mp4", "prompt": "a red square slides right",
-             "scores": {"overall": 5}, "meta": {"defects": [{"type": t} for t in types]}}
+             "scores": {"overall": 5}, "meta": {"defects": [{"type": t, "dimension": "?"} for t in types],
+                                                "spec": {"count": 1, "colour": "red", "shape": "square"}}}
             for i, types in defects.items()]  # fmt: skip
     _write(Path(bench).parent / "pointwise.jsonl", rows)
     rc, err = _eval_model(tiny_rm, bench, tmp_path / "run", capsys)
@@ -515,6 +547,15 @@ def test_model_eval_on_toy_pairs_reports_faithfulness(tiny_rm, bench, tmp_path, 
     got = json.loads((tmp_path / "run" / "metrics.json").read_text())["faithfulness"]
     assert got["videos"] == 3 and got["defects_present"] == 3
     assert set(got["recall_by_type"]) == {"flicker", "freeze", "wrong_colour"}
+    described = json.loads((tmp_path / "run" / "metrics.json").read_text())["described"]
+    assert described is None or set(described) <= {
+        "count",
+        "colour",
+        "shape",
+        "background",
+        "direction",
+        "speed",
+    }
     assert "faithful critiques (toy world, 3 videos)" in (tmp_path / "run" / "report.md").read_text()
 
 
