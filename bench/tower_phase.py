@@ -19,6 +19,9 @@ hand-made pixel features per kind (what the pixels hold, whatever the tower lear
                          each of the slice's frames and the step between them, replayed from the video's
                          seed), to make the tokens hold positions a reader across slices can compare;
                          reports its R^2
+    motion_weight        adds a per-slice head for the step the objects take within the slice (its
+                         direction as a class, its length), with `--overlap` one step of the motion per
+                         slice; reports its accuracy and R^2, and adds the `events+motion` score reader
     lr, steps, sched=const|cos, pos_weight (events), events_weight, vision_hidden, vision_depth
 
 Tower shape and sampling: `--vision KEY=VALUE ...` (e.g. `patch_size=4 spatial_merge_size=4` with
@@ -74,7 +77,7 @@ from data_synthesis.toyworld.world import object_centres
 FAMILY = "qwen2_5_vl"
 DEFAULTS = {"feats": "mean", "lr": 4e-3, "steps": 300, "sched": "const", "pos_weight": 1.0,
             "events_weight": 1.0, "vision_hidden": 64, "vision_depth": 2, "batch": 16, "events_head": "linear",
-            "positions_weight": 0.0}  # fmt: skip
+            "positions_weight": 0.0, "motion_weight": 0.0}  # fmt: skip
 
 
 def encode_all(collator: TowerCollator, rows: list[dict]) -> list[dict]:
@@ -100,6 +103,25 @@ def positions(row: dict, frames: int = 8) -> torch.Tensor:
     xy = torch.tensor(c[idx], dtype=torch.float) / row["meta"]["width"] * 2 - 1  # [frames, 2]
     a, b = xy[0::2], xy[1::2]
     return torch.cat([a, b, 4 * (b - a)], 1)
+
+
+def motion_targets(row: dict, frames: int = 8) -> dict:
+    """Per temporal slice, the step the objects take between its two frames: its direction as a class
+    (still, right, left, down, up: the larger axis's sign; still under half a source pixel) and its
+    length in source pixels / 4. With `--overlap` each slice is one step of the motion, so a reversal,
+    a freeze, a jump or a change of speed is a slice whose step differs from its neighbours'."""
+    c = object_centres(row["meta"], row["split"]).mean(1)
+    idx = video_module.sample_indices(len(c), 1.0, Sampling(fps=None, num_frames=frames))
+    xy = torch.tensor(c[idx], dtype=torch.float)
+    return motion_of(xy[1::2] - xy[0::2])
+
+
+def motion_of(step: torch.Tensor) -> dict:
+    """`motion_targets` from the steps [slices, (dx, dy)] in source pixels (y grows downwards)."""
+    axis = step.abs().argmax(1)
+    sign = (step.gather(1, axis[:, None])[:, 0] < 0).long()
+    direction = torch.where(step.abs().amax(1) < 0.5, 0, 1 + 2 * axis + sign)
+    return {"motion_dir": direction, "motion_len": step.norm(dim=1) / 4}
 
 
 EVEN_INDICES = video_module.sample_indices  # the judge's sampling, before --paired or --overlap replace it
@@ -141,7 +163,8 @@ def cached(folder: str | None, name: str, make):
 
 
 def stack(items: list[dict]) -> dict:
-    keys = [k for k in ("video_grid_thw", "events", "positions", *CLASSES) if k in items[0]]
+    keys = [k for k in ("video_grid_thw", "events", "positions", "motion_dir", "motion_len", *CLASSES)
+            if k in items[0]]  # fmt: skip
     return {"pixel_values_videos": torch.cat([x["pv"] for x in items]).float(),
             **{k: torch.stack([x[k] for x in items]) for k in keys}}  # fmt: skip
 
@@ -183,6 +206,23 @@ def event_logits(heads, f: torch.Tensor, kind: str) -> torch.Tensor:
     return heads["events"](f) if kind in ("tokmax", "ctx") else heads["events"](f.flatten(2))
 
 
+def motion_loss(m: torch.Tensor, b: dict) -> torch.Tensor:
+    direction = torch.nn.functional.cross_entropy(m[..., :5].flatten(0, 1), b["motion_dir"].flatten())
+    return direction + torch.nn.functional.mse_loss(m[..., 5], b["motion_len"])
+
+
+def motion_summary(m: torch.Tensor) -> torch.Tensor:
+    """[videos, 10] from the motion head's per-slice outputs: how often the direction changes between
+    neighbouring slices, how sure the stillest slice is of standing still, the mean direction, and the
+    step's largest, smallest, spread and largest change: what a step-by-step account of the motion
+    could say of reversals, freezes, jumps and changes of speed."""
+    p, length = m[..., :5].softmax(-1), m[..., 5]
+    changes = (1 - (p[:, 1:] * p[:, :-1]).sum(-1)).sum(1, keepdim=True)
+    jumps = (length[:, 1:] - length[:, :-1]).abs().amax(1, keepdim=True)
+    return torch.cat([changes, p[..., 0].amax(1, keepdim=True), p[..., 1:].mean(1), length.amax(1, keepdim=True),
+                      length.amin(1, keepdim=True), length.std(1, keepdim=True), jumps], 1)  # fmt: skip
+
+
 def auc(scores: torch.Tensor, truth: torch.Tensor) -> float:
     """How often a slice that shows the event outscores one that does not (0.5: no signal)."""
     pos, neg = scores[truth > 0], scores[truth == 0]
@@ -202,7 +242,7 @@ def load_world(collator: TowerCollator, folder: Path, split: str) -> dict:
     return {"items": items, "scores": scores, "index": {r["id"]: i for i, r in enumerate(rows)}, "pairs": pairs}  # fmt: skip
 
 
-def score_probe(vlm, heads, kind: str, fit: dict, test: dict) -> dict:
+def score_probe(vlm, heads, kind: str, fit: dict, test: dict, motion: bool = False) -> dict:
     """`judge_ceiling`'s readers of the tower's tokens (ridge on the slice means, ridge with the slices'
     differences, a 2-layer transformer on all tokens), and `events`: a ridge on the events head's
     strongest logit per kind over the slices (what a description naming the events it finds could
@@ -217,6 +257,10 @@ def score_probe(vlm, heads, kind: str, fit: dict, test: dict) -> dict:
     def events(t):
         return event_logits(heads, t, kind).amax(1)
 
+    @torch.no_grad()
+    def moves(t):
+        return torch.cat([events(t), motion_summary(heads["motion"](t.flatten(2)))], 1)
+
     t, tt, y = tokens(fit), tokens(test), fit["scores"]
     readers = {
         "ridge": lambda: ridge(t[:, :, 0].flatten(1), y, tt[:, :, 0].flatten(1)),
@@ -224,6 +268,8 @@ def score_probe(vlm, heads, kind: str, fit: dict, test: dict) -> dict:
         "transformer": lambda: transformer(t, y, tt),
         "events": lambda: ridge(events(t), y, events(tt), l2=1.0),
     }
+    if motion:
+        readers["events+motion"] = lambda: ridge(moves(t), y, moves(tt), l2=1.0)
     keep = ("visual_quality", "physical_consistency", "overall")
     return {
         name: {d: got[d] for d in keep}
@@ -250,6 +296,7 @@ def run(v: dict, train: list[dict], val: list[dict], tok, judge: tuple | None = 
         "linear": lambda: torch.nn.Linear(tokens * width, len(EVENTS)),
     }[v["events_head"]]()
     heads["positions"] = torch.nn.Linear(tokens * width, 6)
+    heads["motion"] = torch.nn.Linear(tokens * width, 6)  # 5 direction logits, the step's length
     params = [p for p in [*vlm.parameters(), *heads.parameters()] if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=v["lr"], weight_decay=0.0)
     steps, start = int(v["steps"]), time.time()
@@ -265,6 +312,8 @@ def run(v: dict, train: list[dict], val: list[dict], tok, judge: tuple | None = 
         if v["positions_weight"]:
             moved = heads["positions"](f.flatten(2))
             loss = loss + v["positions_weight"] * torch.nn.functional.mse_loss(moved, b["positions"])
+        if v["motion_weight"]:
+            loss = loss + v["motion_weight"] * motion_loss(heads["motion"](f.flatten(2)), b)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -285,8 +334,13 @@ def run(v: dict, train: list[dict], val: list[dict], tok, judge: tuple | None = 
         if v["positions_weight"]:  # R^2 of the positions head on the val videos
             err = (heads["positions"](f.flatten(2)) - b["positions"]).pow(2).mean((0, 1))
             got["positions_r2"] = [round(float(x), 2) for x in 1 - err / b["positions"].var((0, 1))]
+        if v["motion_weight"]:  # direction accuracy and R^2 of the step's length, per slice
+            m = heads["motion"](f.flatten(2))
+            got["motion_dir_acc"] = round(float((m[..., :5].argmax(-1) == b["motion_dir"]).float().mean()), 2)
+            err = (m[..., 5] - b["motion_len"]).pow(2).mean()
+            got["motion_len_r2"] = round(float(1 - err / b["motion_len"].var()), 2)
     if judge:
-        got["score_probe"] = score_probe(vlm, heads, v["events_head"], *judge)
+        got["score_probe"] = score_probe(vlm, heads, v["events_head"], *judge, motion=bool(v["motion_weight"]))
     return {**got, "seconds": round(time.time() - start)}
 
 
@@ -360,6 +414,7 @@ def main() -> int:
     val = cached(args.cache, "val128", lambda: encode_all(collator, val_rows))
     for item, row in zip(train + val, train_rows + val_rows, strict=True):
         item["positions"] = positions(row, args.frames)
+        item.update(motion_targets(row, args.frames))
     if args.pixel_baseline:
         print(json.dumps({"pixel_baseline_auc": pixel_baseline(val)}), flush=True)
     judge = args.judge and (
