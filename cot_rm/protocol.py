@@ -158,10 +158,11 @@ def defuse(text: str) -> str:
 
 def frames_seen(video: FrameInfo) -> str:
     """The sentence that tells the model which frames of the video it is shown (and when they are)."""
-    sampled = ", ".join(f"frame {i} ({t:.2f} s)" for i, t in zip(video.indices, video.timestamps))
+    shown = dict(zip(video.indices, video.timestamps))  # distinct frames: overlapping sampling repeats some
+    sampled = ", ".join(f"frame {i} ({t:.2f} s)" for i, t in shown.items())
     return (
         f"The video has {video.total_frames} frames at {video.fps:.2f} fps ({video.duration_s:.2f} s). "
-        f"You see {len(video.indices)} of them at low resolution: {sampled}."
+        f"You see {len(shown)} of them at low resolution: {sampled}."
     )
 
 

@@ -134,7 +134,7 @@ def _prepare(rec: PointwiseRecord, teacher, cfg: SynthConfig):
     )
     captions = [f"frame {i} ({i / video.fps:.2f} s):" for i in idx] if images else []
     seed = record_seed(cfg.seed, rec.id)
-    return video, Item(rec, images, captions, video.total_frames, video.fps, seed, tuple(video.indices))
+    return video, Item(rec, images, captions, video.total_frames, video.fps, seed, tuple(video.shown))
 
 
 def _trace_lines(rec, video, o: Outcome, teacher, out: Path, cfg: SynthConfig) -> list[bytes]:
@@ -270,6 +270,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="records per teacher call batch")
     p.add_argument("--frames", type=int, default=8, help="K uniform frames in the first turn")
     p.add_argument("--max-pixels", type=int, default=112 * 112, help="first-turn pixels per frame")
+    p.add_argument("--overlap", action="store_true",
+                   help="first-turn frames as overlapping pairs (f0 f1, f1 f2, ...): each of the tower's temporal "
+                        "patches holds one step of the motion (the tiny family's pretrained base reads them so)")  # fmt: skip
     p.add_argument(
         "--tool-max-pixels", type=int, default=TOOL_MAX_PIXELS, help="pixels of frames returned by the tool"
     )
@@ -339,7 +342,13 @@ def config_from_args(args: argparse.Namespace) -> SynthConfig:
     return SynthConfig(
         seed=args.seed,
         batch_size=args.batch_size,
-        first_turn=Sampling(fps=None, num_frames=args.frames, max_pixels=args.max_pixels, family=args.family),
+        first_turn=Sampling(
+            fps=None,
+            num_frames=args.frames,
+            max_pixels=args.max_pixels,
+            family=args.family,
+            overlap=args.overlap,
+        ),  # fmt: skip
         tool_max_pixels=args.tool_max_pixels,
         rationale_free_p=args.rationale_free_p,
         splits=tuple(args.splits.split(",")) if args.splits else None,

@@ -65,13 +65,25 @@ stage_toyworld() {
     "$COT_RM" toyworld --out "$TOY" --n "$N" --seed "$SEED" --no-progress "${extra[@]}"
 }
 
+# The frame sampling of the traces: the one the base was pretrained on (its cot_rm_pretrain.json),
+# else 8 frames of 112x112, the sizes configs/tiny/sft.yaml was written for.
+base_sampling() {
+    "$PY" - "$BASE" <<'PYEOF'
+import json, pathlib, sys
+marker = pathlib.Path(sys.argv[1]) / "cot_rm_pretrain.json"
+corpus = json.loads(marker.read_text()).get("corpus", {}) if marker.is_file() else {}
+flags = f"--frames {corpus.get('frames', 8)} --max-pixels {corpus.get('max_pixels', 12544)}"
+print(flags + (" --overlap" if corpus.get("overlap") else ""))
+PYEOF
+}
+
 stage_synth() {
     # What `cot-rm demo` does in-process: train+val videos, the four negative kinds, oracle critiques,
-    # the consistency filter, select_frames traces. --frames 8 --max-pixels 12544 (112x112) are the
-    # sizes configs/tiny/sft.yaml was written for. No --restart: a killed run resumes.
+    # the consistency filter, select_frames traces. No --restart: a killed run resumes.
+    local sampling=()
+    read -r -a sampling <<<"$(base_sampling)"
     "$COT_RM" synthesize --input "$TOY/pointwise.jsonl" --teacher "$TEACHER" --splits train,val \
-        --negatives prompt_swap,shuffle,reverse,drop --frames 8 --max-pixels 12544 \
-        --out "$SFT_DATA" --no-progress
+        --negatives prompt_swap,shuffle,reverse,drop "${sampling[@]}" --out "$SFT_DATA" --no-progress
 }
 
 stage_sft() {

@@ -129,6 +129,14 @@ def test_slice_events_place_each_event_in_its_temporal_slice():
     # flicker at 9 and 13 (slice 1); the teleport between 13 and 18: slices 1 and 2
     assert on == {(1, "flicker"), (1, "teleport"), (2, "teleport")}
 
+    # Overlapping sampling (f0 f1, f1 f2, ...): an event shows in every slice holding one of its frames,
+    # the teleport only in the slice holding both frames around its jump.
+    pairs = [0, 4, 4, 9, 9, 13, 13, 18, 18, 22, 22, 27, 27, 31]
+    got = slice_events(meta, pairs)
+    assert got.shape == (7, len(EVENTS))
+    on = {(int(s), EVENTS[int(e)]) for s, e in got.nonzero()}
+    assert on == {(1, "flicker"), (2, "flicker"), (3, "flicker"), (3, "teleport")}
+
 
 def test_tower_collator_targets_name_what_is_drawn(tiny_qwen25vl_dir, tmp_path):
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -258,3 +259,19 @@ def test_ctrl_c_says_how_to_resume(toy, tmp_path, monkeypatch, capsys):
     )
     assert pipeline.main(args) == 130
     assert "interrupted; rerun the same command to resume" in capsys.readouterr().err
+
+
+def test_overlap_traces_record_the_sampling_and_show_each_frame_once(toy, tmp_path):
+    out = tmp_path / "sft.jsonl"
+    run = _cli("--input", str(toy / "pointwise.jsonl"), "--teacher", "oracle:plain", "--out", str(out),
+               "--limit", "12", "--frames", "8", "--max-pixels", "12544", "--overlap", cwd=tmp_path)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows and all(r["sampling"]["overlap"] is True and r["sampling"]["num_frames"] == 8 for r in rows)
+    for row in rows:
+        user = next(m for m in row["messages"] if m["role"] == "user")
+        text = " ".join(c["text"] for c in user["content"] if c.get("type") == "text")
+        listed = [int(f) for f in re.findall(r"frame (\d+) \(", text)]
+        assert (
+            "You see 8 of them" in text and len(listed) == len(set(listed)) == 8
+        )  # not the 14 the tower gets

@@ -27,6 +27,7 @@ from cot_rm.media.video import (
     smart_resize,
 )
 from cot_rm.media.writer import write_video
+from cot_rm.protocol import frames_seen
 
 INFO_KEYS = {
     "path", "duration_s", "fps", "total_frames", "sampled_indices", "timestamps_s",
@@ -98,6 +99,20 @@ def test_sampled_frames_are_the_cited_source_frames(videos, ext):
     assert video.indices == expected
     assert [read_index(f) for f in video.frames] == expected
     assert video.frames.dtype == np.uint8 and video.frames.shape[:2] == (6, 3)
+
+
+def test_overlap_gives_each_step_its_own_pair_of_frames(videos):
+    # 24 frames, 6 sampled: 0 5 9 14 18 23 as the pairs of neighbours, 10 frames through the tower
+    video = read_video_numpy(videos["mp4"], Sampling(num_frames=6, max_pixels=112 * 112, overlap=True))
+    assert video.indices == [0, 5, 5, 9, 9, 14, 14, 18, 18, 23]
+    assert [read_index(f) for f in video.frames] == video.indices
+    assert video.shown == [0, 5, 9, 14, 18, 23]
+    assert video.video_tokens == 5 * (video.resized_height // 28) * (video.resized_width // 28)
+    assert "You see 6 of them at low resolution: frame 0 (0.00 s), frame 5" in frames_seen(video)
+    plain = read_video_numpy(videos["mp4"], Sampling(num_frames=6, max_pixels=112 * 112))
+    assert plain.shown == plain.indices == [0, 5, 9, 14, 18, 23]
+    info = json.loads(video_info(videos["mp4"], "--num-frames", "6", "--overlap", "--no-cache").stdout)
+    assert info["sampled_indices"] == video.indices
 
 
 @pytest.mark.parametrize("ext", list(CONTAINERS))

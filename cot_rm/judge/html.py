@@ -144,7 +144,7 @@ class _Frames:
         try:
             info = probe(path)
             self.fps, self.total = info["fps"], info["total_frames"]
-            self.sampled = sample_indices(self.total, self.fps, sampling)
+            self.sampled = sorted(set(sample_indices(self.total, self.fps, sampling)))
             need = sorted({i for i in wanted if 0 <= i < self.total} | set(self.sampled))
             pics = read_frames_at(path, need, DISPLAY_PIXELS, sampling.family)
         except VideoError as err:  # judged earlier but unreadable now (moved, truncated): say so

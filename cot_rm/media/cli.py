@@ -29,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     arg("--min-pixels", type=int, default=None, help="per-frame minimum (default 128*factor^2, clamped to --max-pixels)")
     arg("--max-pixels", type=int, default=d.max_pixels, help=f"per-frame pixel budget (default {d.max_pixels})")
     arg("--family", choices=sorted(FACTORS), default=d.family, help="model family: sets the patch factor (28 or 32)")
+    arg("--overlap", action="store_true",
+        help="frames as overlapping pairs of neighbours (f0 f1 f1 f2 ...), as a checkpoint sampling so reads them")
     arg("--cache-dir", default=None, help=f"frame cache directory (default {default_cache_dir()})")
     arg("--no-cache", action="store_true", help="decode without reading or filling the frame cache")
     # fmt: on
@@ -44,6 +46,7 @@ def main(args: argparse.Namespace) -> int:
             min_pixels=args.min_pixels,
             max_pixels=args.max_pixels,
             family=args.family,
+            overlap=args.overlap,
         )
     except ValueError as err:
         print(f"{PROG}: invalid sampling: {err}", file=sys.stderr)

@@ -64,6 +64,10 @@ class Sampling:
     min_pixels: int | None = None  # resolved to an int by __post_init__
     max_pixels: int = 448 * 448
     family: str = "qwen2_5_vl"
+    # Each sampled frame after the first is given twice (f0 f1 f1 f2 ...), so the tower's temporal patches
+    # are the steps (f0, f1), (f1, f2), ...: a change between two frames (a jump, a reversal) lies inside
+    # one patch, where the patch embedding sees both. 2n - 2 frames through the tower for n sampled.
+    overlap: bool = False
 
     def __post_init__(self):
         patch = FACTORS.get(self.family, 0) ** 2
@@ -145,9 +149,11 @@ def smart_nframes(total_frames: int, video_fps: float, sampling: Sampling) -> in
 
 
 def sample_indices(total_frames: int, video_fps: float, sampling: Sampling) -> list[int]:
-    """Evenly spaced source indices, first and last frame included (qwen-vl-utils' linspace + round)."""
+    """Evenly spaced source indices, first and last frame included (qwen-vl-utils' linspace + round);
+    with `sampling.overlap`, as the pairs of neighbours (f0, f1, f1, f2, ...)."""
     n = smart_nframes(total_frames, video_fps, sampling)
-    return np.linspace(0, total_frames - 1, n).round().astype(int).tolist()
+    even = np.linspace(0, total_frames - 1, n).round().astype(int).tolist()
+    return [f for a, b in zip(even, even[1:]) for f in (a, b)] if sampling.overlap and n > 1 else even
 
 
 def video_tokens(num_frames: int, resized_height: int, resized_width: int, factor: int) -> int:
@@ -173,6 +179,11 @@ class Video:
     sampling: Sampling = field(default_factory=Sampling)
     rotation: int = 0  # the display rotation applied to the stored frames (height/width are as displayed)
     decoded_frames: int = 0  # frames the decoder produced (0 on a cache hit)
+
+    @property
+    def shown(self) -> list[int]:
+        """The distinct source frames the model sees, in order (`indices` repeats some with overlap)."""
+        return sorted(set(self.indices))
 
     @property
     def video_tokens(self) -> int:

@@ -143,7 +143,7 @@ class ServedJudge:
                         temperature: float, top_p: float, seed: int) -> dict:  # fmt: skip
         conv = await asyncio.to_thread(self.judge.open, rid, path, prompt)
         part, media = await asyncio.to_thread(video_part, conv.video, self.judge.family)
-        emit({"event": "video", "frames": list(conv.video.indices), "fps": conv.video.fps,
+        emit({"event": "video", "frames": conv.video.shown, "fps": conv.video.fps,
               "total_frames": conv.video.total_frames})  # fmt: skip
         for turn in range(self.judge.rounds):
             msgs = await asyncio.to_thread(openai_messages, self.judge.context(conv), part, conv.images)

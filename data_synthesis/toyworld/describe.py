@@ -84,7 +84,7 @@ def visible_frames(defect: dict, frames: Sequence[int] | None) -> list[int]:
     own = sorted(int(f) for f in defect.get("frames") or [])
     if frames is None or not own:
         return own
-    seen = sorted(int(f) for f in frames)
+    seen = sorted({int(f) for f in frames})
     if defect["type"] == "teleport":
         before = [f for f in seen if f <= own[0]]
         after = [f for f in seen if f >= own[-1]]

@@ -55,6 +55,10 @@ class CorpusArgs:
     size: int = field(default=64, metadata=meta("frame size of the corpus videos (pixels, square)"))
     frames: int = field(default=8, metadata=meta("frames sampled per video (the judge's num_frames)"))
     max_pixels: int = field(default=12544, metadata=meta("pixels per sampled frame (the judge's max_pixels)"))
+    overlap: bool = field(
+        default=False,
+        metadata=meta("sample frames as overlapping pairs (f0 f1, f1 f2, ...; the judge's overlap)"),
+    )
     frame_task: float = field(
         default=0.25,
         metadata=meta("share of samples that describe one frame shown as an image (the tool's view)"),

@@ -160,7 +160,8 @@ class DescribeCollator:
     def __init__(self, processor, family: str, corpus_args, seed: int = 0, cache_dir: str | None = None):
         self.processor, self.family, self.args, self.seed = processor, family, corpus_args, seed
         self.sampling = Sampling(fps=None, num_frames=corpus_args.frames, min_pixels=corpus_args.max_pixels,
-                                 max_pixels=corpus_args.max_pixels, family=family)  # fmt: skip
+                                 max_pixels=corpus_args.max_pixels, family=family,
+                                 overlap=corpus_args.overlap)  # fmt: skip
         self.cache = FrameCache(cache_dir)
         self.calls = 0
         tok = processor.tokenizer
@@ -196,7 +197,7 @@ class DescribeCollator:
         messages = [{"role": "user", "content": [{"type": "video", "video": row["video"]},
                                                  {"type": "text", "text": text}]}]  # fmt: skip
         if answer:
-            said = describe(row["meta"], video.indices)
+            said = describe(row["meta"], video.shown)
             said = f'Generation prompt: "{prompt}". {said}' if prompt else said
             messages.append({"role": "assistant", "content": said})
         return messages, video
@@ -243,14 +244,19 @@ CLASSES = {"colour": COLOURS, "shape": SHAPES, "count": (1, 2, 3), "direction": 
 EVENTS = tuple(EVENT_WORDS)
 
 
-def slice_events(meta: dict, shown: list[int]) -> torch.Tensor:
-    """[slices, events]: 1 where an event kind shows in a temporal slice (two consecutive shown frames,
-    the tower's temporal patch); a teleport shows in the slices of the shown frames around its jump."""
-    target = torch.zeros(len(shown) // 2, len(EVENTS))
+def slice_events(meta: dict, indices: list[int]) -> torch.Tensor:
+    """[slices, events]: 1 where an event kind shows in a temporal slice (two consecutive frames of
+    `indices`, the tower's temporal patch). A teleport shows in the slice holding both shown frames
+    around its jump (overlapping sampling) or else in the slices of each of them."""
+    slices = [set(indices[i : i + 2]) for i in range(0, len(indices) - 1, 2)]
+    target = torch.zeros(len(slices), len(EVENTS))
     for d in meta["defects"]:
         if d["type"] in EVENTS:
-            for f in visible_frames(d, shown):
-                target[shown.index(f) // 2, EVENTS.index(d["type"])] = 1.0
+            seen = set(visible_frames(d, indices))
+            hit = [i for i, s in enumerate(slices) if seen & s]
+            if d["type"] == "teleport" and (whole := [i for i in hit if seen <= slices[i]]):
+                hit = whole
+            target[hit, EVENTS.index(d["type"])] = 1.0
     return target
 
 
@@ -461,7 +467,7 @@ def caption_report(model, collator, rows: list[dict], batch_size: int = 16) -> d
         truth, got = drawn_spec(row["meta"]), read_description(text)
         for key in ATTRIBUTES:
             hits[key] += got[key] == truth[key]
-        truth_text = describe(row["meta"], video.indices)
+        truth_text = describe(row["meta"], video.shown)
         want = read_description(truth_text)["events"]
         for kind in want | got["events"]:
             counts[kind][(kind not in want) + 2 * (kind not in got["events"])] += 1
@@ -525,7 +531,10 @@ def save_base(model, processor, cfg, report: dict, out: Path) -> Path:
     info = {
         "what": "tiny Qwen-VL base, perception-pretrained on toy-world descriptions (no reward labels)",
         "rebuild": "cot-rm pretrain --config configs/tiny/pretrain.yaml",
-        "corpus": {"seed": cfg.corpus.seed, "videos": cfg.corpus.videos, "size": cfg.corpus.size},
+        # with the sampling it reads videos with, which the judge's traces must use (recipes/tiny_cpu.sh)
+        "corpus": {
+            k: getattr(cfg.corpus, k) for k in ("seed", "videos", "size", "frames", "max_pixels", "overlap")
+        },
         "model": dump_config(cfg.model),
         "tower": dump_config(cfg.tower),
         "train": {k: v for k, v in cfg.train.items() if k != "output_dir"},
