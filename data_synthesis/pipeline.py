@@ -144,7 +144,7 @@ def _trace_lines(rec, video, o: Outcome, teacher, out: Path, cfg: SynthConfig) -
     ref = os.path.relpath(rec.video, out.resolve().parent) if "://" not in rec.video else rec.video
     base = {
         "prompt": rec.prompt, "video": ref, "sampling": cfg.first_turn.to_dict(),
-        "frame_indices": list(video.indices), "tool_max_pixels": cfg.tool_max_pixels, "judge_spec": spec.to_dict(),
+        "frame_indices": video.shown, "tool_max_pixels": cfg.tool_max_pixels, "judge_spec": spec.to_dict(),
         "scores": rec.scores, "teacher_scores": o.teacher_scores,
         "source_id": rec.id, **({"split": rec.split} if rec.split else {}),
         "provenance": {"teacher": teacher.name, "model": teacher.model, "prompt_version": PROMPT_VERSION,

@@ -122,5 +122,5 @@ def record(batch: RolloutBatch, n: int, row: dict, draw: int, seed: int, spec: J
             "tokens": sum(batch.tool_mask[n]), "tool_calls": batch.tool_calls[n],
             "invalid_calls": batch.invalid_calls[n], "truncated": batch.truncated[n],
             "frames_cited": list(result.frames_cited) if parsed else [],
-            "tool_frames": [f for f in tool_frames if f], "frame_indices": list(video.indices),
+            "tool_frames": [f for f in tool_frames if f], "frame_indices": video.shown,
             "messages": messages}  # fmt: skip
