@@ -340,7 +340,9 @@ def run(v: dict, train: list[dict], val: list[dict], tok, judge: tuple | None = 
             err = (m[..., 5] - b["motion_len"]).pow(2).mean()
             got["motion_len_r2"] = round(float(1 - err / b["motion_len"].var()), 2)
     if judge:
-        got["score_probe"] = score_probe(vlm, heads, v["events_head"], *judge, motion=bool(v["motion_weight"]))
+        got["score_probe"] = score_probe(
+            vlm, heads, v["events_head"], *judge, motion=bool(v["motion_weight"])
+        )
     return {**got, "seconds": round(time.time() - start)}
 
 
