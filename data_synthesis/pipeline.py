@@ -238,6 +238,19 @@ def _bar(total: int, initial: int, enabled: bool):
 # --------------------------------------------------------------------------------------------- CLI
 
 
+def _add_sampling_arguments(p: argparse.ArgumentParser) -> None:
+    """The frames a trace shows: the first turn's sampling and the tool's image size."""
+    p.add_argument("--frames", type=int, default=8, help="K uniform frames in the first turn")
+    p.add_argument("--max-pixels", type=int, default=112 * 112, help="first-turn pixels per frame")
+    p.add_argument(
+        "--overlap", action="store_true", help="first-turn frames as overlapping pairs (f0 f1, f1 f2, ...)"
+    )
+    p.add_argument(
+        "--tool-max-pixels", type=int, default=TOOL_MAX_PIXELS, help="pixels of frames returned by the tool"
+    )
+    p.add_argument("--family", default="qwen2_5_vl", choices=["qwen2_5_vl", "qwen3_vl"])
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = (
         "Turn labelled videos (pointwise JSONL) into SFT traces: a teacher writes a critique anchored on "
@@ -268,15 +281,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--limit", type=int, default=None, help="use only the first N input records")
     p.add_argument("--batch-size", type=int, default=16, help="records per teacher call batch")
-    p.add_argument("--frames", type=int, default=8, help="K uniform frames in the first turn")
-    p.add_argument("--max-pixels", type=int, default=112 * 112, help="first-turn pixels per frame")
-    p.add_argument("--overlap", action="store_true",
-                   help="first-turn frames as overlapping pairs (f0 f1, f1 f2, ...): each of the tower's temporal "
-                        "patches holds one step of the motion (the tiny family's pretrained base reads them so)")  # fmt: skip
-    p.add_argument(
-        "--tool-max-pixels", type=int, default=TOOL_MAX_PIXELS, help="pixels of frames returned by the tool"
-    )
-    p.add_argument("--family", default="qwen2_5_vl", choices=["qwen2_5_vl", "qwen3_vl"])
+    _add_sampling_arguments(p)
     p.add_argument("--drop-at", type=float, default=2.0, help="drop when any dimension is off by this much")
     p.add_argument("--rewrite-below", type=float, default=3.0, help="near misses (off < this) get rewrites")
     p.add_argument("--max-rewrites", type=int, default=1)
