@@ -30,7 +30,7 @@ from data_synthesis.toyworld.describe import drawn_spec
 from data_synthesis.toyworld.plan import DIRECTIONS
 from data_synthesis.toyworld.render import BACKGROUNDS, COLOURS, SHAPES
 
-COLOUR = r"(?:red|yellow|green|cyan|blue|purple)"
+COLOUR = rf"(?:{'|'.join(COLOURS)})"
 # The words each defect type is written with: the oracle teacher's phrasings, their plain synonyms, and
 # the words of the description a critique opens with (data_synthesis/toyworld/describe.py's `event`:
 # "Frames 9 and 13: the squares stand still.").
@@ -109,14 +109,13 @@ def description_accuracy(judgments: list[tuple[dict, dict]]) -> dict | None:
     return {k: {"said": said[k], "right": right[k]} for k in _SEEN if said[k]}
 
 
-def toy_defects(records: list, kind: str, data: Path) -> dict[str, set[str]]:
-    """{resolved video path: its defect types} (see `toy_metas`)."""
-    return {path: _types(meta) for path, meta in toy_metas(records, kind, data).items()}
-
-
-def toy_drawn(records: list, kind: str, data: Path) -> dict[str, dict]:
-    """{resolved video path: what it draws} (`describe.drawn_spec`), for toy videos with a spec."""
-    return {path: drawn_spec(meta) for path, meta in toy_metas(records, kind, data).items() if "spec" in meta}
+def toy_truth(records: list, kind: str, data: Path) -> tuple[dict[str, set[str]], dict[str, dict]]:
+    """({resolved video path: its defect types}, {path: what it draws (`describe.drawn_spec`), for the
+    videos with a spec}), from one read of the toy metas (see `toy_metas`)."""
+    metas = toy_metas(records, kind, data)
+    return {p: _types(m) for p, m in metas.items()}, {
+        p: drawn_spec(m) for p, m in metas.items() if "spec" in m
+    }
 
 
 def toy_metas(records: list, kind: str, data: Path) -> dict[str, dict]:

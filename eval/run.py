@@ -32,7 +32,7 @@ from cot_rm.model.checkpoint import CheckpointError, load_checkpoint
 from cot_rm.protocol import JudgeSpec
 from cot_rm.schema import write_jsonl
 from eval import benchmarks, metrics
-from eval.faithfulness import description_accuracy, faithfulness, toy_defects, toy_drawn
+from eval.faithfulness import description_accuracy, faithfulness, toy_truth
 
 
 class EvalError(Exception):
@@ -153,10 +153,9 @@ def eval_model(args: argparse.Namespace) -> dict:
     answer_m = metrics.evaluate([{**r, "kind": bench.kind} for r in answer])
     errors = [judged[v]["parse_error"] for v in videos]
     bad = {judged[v]["video"]: why for v, e in zip(videos, errors) if (why := video_error_of(e))}
-    truth = toy_defects(bench.records, bench.kind, args.data)  # {} unless toy-world data
+    truth, shown = toy_truth(bench.records, bench.kind, args.data)  # {} unless toy-world data
     checked = [(judged[v], prompt, truth[where]) for v, (path, prompt) in videos.items()
                if (where := str(Path(path).resolve())) in truth and not video_error_of(judged[v]["parse_error"])]  # fmt: skip
-    shown = toy_drawn(bench.records, bench.kind, args.data)
     drawn = [(judged[v], shown[where]) for v, (path, _) in videos.items()
              if (where := str(Path(path).resolve())) in shown and not video_error_of(judged[v]["parse_error"])]  # fmt: skip
     return {
