@@ -46,6 +46,7 @@ Measured figures: bench/RESULTS.md ("Learning").
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import random
@@ -71,7 +72,6 @@ from cot_rm.model.tower import slice_tokens
 from cot_rm.train.pretrain import trainer
 from cot_rm.train.pretrain.config import CorpusArgs
 from cot_rm.train.pretrain.trainer import CLASSES, EVENTS, DescribeCollator, TowerCollator, with_neighbours
-from data_synthesis.toyworld.describe import visible_frames
 from data_synthesis.toyworld.world import object_centres
 
 FAMILY = "qwen2_5_vl"
@@ -128,24 +128,13 @@ EVEN_INDICES = video_module.sample_indices  # the judge's sampling, before --pai
 
 
 def overlap_indices(total_frames: int, video_fps: float, sampling: Sampling) -> list[int]:
-    """The even sampling's frames f0..f(n-1) as the n-1 slices (f0, f1), (f1, f2), ...: each temporal
-    patch holds one step of the motion, so a jump, a freeze or a reversal lies inside a slice."""
-    shown = EVEN_INDICES(total_frames, video_fps, sampling)
-    return [f for a, b in zip(shown, shown[1:]) for f in (a, b)]
+    """The even sampling's frames f0..f(n-1) as the n-1 slices (f0, f1), (f1, f2), ... (`Sampling.overlap`,
+    for this bench's own samplings)."""
+    return EVEN_INDICES(total_frames, video_fps, dataclasses.replace(sampling, overlap=True))
 
 
-def overlap_slice_events(meta: dict, shown: list[int]) -> torch.Tensor:
-    """`slice_events` for slices that share frames: an event shows in every slice holding one of its
-    visible frames, a teleport only in the slice holding both frames around its jump."""
-    slices = [shown[i : i + 2] for i in range(0, len(shown) - 1, 2)]
-    target = torch.zeros(len(slices), len(EVENTS))
-    for d in meta["defects"]:
-        if d["type"] in EVENTS:
-            seen = set(visible_frames(d, sorted(set(shown))))
-            for i, s in enumerate(slices):
-                if seen and (seen <= set(s) if d["type"] == "teleport" else seen & set(s)):
-                    target[i, EVENTS.index(d["type"])] = 1.0
-    return target
+# `slice_events` labels overlapping slices itself: a teleport only in the slice holding its jump.
+overlap_slice_events = trainer.slice_events
 
 
 def cached(folder: str | None, name: str, make):
@@ -402,8 +391,8 @@ def main() -> int:
 
     if args.paired:  # read_video_numpy looks the sampler up at call time: an experiment, not the judge's rule
         video_module.sample_indices = paired_indices
-    if args.overlap:  # the same: slices of frames (f_i, f_i+1), and their events
-        video_module.sample_indices, trainer.slice_events = overlap_indices, overlap_slice_events
+    if args.overlap:  # the same: slices of frames (f_i, f_i+1)
+        video_module.sample_indices = overlap_indices
     corpus_args = CorpusArgs(folder=str(corpus), max_pixels=args.max_pixels, frames=args.frames)
     collator = TowerCollator(DescribeCollator(processor, FAMILY, corpus_args))
     if args.paired or args.overlap:  # the frame cache keys on the sampling's settings, not on the sampler
