@@ -81,10 +81,10 @@ DEFAULTS = {"feats": "mean", "lr": 4e-3, "steps": 300, "sched": "const", "pos_we
 
 
 def encode_all(collator: TowerCollator, rows: list[dict]) -> list[dict]:
-    """Each video's pixel values and targets, decoded once."""
-    out = []
-    for i in range(0, len(rows), 32):
-        b = collator([{"example": json.dumps(r)} for r in rows[i : i + 32]])
+    """Each video's pixel values and targets, decoded once (in order)."""
+    out = []  # two workers decode side by side: decoding, not the tower, is this bench's slow part
+    examples = [{"example": json.dumps(r)} for r in rows]
+    for b in torch.utils.data.DataLoader(examples, batch_size=32, collate_fn=collator, num_workers=2):
         pv = b["pixel_values_videos"].reshape(
             len(b["video_grid_thw"]), -1, b["pixel_values_videos"].shape[-1]
         )
@@ -106,22 +106,9 @@ def positions(row: dict, frames: int = 8) -> torch.Tensor:
 
 
 def motion_targets(row: dict, frames: int = 8) -> dict:
-    """Per temporal slice, the step the objects take between its two frames: its direction as a class
-    (still, right, left, down, up: the larger axis's sign; still under half a source pixel) and its
-    length in source pixels / 4. With `--overlap` each slice is one step of the motion, so a reversal,
-    a freeze, a jump or a change of speed is a slice whose step differs from its neighbours'."""
-    c = object_centres(row["meta"], row["split"]).mean(1)
-    idx = video_module.sample_indices(len(c), 1.0, Sampling(fps=None, num_frames=frames))
-    xy = torch.tensor(c[idx], dtype=torch.float)
-    return motion_of(xy[1::2] - xy[0::2])
-
-
-def motion_of(step: torch.Tensor) -> dict:
-    """`motion_targets` from the steps [slices, (dx, dy)] in source pixels (y grows downwards)."""
-    axis = step.abs().argmax(1)
-    sign = (step.gather(1, axis[:, None])[:, 0] < 0).long()
-    direction = torch.where(step.abs().amax(1) < 0.5, 0, 1 + 2 * axis + sign)
-    return {"motion_dir": direction, "motion_len": step.norm(dim=1) / 4}
+    """`trainer.slice_motion` on the frames this bench samples (with `--overlap`, one step per slice)."""
+    idx = video_module.sample_indices(row["meta"]["num_frames"], 1.0, Sampling(fps=None, num_frames=frames))
+    return trainer.slice_motion(row["meta"], row["split"], idx)
 
 
 EVEN_INDICES = video_module.sample_indices  # the judge's sampling, before --paired or --overlap replace it

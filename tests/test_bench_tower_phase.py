@@ -42,14 +42,6 @@ def test_overlap_events_put_a_teleport_only_in_the_slice_that_holds_its_jump():
     assert target.sum() == 4
 
 
-def test_motion_of_names_each_step_by_its_larger_axis():
-    # right, left, down (y grows downwards), up, a step under half a pixel (still), a jump to the right
-    step = torch.tensor([[2.0, 1.0], [-3.0, 0.0], [0.5, 2.0], [0.0, -4.0], [0.3, -0.4], [12.0, 0.0]])
-    got = tp.motion_of(step)
-    assert got["motion_dir"].tolist() == [1, 2, 3, 4, 0, 1]
-    assert torch.allclose(got["motion_len"], torch.tensor([5**0.5, 3, 4.25**0.5, 4, 0.5, 12]) / 4)
-
-
 def test_motion_summary_counts_direction_changes_and_the_largest_jump():
     sure = torch.full((1, 4, 5), -30.0)  # near one-hot: right, right, left, left
     for i, d in enumerate([1, 1, 2, 2]):

@@ -88,7 +88,7 @@ def test_short_pretrain_run_writes_a_base_that_sft_loads(tmp_path, capsys):
             f"corpus.folder={tmp_path / 'corpus'}", "corpus.videos=24", "corpus.eval_videos=2",
             f"train.output_dir={out}", f"save_to={tmp_path / 'base'}", "train.max_steps=2",
             "train.per_device_train_batch_size=4", "train.dataloader_num_workers=0", "tower.steps=2",
-            "tower.batch_size=4"]  # fmt: skip
+            "tower.batch_size=4", "tower.motion_weight=1"]  # fmt: skip
     assert cli(args) == 0
     marker = json.loads((tmp_path / "base" / MARKER).read_text())
     assert marker["corpus"]["seed"] == 1001 and marker["weights_sha256"] == digest(
@@ -101,6 +101,7 @@ def test_short_pretrain_run_writes_a_base_that_sft_loads(tmp_path, capsys):
     assert set(report["events_by_kind"]) <= set(EVENTS)
     assert all(len(c) == 3 and sum(c) > 0 for c in report["events_by_kind"].values())
     assert set(report["tower"]["slice_event_f1_by_kind"]) <= set(EVENTS)
+    assert 0 <= report["tower"]["slice_motion_accuracy"] <= 1  # the motion head's, per slice
     corpus = [json.loads(line) for line in (tmp_path / "corpus" / "pointwise.jsonl").open()]
     assert corpus and all(
         not (drawn_combinations(r["meta"]) & HELD_OUT) for r in corpus if r["split"] != "test"
@@ -139,10 +140,18 @@ def test_slice_events_place_each_event_in_its_temporal_slice():
 
 
 def test_tower_collator_targets_name_what_is_drawn(tiny_qwen25vl_dir, tmp_path):
+    import torch
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
     from cot_rm.train.pretrain.config import CorpusArgs
-    from cot_rm.train.pretrain.trainer import CLASSES, EVENTS, DescribeCollator, TowerCollator, TowerProbe
+    from cot_rm.train.pretrain.trainer import (
+        CLASSES,
+        EVENTS,
+        MOTIONS,
+        DescribeCollator,
+        TowerCollator,
+        TowerProbe,
+    )
     from data_synthesis.toyworld.describe import drawn_spec
     from data_synthesis.toyworld.world import ToyConfig, build
 
@@ -164,6 +173,57 @@ def test_tower_collator_targets_name_what_is_drawn(tiny_qwen25vl_dir, tmp_path):
     assert probe.vlm.lm_head.weight.grad is None
     wide = TowerProbe(probe.vlm, 4, tokens=16, context=1)  # events read beside the neighbouring slices
     assert wide.predict(batch["pixel_values_videos"], batch["video_grid_thw"])[1].shape == (4, 4, len(EVENTS))
+
+    # With the motion head, the loss adds its cross-entropy on each slice's step and the MSE of its length.
+    collator.motion = True
+    batch = collator([{"example": json.dumps(r)} for r in rows])
+    assert batch["motion_dir"].shape == batch["motion_len"].shape == (4, 4)
+    moving = TowerProbe(probe.vlm, 4, tokens=16, motion_weight=2.0)
+    logits, _ = moving.predict(batch["pixel_values_videos"], batch["video_grid_thw"])
+    m = logits["motion"]
+    assert m.shape == (4, 4, len(MOTIONS) + 1)
+    ce = -m[..., :-1].log_softmax(-1).gather(-1, batch["motion_dir"][..., None]).mean()
+    extra = 2.0 * (ce + (m[..., -1] - batch["motion_len"]).pow(2).mean())
+    moving.motion_weight = 0.0  # the same heads without the motion term
+    without = moving(**batch)["loss"]
+    moving.motion_weight = 2.0
+    assert torch.allclose(moving(**batch)["loss"], without + extra, atol=1e-5)
+
+
+def test_motion_of_names_each_step_by_its_larger_axis():
+    import torch
+
+    from cot_rm.train.pretrain.trainer import motion_of
+
+    # right, left, down (y grows downwards), up, a step under half a pixel (still), a jump to the right
+    step = torch.tensor([[2.0, 1.0], [-3.0, 0.0], [0.5, 2.0], [0.0, -4.0], [0.3, -0.4], [12.0, 0.0]])
+    got = motion_of(step)
+    assert got["motion_dir"].tolist() == [1, 2, 3, 4, 0, 1]
+    assert torch.allclose(got["motion_len"], torch.tensor([5**0.5, 3, 4.25**0.5, 4, 0.5, 12]) / 4)
+
+
+def test_slice_motion_follows_the_drawn_track(tmp_path):
+    from cot_rm.media.video import Sampling, sample_indices
+    from cot_rm.train.pretrain.trainer import MOTIONS, slice_motion
+    from data_synthesis.toyworld.describe import drawn_spec
+    from data_synthesis.toyworld.world import ToyConfig, build
+
+    build(tmp_path, ToyConfig(12, 5, 64, 64, workers=1), progress=False)
+    steady = 0
+    for r in map(json.loads, (tmp_path / "pointwise.jsonl").open()):
+        n = r["meta"]["num_frames"]
+        even = slice_motion(r["meta"], r["split"], sample_indices(n, 1.0, Sampling(fps=None, num_frames=8)))
+        overlap = sample_indices(n, 1.0, Sampling(fps=None, num_frames=8, overlap=True))
+        assert slice_motion(r["meta"], r["split"], overlap)["motion_dir"].shape == (7,)
+        if {d["type"] for d in r["meta"]["defects"]} & {"freeze", "reversal", "teleport", "speed_change"}:
+            continue
+        # A steady track: every slice steps the drawn way (the wrong direction, if that is what is drawn),
+        # by the same length.
+        steady += 1
+        want = MOTIONS.index(drawn_spec(r["meta"])["direction"])
+        assert even["motion_dir"].tolist() == [want] * 4
+        assert even["motion_len"].min() > 0.1 and even["motion_len"].max() - even["motion_len"].min() < 0.1
+    assert steady >= 3
 
 
 def test_events_head_reads_neighbouring_slices_in_time_order():

@@ -109,11 +109,19 @@ class TowerArgs:
         ),
     )
 
+    motion_weight: float = field(
+        default=0.0,
+        metadata=meta(
+            "weight of a per-slice head naming the step the objects take (direction, length); with "
+            "overlapping slices each slice holds one step, so changes of motion become comparable"
+        ),
+    )
+
     def __post_init__(self):
         require([(self.steps >= 0 and self.batch_size >= 1 and self.learning_rate > 0 and self.events_weight >= 0
-                  and self.events_context >= 0,
+                  and self.events_context >= 0 and self.motion_weight >= 0,
                   "tower: steps >= 0, batch_size >= 1, learning_rate > 0, events_weight >= 0, "
-                  "events_context >= 0")])  # fmt: skip
+                  "events_context >= 0, motion_weight >= 0")])  # fmt: skip
 
 
 @dataclass

@@ -264,6 +264,27 @@ def slice_events(meta: dict, indices: list[int]) -> torch.Tensor:
 # learns "never".
 EVENT_POS_WEIGHT = 5.0
 
+# The step the objects take within a slice, as a class: the larger axis's sign, "still" under half a pixel.
+MOTIONS = ("still", "right", "left", "down", "up")
+
+
+def slice_motion(meta: dict, split: str, indices: list[int]) -> dict[str, torch.Tensor]:
+    """Per temporal slice, the step the objects take between its two frames (replayed from the video's
+    seed): `motion_dir` [slices] (a `MOTIONS` index) and `motion_len` [slices] (source pixels / 4). With
+    overlapping sampling each slice is one step of the motion, so a reversal, a freeze or a change of
+    speed is a slice whose step differs from its neighbours'; the tower must then hold each step."""
+    track = toyworld.object_centres(meta, split).mean(1)  # the objects move together: one track
+    centre = torch.tensor(track[indices], dtype=torch.float)
+    return motion_of(centre[1::2] - centre[0::2])
+
+
+def motion_of(step: torch.Tensor) -> dict[str, torch.Tensor]:
+    """`slice_motion` from the steps [slices, (dx, dy)] in source pixels (y grows downwards)."""
+    axis = step.abs().argmax(1)
+    sign = (step.gather(1, axis[:, None])[:, 0] < 0).long()
+    direction = torch.where(step.abs().amax(1) < 0.5, 0, 1 + 2 * axis + sign)
+    return {"motion_dir": direction, "motion_len": step.norm(dim=1) / 4}
+
 
 def with_neighbours(x: torch.Tensor, context: int) -> torch.Tensor:
     """[videos, slices, width] -> [videos, slices, (1 + 2 context) * width]: each slice's features
@@ -276,37 +297,54 @@ class TowerProbe(torch.nn.Module):
     """The VLM's vision tower with linear heads that name what it sees, reading every slice's mean and
     tokens (positions matter: direction, count, a missing object): one head per attribute on the whole
     video, and one events head on each slice (when an event shows), reading `context` slices on each
-    side too (zeros past the ends). Only the tower, merger and heads train; the heads are dropped when
-    phase 1 ends. One sampling (slices x tokens) for all videos."""
+    side too (zeros past the ends). With `motion_weight`, a motion head on each slice names the step the
+    objects take in it (`slice_motion`). Only the tower, merger and heads train; the heads are dropped
+    when phase 1 ends. One sampling (slices x tokens) for all videos."""
 
-    def __init__(self, vlm, slices: int, tokens: int, events_weight: float = 10.0, context: int = 0):
+    def __init__(self, vlm, slices: int, tokens: int, events_weight: float = 10.0, context: int = 0,
+                 motion_weight: float = 0.0):  # fmt: skip
         super().__init__()
         self.vlm, self.events_weight, self.context = vlm, events_weight, context
+        self.motion_weight = motion_weight
         per_slice = (1 + tokens) * vlm.config.text_config.hidden_size  # the merger's output width
         self.heads = torch.nn.ModuleDict(
             {k: torch.nn.Linear(slices * per_slice, len(v)) for k, v in CLASSES.items()}
         )
         self.events = torch.nn.Linear((1 + 2 * context) * per_slice, len(EVENTS))
+        if motion_weight:  # direction logits and the step's length, per slice
+            self.motion = torch.nn.Linear(per_slice, len(MOTIONS) + 1)
 
     def predict(self, pixel_values_videos, video_grid_thw) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """Attribute logits {name: [videos, classes]} and event logits [videos, slices, events]."""
+        """Attribute logits {name: [videos, classes]} (with the motion head: also "motion", [videos,
+        slices, directions + 1]) and event logits [videos, slices, events]."""
         feats = torch.stack(slice_tokens(self.vlm, pixel_values_videos, video_grid_thw))
         per_slice = with_neighbours(feats.flatten(2), self.context)
-        return {k: head(feats.flatten(1)) for k, head in self.heads.items()}, self.events(per_slice)
+        logits = {k: head(feats.flatten(1)) for k, head in self.heads.items()}
+        if self.motion_weight:
+            logits["motion"] = self.motion(feats.flatten(2))
+        return logits, self.events(per_slice)
 
-    def forward(self, pixel_values_videos, video_grid_thw, events, **attributes):
+    def forward(
+        self, pixel_values_videos, video_grid_thw, events, motion_dir=None, motion_len=None, **attributes
+    ):
         logits, per_slice = self.predict(pixel_values_videos, video_grid_thw)
         loss = sum(torch.nn.functional.cross_entropy(logits[k], attributes[k]) for k in CLASSES)
         weight = torch.tensor(EVENT_POS_WEIGHT)
         bce = torch.nn.functional.binary_cross_entropy_with_logits(per_slice, events, pos_weight=weight)
-        return {"loss": loss + self.events_weight * bce}
+        loss = loss + self.events_weight * bce
+        if self.motion_weight:
+            m = logits["motion"]
+            step = torch.nn.functional.cross_entropy(m[..., :-1].flatten(0, 1), motion_dir.flatten())
+            loss = loss + self.motion_weight * (step + torch.nn.functional.mse_loss(m[..., -1], motion_len))
+        return {"loss": loss}
 
 
 class TowerCollator:
-    """Examples -> the videos as the judge samples them, their attribute classes and per-slice events."""
+    """Examples -> the videos as the judge samples them, their attribute classes and per-slice events
+    (`motion`: and the step each slice holds, `slice_motion`)."""
 
-    def __init__(self, describe_collator: DescribeCollator):
-        self.describe = describe_collator
+    def __init__(self, describe_collator: DescribeCollator, motion: bool = False):
+        self.describe, self.motion = describe_collator, motion
 
     def __call__(self, batch: list[dict]) -> dict[str, torch.Tensor]:
         rows = [json.loads(item["example"]) for item in batch]
@@ -314,12 +352,16 @@ class TowerCollator:
         enc = encode(self.describe.processor, ["<|vision_start|><|video_pad|><|vision_end|>"] * len(rows),
                      videos=videos)  # fmt: skip
         specs = [drawn_spec(r["meta"]) for r in rows]
-        return {
+        batch = {
             "pixel_values_videos": enc["pixel_values_videos"],
             "video_grid_thw": enc["video_grid_thw"],
             "events": torch.stack([slice_events(r["meta"], list(v.indices)) for r, v in zip(rows, videos)]),
             **{k: torch.tensor([list(v).index(s[k]) for s in specs]) for k, v in CLASSES.items()},
         }
+        if self.motion:
+            steps = [slice_motion(r["meta"], r["split"], list(v.indices)) for r, v in zip(rows, videos)]
+            batch.update({k: torch.stack([m[k] for m in steps]) for k in ("motion_dir", "motion_len")})
+        return batch
 
 
 class TowerTrainer(Trainer):
@@ -335,12 +377,16 @@ def tower_report(probe: TowerProbe, collator: TowerCollator, rows: list[dict], b
     overall and per kind."""
     probe.eval()
     hits = dict.fromkeys(CLASSES, 0)
+    steps, steps_right = 0, 0  # the motion head's slices and those whose direction it names
     tp, predicted, actual = (torch.zeros(len(EVENTS)) for _ in range(3))  # per event kind
     for start in range(0, len(rows), batch_size):
         batch = collator([{"example": json.dumps(r)} for r in rows[start : start + batch_size]])
         logits, per_slice = probe.predict(batch["pixel_values_videos"], batch["video_grid_thw"])
         for k in CLASSES:
             hits[k] += int((logits[k].argmax(1) == batch[k]).sum())
+        if "motion" in logits:
+            steps += batch["motion_dir"].numel()
+            steps_right += int((logits["motion"][..., :-1].argmax(-1) == batch["motion_dir"]).sum())
         pred, truth = (per_slice > 0).float().flatten(0, -2), batch["events"].flatten(0, -2)
         tp, predicted, actual = tp + (pred * truth).sum(0), predicted + pred.sum(0), actual + truth.sum(0)
     n = max(len(rows), 1)
@@ -350,6 +396,7 @@ def tower_report(probe: TowerProbe, collator: TowerCollator, rows: list[dict], b
         "attribute_accuracy": {k: round(v / n, 3) for k, v in hits.items()},
         "slice_event_f1": round(float(2 * tp.sum() / max(float((predicted + actual).sum()), 1.0)), 3),
         "slice_event_f1_by_kind": {k: round(float(f), 3) for k, f, a in zip(EVENTS, f1, actual) if a},
+        **({"slice_motion_accuracy": round(steps_right / steps, 3)} if steps else {}),
     }
 
 
@@ -412,12 +459,12 @@ def train_tower(cfg, model, collator: DescribeCollator, rows: list[dict]) -> dic
                         "per_device_train_batch_size": cfg.tower.batch_size,
                         "learning_rate": cfg.tower.learning_rate, "lr_scheduler_type": "cosine",
                         "warmup_steps": 0, "remove_unused_columns": False})  # fmt: skip
-    tower_collator = TowerCollator(collator)
+    tower_collator = TowerCollator(collator, motion=cfg.tower.motion_weight > 0)
     train = [json.dumps(r) for r in rows if r["split"] == "train"]
     grid = tower_collator([{"example": train[0]}])["video_grid_thw"][0]  # the corpus's one sampling
     merge = model.config.vision_config.spatial_merge_size
     probe = TowerProbe(model, int(grid[0]), int(grid[1] * grid[2]) // merge**2, cfg.tower.events_weight,
-                       cfg.tower.events_context)  # fmt: skip
+                       cfg.tower.events_context, cfg.tower.motion_weight)  # fmt: skip
     model.requires_grad_(False)
     model.model.visual.requires_grad_(True)
     trainer = TowerTrainer(probe, args, data_collator=tower_collator,
