@@ -182,11 +182,6 @@ def event_logits(heads, f: torch.Tensor, kind: str) -> torch.Tensor:
     return heads["events"](f) if kind in ("tokmax", "ctx") else heads["events"](f.flatten(2))
 
 
-def motion_loss(m: torch.Tensor, b: dict) -> torch.Tensor:
-    direction = torch.nn.functional.cross_entropy(m[..., :5].flatten(0, 1), b["motion_dir"].flatten())
-    return direction + torch.nn.functional.mse_loss(m[..., 5], b["motion_len"])
-
-
 def motion_summary(m: torch.Tensor) -> torch.Tensor:
     """[videos, 10] from the motion head's per-slice outputs: how often the direction changes between
     neighbouring slices, how sure the stillest slice is of standing still, the mean direction, and the
@@ -289,7 +284,9 @@ def run(v: dict, train: list[dict], val: list[dict], tok, judge: tuple | None = 
             moved = heads["positions"](f.flatten(2))
             loss = loss + v["positions_weight"] * torch.nn.functional.mse_loss(moved, b["positions"])
         if v["motion_weight"]:
-            loss = loss + v["motion_weight"] * motion_loss(heads["motion"](f.flatten(2)), b)
+            loss = loss + v["motion_weight"] * trainer.motion_loss(
+                heads["motion"](f.flatten(2)), b["motion_dir"], b["motion_len"]
+            )
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()

@@ -286,6 +286,13 @@ def motion_of(step: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"motion_dir": direction, "motion_len": step.norm(dim=1) / 4}
 
 
+def motion_loss(m: torch.Tensor, motion_dir: torch.Tensor, motion_len: torch.Tensor) -> torch.Tensor:
+    """The motion head's loss: cross-entropy on each slice's step direction (m[..., :-1]) plus the MSE
+    of its length (m[..., -1])."""
+    step = torch.nn.functional.cross_entropy(m[..., :-1].flatten(0, 1), motion_dir.flatten())
+    return step + torch.nn.functional.mse_loss(m[..., -1], motion_len)
+
+
 def with_neighbours(x: torch.Tensor, context: int) -> torch.Tensor:
     """[videos, slices, width] -> [videos, slices, (1 + 2 context) * width]: each slice's features
     beside its `context` neighbours on each side, in time order (zeros past the ends)."""
@@ -333,9 +340,7 @@ class TowerProbe(torch.nn.Module):
         bce = torch.nn.functional.binary_cross_entropy_with_logits(per_slice, events, pos_weight=weight)
         loss = loss + self.events_weight * bce
         if self.motion_weight:
-            m = logits["motion"]
-            step = torch.nn.functional.cross_entropy(m[..., :-1].flatten(0, 1), motion_dir.flatten())
-            loss = loss + self.motion_weight * (step + torch.nn.functional.mse_loss(m[..., -1], motion_len))
+            loss = loss + self.motion_weight * motion_loss(logits["motion"], motion_dir, motion_len)
         return {"loss": loss}
 
 
