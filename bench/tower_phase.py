@@ -9,7 +9,7 @@ hand-made pixel features per kind (what the pixels hold, whatever the tower lear
 
     feats=mean   each temporal slice's spatial mean (where things are is lost)
     feats=flat   each slice's tokens in place
-    feats=both   the mean and the tokens (what `cot_rm.train.pretrain.trainer.TowerProbe` reads)
+    feats=both   the mean and the tokens (what `cot_rm.train.pretrain.tower.TowerProbe` reads)
     events_head=linear   one linear map over each slice's features (`TowerProbe`'s default)
     events_head=tokmax   an MLP on each token, the strongest answer per slice (`TokenMax`)
     events_head=ctx      one linear map over the slice's features and its two neighbours' (`Context`, what
@@ -69,9 +69,10 @@ from cot_rm.media import video as video_module
 from cot_rm.media.video import Sampling
 from cot_rm.model import tiny
 from cot_rm.model.tower import slice_tokens
-from cot_rm.train.pretrain import trainer
+from cot_rm.train.pretrain import tower
 from cot_rm.train.pretrain.config import CorpusArgs
-from cot_rm.train.pretrain.trainer import CLASSES, EVENTS, DescribeCollator, TowerCollator, with_neighbours
+from cot_rm.train.pretrain.tower import CLASSES, EVENTS, TowerCollator, with_neighbours
+from cot_rm.train.pretrain.trainer import DescribeCollator
 from data_synthesis.toyworld.world import object_centres
 
 FAMILY = "qwen2_5_vl"
@@ -106,9 +107,9 @@ def positions(row: dict, frames: int = 8) -> torch.Tensor:
 
 
 def motion_targets(row: dict, frames: int = 8) -> dict:
-    """`trainer.slice_motion` on the frames this bench samples (with `--overlap`, one step per slice)."""
+    """`tower.slice_motion` on the frames this bench samples (with `--overlap`, one step per slice)."""
     idx = video_module.sample_indices(row["meta"]["num_frames"], 1.0, Sampling(fps=None, num_frames=frames))
-    return trainer.slice_motion(row["meta"], row["split"], idx)
+    return tower.slice_motion(row["meta"], row["split"], idx)
 
 
 EVEN_INDICES = video_module.sample_indices  # the judge's sampling, before --paired or --overlap replace it
@@ -121,7 +122,7 @@ def overlap_indices(total_frames: int, video_fps: float, sampling: Sampling) -> 
 
 
 # `slice_events` labels overlapping slices itself: a teleport only in the slice holding its jump.
-overlap_slice_events = trainer.slice_events
+overlap_slice_events = tower.slice_events
 
 
 def cached(folder: str | None, name: str, make):
@@ -284,7 +285,7 @@ def run(v: dict, train: list[dict], val: list[dict], tok, judge: tuple | None = 
             moved = heads["positions"](f.flatten(2))
             loss = loss + v["positions_weight"] * torch.nn.functional.mse_loss(moved, b["positions"])
         if v["motion_weight"]:
-            loss = loss + v["motion_weight"] * trainer.motion_loss(
+            loss = loss + v["motion_weight"] * tower.motion_loss(
                 heads["motion"](f.flatten(2)), b["motion_dir"], b["motion_len"]
             )
         loss.backward()

@@ -95,7 +95,7 @@ def test_short_pretrain_run_writes_a_base_that_sft_loads(tmp_path, capsys):
         tmp_path / "base" / "model.safetensors"
     )
     # The end report breaks the events down by kind: [named and shown, named only, shown only] counts.
-    from cot_rm.train.pretrain.trainer import EVENTS
+    from cot_rm.train.pretrain.tower import EVENTS
 
     report = marker["report"]
     assert set(report["events_by_kind"]) <= set(EVENTS)
@@ -116,7 +116,7 @@ def test_short_pretrain_run_writes_a_base_that_sft_loads(tmp_path, capsys):
 
 
 def test_slice_events_place_each_event_in_its_temporal_slice():
-    from cot_rm.train.pretrain.trainer import EVENTS, slice_events
+    from cot_rm.train.pretrain.tower import EVENTS, slice_events
 
     meta = _meta(
         _d("flicker", "visual_quality", [8, 9, 10, 11, 12, 13], 3, towards="black"),
@@ -144,14 +144,8 @@ def test_tower_collator_targets_name_what_is_drawn(tiny_qwen25vl_dir, tmp_path):
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
     from cot_rm.train.pretrain.config import CorpusArgs
-    from cot_rm.train.pretrain.trainer import (
-        CLASSES,
-        EVENTS,
-        MOTIONS,
-        DescribeCollator,
-        TowerCollator,
-        TowerProbe,
-    )
+    from cot_rm.train.pretrain.tower import CLASSES, EVENTS, MOTIONS, TowerCollator, TowerProbe
+    from cot_rm.train.pretrain.trainer import DescribeCollator
     from data_synthesis.toyworld.describe import drawn_spec
     from data_synthesis.toyworld.world import ToyConfig, build
 
@@ -193,7 +187,7 @@ def test_tower_collator_targets_name_what_is_drawn(tiny_qwen25vl_dir, tmp_path):
 def test_motion_of_names_each_step_by_its_larger_axis():
     import torch
 
-    from cot_rm.train.pretrain.trainer import motion_of
+    from cot_rm.train.pretrain.tower import motion_of
 
     # right, left, down (y grows downwards), up, a step under half a pixel (still), a jump to the right
     step = torch.tensor([[2.0, 1.0], [-3.0, 0.0], [0.5, 2.0], [0.0, -4.0], [0.3, -0.4], [12.0, 0.0]])
@@ -204,7 +198,7 @@ def test_motion_of_names_each_step_by_its_larger_axis():
 
 def test_slice_motion_follows_the_drawn_track(tmp_path):
     from cot_rm.media.video import Sampling, sample_indices
-    from cot_rm.train.pretrain.trainer import MOTIONS, slice_motion
+    from cot_rm.train.pretrain.tower import MOTIONS, slice_motion
     from data_synthesis.toyworld.describe import drawn_spec
     from data_synthesis.toyworld.world import ToyConfig, build
 
@@ -229,7 +223,7 @@ def test_slice_motion_follows_the_drawn_track(tmp_path):
 def test_events_head_reads_neighbouring_slices_in_time_order():
     import torch
 
-    from cot_rm.train.pretrain.trainer import with_neighbours
+    from cot_rm.train.pretrain.tower import with_neighbours
 
     x = torch.tensor([[[1.0], [2.0], [3.0]]])  # one video, 3 slices, width 1
     assert with_neighbours(x, 0).tolist() == x.tolist()
