@@ -30,6 +30,7 @@ import json
 from pathlib import Path
 
 import torch
+from judge_ceiling import ridge  # a sibling in bench/ (on sys.path when run as bench/head_refit.py)
 
 from cot_rm.judge.local import Judge
 from cot_rm.model.modeling import ThinkThenScore
@@ -74,27 +75,10 @@ def cached(out: Path, name: str, judge: Judge, items) -> dict:
     return data
 
 
-def ridge(x: torch.Tensor, y: torch.Tensor, penalty: float) -> tuple[torch.Tensor, ...]:
-    """Standardised ridge regression: (mean, std, weights [H + 1, D])."""
-    mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
-    z = torch.cat([(x - mean) / std, torch.ones(len(x), 1)], 1).double()
-    reg = penalty * torch.eye(z.shape[1], dtype=torch.double)
-    reg[-1, -1] = 0.0  # the intercept is not shrunk
-    w = torch.linalg.solve(z.T @ z + reg, z.T @ y.double())
-    return mean, std, w
-
-
-def predict(model, x: torch.Tensor) -> torch.Tensor:
-    mean, std, w = model
-    return (torch.cat([(x - mean) / std, torch.ones(len(x), 1)], 1).double() @ w).float()
-
-
-def fit(train_x, train_y, val_x, val_y) -> tuple:
-    """Ridge with the penalty of least val MSE, refitted on train."""
-    best = min(
-        PENALTIES, key=lambda p: float(((predict(ridge(train_x, train_y, p), val_x) - val_y) ** 2).mean())
-    )
-    return ridge(train_x, train_y, best), best
+def fit(train_x, train_y, val_x, val_y, *apply_to: torch.Tensor) -> tuple[list[torch.Tensor], float]:
+    """`judge_ceiling.ridge` with the penalty of least val MSE: its predictions on each of `apply_to`."""
+    best = min(PENALTIES, key=lambda l2: float(((ridge(train_x, train_y, val_x, l2) - val_y) ** 2).mean()))
+    return [ridge(train_x, train_y, x, best) for x in apply_to], best
 
 
 def as_judged(items, scores: torch.Tensor, dims: list[str], overall_as_min: bool = False) -> dict:
@@ -154,12 +138,11 @@ def main() -> None:
     penalties = {}
     for name, pick in (("own", lambda s: s["own"]), ("video", lambda s: s["alone"]),
                        ("both", lambda s: torch.cat([s["own"], s["alone"]], 1))):  # fmt: skip
-        reader, penalties[name] = fit(
-            pick(states["train"]), labels["train"], pick(states["val"]), labels["val"]
+        train_x, val_x = pick(states["train"]), pick(states["val"])
+        (scores, ref), penalties[name] = fit(
+            train_x, labels["train"], val_x, labels["val"], pick(test), train_x
         )
-        scores = predict(reader, pick(test))
         results[f"refit_{name}"] = accuracy(pairs, as_judged(items, scores, dims), "scores", dims)
-        ref = predict(reader, pick(states["train"]))
         z = standardised(scores, ref)
         results[f"refit_{name}_min"] = accuracy(pairs, as_judged(items, z, dims, True), "scores", dims)
     results["penalties"] = penalties
