@@ -103,6 +103,35 @@ def test_pairs_become_two_sequences_with_bt_labels(traces, tiny_qwen25vl_dir):
     assert all("<answer>" in t for t in judged[:2]) and not any("<answer>" in t for t in judged[2:])
 
 
+def test_critique_swap_scores_each_video_with_the_other_judgment(traces, tiny_qwen25vl_dir):
+    processor = AutoProcessor.from_pretrained(tiny_qwen25vl_dir)
+    rows = load_traces(traces / "sft.jsonl")
+    examples = build_examples(rows, str(traces / "toy" / "pairs.jsonl"))
+    pair = next(
+        e for e in examples if len(e["rows"]) == 2 and e["rows"][0]["scores"] != e["rows"][1]["scores"]
+    )
+    a, b = pair["rows"]
+    swap = SFTCollator(processor, "qwen2_5_vl", JudgeSpec(), rationale_dropout=0.0, cache_dir="off",
+                       critique_swap=1.0)  # fmt: skip
+    batch = swap([{"example": json.dumps(pair)}])
+    assert batch["input_ids"].shape[0] == 4 and batch["pair_index"].tolist() == [[0, 1], [2, 3]]
+    assert batch["pair_label"][1].tolist() == batch["pair_label"][0].tolist()  # the videos' own preference
+    assert (batch["labels"][2:] == IGNORE).all() and (batch["labels"][:2] != IGNORE).any()  # head only
+    texts = processor.batch_decode(batch["input_ids"])
+
+    def answer(row):
+        return row["messages"][-1]["content"].split("<answer>")[1]
+
+    assert answer(b) in texts[2] and answer(a) not in texts[2]  # video a, b's judgment
+    assert answer(a) in texts[3] and a["prompt"] in texts[3].split("<|im_start|>user", 1)[1]
+    spec = JudgeSpec()
+    want = [[spec.to_unit(r["scores"][d]) for d in spec.dimensions] for r in (a, b, a, b)]
+    assert torch.allclose(batch["head_target"], torch.tensor(want))  # each video keeps its own labels
+    # Off by default: the same example gives only its two sequences.
+    plain = SFTCollator(processor, "qwen2_5_vl", JudgeSpec(), rationale_dropout=0.0, cache_dir="off")
+    assert plain([{"example": json.dumps(pair)}])["input_ids"].shape[0] == 2
+
+
 def test_pairs_match_traces_through_a_symlinked_folder(traces, tmp_path):
     # The traces reach the videos through a symlinked folder, the pairs file through the real one.
     (tmp_path / "toy").symlink_to(traces / "toy", target_is_directory=True)

@@ -175,9 +175,11 @@ class SFTCollator:
         cache_dir: str | None = None,
         seed: int = 0,
         max_length: int | None = None,
+        critique_swap: float = 0.0,
     ):
         self.processor, self.family, self.spec = processor, family, spec
         self.reward_token, self.rationale_dropout, self.seed = reward_token, rationale_dropout, seed
+        self.critique_swap = critique_swap
         self.cache = None if cache_dir == "off" else FrameCache(cache_dir)
         self.calls = 0
         self.max_length = max_length
@@ -204,6 +206,14 @@ class SFTCollator:
                 if len(group) == 2:
                     pairs.append((len(seqs), len(seqs) + 1, ex["dims"]))
                 seqs += group
+            if len(ex["rows"]) == 2 and self.critique_swap and rng.random() < self.critique_swap:
+                # Each video of the pair with the OTHER's judgment, its own labels (head only): a critique
+                # that is wrong about the video must not move the head, so it learns to check the video.
+                a, b = ex["rows"]
+                swapped = [self.sequence(a, judgment_of=b), self.sequence(b, judgment_of=a)]
+                if not self.max_length or max(self.length(s) for s in swapped) <= self.max_length:
+                    pairs.append((len(seqs), len(seqs) + 1, ex["dims"]))
+                    seqs += swapped
         if not seqs:
             raise ValueError(
                 f"every sample of a batch is longer than data.max_length={self.max_length}; raise it"
@@ -221,7 +231,9 @@ class SFTCollator:
             ].shape[1]
         )
 
-    def sequence(self, row: dict, rationale_free: bool = False) -> _Seq:
+    def sequence(self, row: dict, rationale_free: bool = False, judgment_of: dict | None = None) -> _Seq:
+        """One trace as a sequence; `judgment_of`: another trace whose judgment (its assistant and tool
+        turns) replaces this one's, for the head only, the tool's frames read from THIS video."""
         sampling = replace(Sampling.from_dict(row["sampling"]), family=self.family)
         video = read_video(row["video"], sampling, self.cache)
         head_only = rationale_free or bool(row.get("rationale_free"))
@@ -229,8 +241,10 @@ class SFTCollator:
         # included: with the gold `<answer>` in front of it the head only learns to read those numbers
         # back, and scores nothing but the model's own answer at judging time. Video + prompt only.
         messages = row["messages"][:2] if head_only else row["messages"]
-        frames = [c["image"]["frame"] for m in messages if m["role"] == "tool" for c in m["content"]
-                  if c.get("type") == "image"]  # fmt: skip
+        if judgment_of is not None:
+            messages = row["messages"][:2] + judgment_of["messages"][2:]
+        frames = [min(c["image"]["frame"], video.total_frames - 1) for m in messages if m["role"] == "tool"
+                  for c in m["content"] if c.get("type") == "image"]  # fmt: skip
         tool_px = row.get("tool_max_pixels", protocol.TOOL_MAX_PIXELS)
         images = read_frames_at(row["video"], frames, tool_px, self.family)
         text = protocol.render(
@@ -243,7 +257,7 @@ class SFTCollator:
             video,
             images,
             row["scores"],
-            head_only,
+            head_only or judgment_of is not None,
             key,
             [f"{row['video']}|{f}|{tool_px}" for f in frames],
         )

@@ -205,6 +205,13 @@ class LossArgs:
             "DeScore's random mask: chance that the head also/instead sees the sample without its critique"
         ),
     )
+    critique_swap: float = field(
+        default=0.0,
+        metadata=meta(
+            "chance that a pair's two videos are also scored, head only, each with the OTHER's critique and "
+            "its own labels: the head learns not to trust a critique that is wrong about the video"
+        ),
+    )
 
     def __post_init__(self):
         check_choices(self)
@@ -225,6 +232,7 @@ class LossArgs:
                     0.0 <= self.rationale_dropout <= 1.0,
                     f"rationale_dropout must be in [0, 1]: {self.rationale_dropout}",
                 ),
+                (0.0 <= self.critique_swap <= 1.0, f"critique_swap must be in [0, 1]: {self.critique_swap}"),
             ]
         )
 

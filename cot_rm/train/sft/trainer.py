@@ -138,7 +138,8 @@ def make_trainer(model, args: SFTConfig, cfg, traces: list[dict], every: list[di
     model.config.sampling = Sampling.from_dict({**sampling, "family": model.config.family}).to_dict()
     model.config.tool_max_pixels, model.config.judge_spec = tool_px, spec.to_dict()
     collator = SFTCollator(model.processor, model.config.family, spec, model.config.reward_token,
-                           cfg.loss.rationale_dropout, d.frame_cache, args.seed, d.max_length)  # fmt: skip
+                           cfg.loss.rationale_dropout, d.frame_cache, args.seed, d.max_length,
+                           cfg.loss.critique_swap)  # fmt: skip
     dataset = Dataset.from_dict({"example": [json.dumps(e) for e in examples]})
     cache = None
     if model.config.freeze_vision and cfg.model.reuse_vision_features:
