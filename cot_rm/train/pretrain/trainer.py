@@ -12,7 +12,8 @@ descriptive targets only (what is drawn and what happens in which frame, never a
              SFTConfig, transformers' Trainer)
     phase 2  (`train:`) the tower frozen, the language model learns to describe: user: the video as the
              judge samples it + "Describe what you see." -> assistant: `data_synthesis/toyworld/describe.py`'s
-             description (a `corpus.frame_task` share: one frame as an image -> that frame's); next-token
+             description (a `corpus.frame_task` share: one frame as an image -> that frame's; a
+             `corpus.compare_task` share: beside a prompt, then what differs from it); next-token
              cross-entropy on the assistant tokens (TRL's SFTTrainer, as every stage)
     output   a standard `save_pretrained` folder (model, tokenizer, processor) that `cot-rm sft` loads as
              `model.base`, with `cot_rm_pretrain.json`: corpus seed, sizes, the weights' digest and the end
