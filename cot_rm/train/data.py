@@ -6,7 +6,8 @@ template and followed by the `<|reward|>` query token; its video is decoded with
 sampling (through the frame cache) and the frames its tool turns returned are decoded at
 `tool_max_pixels`. Labels: assistant tokens only (the header's role is read from the tokens, so the
 mask works for any tokenizer); system, user and tool turns, every vision token and the reward token
-are masked. A rationale-free sequence (answer only) trains the head alone: its LM labels are masked.
+are masked. A rationale-free sequence (answer only) trains the head alone: its LM labels are masked, as
+are those of a pair's critique swap (each video with the other's judgment, `loss.critique_swap`).
 """
 
 from __future__ import annotations

@@ -213,7 +213,7 @@ class DescribeCollator:
             if rng.random() < self.args.frame_task:
                 messages, image = self.frame_sample(row, rng)
                 images.append(image)
-            elif rng.random() < self.args.compare_task:
+            elif self.args.compare_task and rng.random() < self.args.compare_task:  # off: the stream as before
                 messages, video = self.compare_sample(row, rng)
                 videos.append(video)
             else:
