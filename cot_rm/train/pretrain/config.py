@@ -67,13 +67,6 @@ class CorpusArgs:
         default=0.0,
         metadata=meta("share of video samples that also quote a random prompt given beside the video"),
     )
-    compare_task: float = field(
-        default=0.0,
-        metadata=meta(
-            "share of video samples given beside a prompt that may not match them: describe, then say what "
-            "differs (colour, shape, count, direction), as the judge's text alignment must"
-        ),
-    )
     copy_task: float = field(
         default=0.0,
         metadata=meta(
@@ -90,7 +83,6 @@ class CorpusArgs:
                 (self.frames >= 2 and self.frames % 2 == 0, "frames: an even number >= 2"),
                 (0.0 <= self.frame_task < 1.0, "frame_task must be in [0, 1)"),
                 (0.0 <= self.quote_task <= 1.0, "quote_task must be in [0, 1]"),
-                (0.0 <= self.compare_task <= 1.0, "compare_task must be in [0, 1]"),
                 (0.0 <= self.copy_task < 1.0, "copy_task must be in [0, 1)"),
                 (self.eval_videos >= 0, "eval_videos must be >= 0"),
             ]

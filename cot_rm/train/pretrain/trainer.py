@@ -12,8 +12,7 @@ descriptive targets only (what is drawn and what happens in which frame, never a
              SFTConfig, transformers' Trainer)
     phase 2  (`train:`) the tower frozen, the language model learns to describe: user: the video as the
              judge samples it + "Describe what you see." -> assistant: `data_synthesis/toyworld/describe.py`'s
-             description (a `corpus.frame_task` share: one frame as an image -> that frame's; a
-             `corpus.compare_task` share: beside a prompt, then what differs from it); next-token
+             description (a `corpus.frame_task` share: one frame as an image -> that frame's); next-token
              cross-entropy on the assistant tokens (TRL's SFTTrainer, as every stage)
     output   a standard `save_pretrained` folder (model, tokenizer, processor) that `cot-rm sft` loads as
              `model.base`, with `cot_rm_pretrain.json`: corpus seed, sizes, the weights' digest and the end
@@ -55,7 +54,6 @@ from cot_rm.train.log import note
 from cot_rm.train.pretrain.config import PretrainRunConfig
 from cot_rm.train.pretrain.tower import EVENTS, train_tower
 from cot_rm.train.runs import start_run, train_to_the_end
-from data_synthesis.teachers.oracle import CLEAN, Plain, defect_sentence
 from data_synthesis.toyworld import world as toyworld
 from data_synthesis.toyworld.describe import (
     describe,
@@ -77,8 +75,6 @@ DESCRIPTION = (
 MARKER = "cot_rm_pretrain.json"
 CORPUS_MARKER = "cot_rm_corpus.json"
 ATTRIBUTES = ("count", "colour", "shape", "background", "direction", "speed")
-# What a toy prompt can get wrong about the drawing, and the values each can take.
-COMPARED = {"colour": COLOURS, "shape": SHAPES, "count": COUNTS, "direction": DIRECTIONS}
 
 
 # ------------------------------------------------------------------------------------------- corpus
@@ -135,37 +131,6 @@ def random_prompt(rng: random.Random, held_out: bool = False) -> str:
     return prompt_text(spec, rng.randrange(len(TEMPLATES)))
 
 
-def compare_prompt(drawn: dict, rng: random.Random) -> dict:
-    """A prompt's spec to compare a video with: half the time what it draws, else the drawing with one or
-    two of the COMPARED attributes changed (never into a held-out colour x shape pair)."""
-    if rng.random() < 0.5:
-        return dict(drawn)
-    while True:
-        asked = dict(drawn)
-        for key in rng.sample(sorted(COMPARED), rng.choice((1, 2))):
-            asked[key] = rng.choice([v for v in COMPARED[key] if v != drawn[key]])
-        if (asked["colour"], asked["shape"]) not in HELD_OUT:
-            return asked
-
-
-def comparison(drawn: dict, asked: dict, num_frames: int) -> str:
-    """What the drawing gets wrong against the prompt, one sentence per attribute in the judge's words
-    (the oracle teacher's plain text-alignment sentences), or that it matches: a statement of what differs,
-    never a score."""
-    frames = list(range(num_frames))  # an alignment defect spans the clip: cited as the oracle cites it
-    wrong = [
-        defect_sentence(mismatch(k, asked[k], drawn[k], frames), Plain())
-        for k in COMPARED
-        if asked[k] != drawn[k]
-    ]
-    return " ".join(wrong) or Plain().choice(CLEAN["text_alignment"])
-
-
-def mismatch(key: str, asked, drawn, frames: list[int]) -> dict:
-    """A text-alignment defect as the toy world annotates one (what `defect_sentence` words)."""
-    return {"type": f"wrong_{key}", "params": {"expected": asked, "actual": drawn}, "frames": frames}
-
-
 def copy_words(tokenizer) -> list[str]:
     """The whole words of the vocabulary (one token each, after a space): what copy samples are made of."""
     words = (tokenizer.decode([i]) for i in range(len(tokenizer)))
@@ -213,9 +178,6 @@ class DescribeCollator:
             if rng.random() < self.args.frame_task:
                 messages, image = self.frame_sample(row, rng)
                 images.append(image)
-            elif self.args.compare_task and rng.random() < self.args.compare_task:  # off: the stream as before
-                messages, video = self.compare_sample(row, rng)
-                videos.append(video)
             else:
                 prompt = random_prompt(rng) if rng.random() < self.args.quote_task else None
                 messages, video = self.video_sample(row, prompt=prompt)
@@ -236,20 +198,6 @@ class DescribeCollator:
             said = describe(row["meta"], video.shown)
             said = f'Generation prompt: "{prompt}". {said}' if prompt else said
             messages.append({"role": "assistant", "content": said})
-        return messages, video
-
-    def compare_sample(self, row: dict, rng: random.Random):
-        """The video beside a prompt that may not match it -> its description, then what differs: the
-        binding of the prompt's words to what is seen that the judge's text alignment needs."""
-        video = read_video(row["video"], self.sampling, self.cache)
-        drawn = drawn_spec(row["meta"])
-        asked = compare_prompt(drawn, rng)
-        prompt = prompt_text(asked, rng.randrange(len(TEMPLATES)))
-        text = f'{frames_seen(video)}\nGeneration prompt: "{prompt}"\nCompare the video with the prompt.'
-        said = f"{describe(row['meta'], video.shown)} {comparison(drawn, asked, row['meta']['num_frames'])}"
-        messages = [{"role": "user", "content": [{"type": "video", "video": row["video"]},
-                                                 {"type": "text", "text": text}]},
-                    {"role": "assistant", "content": said}]  # fmt: skip
         return messages, video
 
     def frame_sample(self, row: dict, rng: random.Random):
