@@ -212,9 +212,11 @@ class SFTCollator:
                 # that is wrong about the video must not move the head, so it learns to check the video.
                 a, b = ex["rows"]
                 swapped = [self.sequence(a, judgment_of=b), self.sequence(b, judgment_of=a)]
-                if not self.max_length or max(self.length(s) for s in swapped) <= self.max_length:
-                    pairs.append((len(seqs), len(seqs) + 1, ex["dims"]))
-                    seqs += swapped
+                if self.max_length and max(self.length(s) for s in swapped) > self.max_length:
+                    skipped += 1
+                    continue
+                pairs.append((len(seqs), len(seqs) + 1, ex["dims"]))
+                seqs += swapped
         if not seqs:
             raise ValueError(
                 f"every sample of a batch is longer than data.max_length={self.max_length}; raise it"
@@ -244,8 +246,10 @@ class SFTCollator:
         messages = row["messages"][:2] if head_only else row["messages"]
         if judgment_of is not None:
             messages = row["messages"][:2] + judgment_of["messages"][2:]
-        frames = [min(c["image"]["frame"], video.total_frames - 1) for m in messages if m["role"] == "tool"
-                  for c in m["content"] if c.get("type") == "image"]  # fmt: skip
+        frames = [c["image"]["frame"] for m in messages if m["role"] == "tool" for c in m["content"]
+                  if c.get("type") == "image"]  # fmt: skip
+        if judgment_of is not None:  # the other trace's frame numbers may lie past this video's end
+            frames = [min(f, video.total_frames - 1) for f in frames]
         tool_px = row.get("tool_max_pixels", protocol.TOOL_MAX_PIXELS)
         images = read_frames_at(row["video"], frames, tool_px, self.family)
         text = protocol.render(
